@@ -1,0 +1,223 @@
+"""ViTConfig: every number that decides what a Vision Transformer computes.
+
+One frozen dataclass, one reason per field, and a table of named presets whose
+names are timm's architecture names (nanoGPT's ``GPTConfig`` pattern). This
+module imports nothing of ours, so ``weights/`` may use it without pulling in
+the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Google / augreg ViT checkpoints normalise to [-1, 1]
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a working ViT (names the field and the accepted values)."""
+
+
+def _pair(value, name):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"{name} must be an int or a pair of ints (height, width), got {value!r}")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    # --- geometry -------------------------------------------------------
+    img_size: int | tuple = 224          # training resolution; the position embedding has one entry per patch of it
+    patch_size: int = 16                 # side of a square patch in pixels; the grid is img_size // patch_size
+    in_chans: int = 3                    # RGB
+    # --- width and depth --------------------------------------------------
+    embed_dim: int = 768                 # D, the width of the residual stream
+    depth: int = 12                      # number of transformer blocks
+    num_heads: int = 12                  # H; head width Dh = D // H
+    mlp_ratio: float = 4.0               # M = D * mlp_ratio, the hidden width of each MLP
+    qkv_bias: bool = True                # timm / HF / JAX ViTs all have q, k, v biases; some (EVA, BEiT) do not
+    # --- tokens in front of the patches ---------------------------------
+    class_token: bool = True             # a learned [CLS] token at position 0 (its final state is the image summary)
+    distilled: bool = False              # DeiT: a second learned "distillation" token after CLS, with its own head
+    num_reg_tokens: int = 0              # registers (Darcet et al. 2023): extra learned tokens that soak up global attention
+    no_embed_class: bool = False         # True: the position embedding covers the patches only (DeiT-3, DINOv2, big_vision)
+    # --- numerics ---------------------------------------------------------
+    layer_norm_eps: float = 1e-6         # timm and Flax use 1e-6, HF ViTConfig uses 1e-12; it changes the last digits
+    gelu: str = "erf"                    # "erf" (exact, timm / HF) or "tanh" (the approximation the Flax code uses)
+    init_values: float | None = None     # layer scale (CaiT / DINOv2): per-channel gains on each branch, None = off
+    # --- head -------------------------------------------------------------
+    global_pool: str = "token"           # "token": read the CLS token; "avg": mean over patch tokens; "": no pooling
+    fc_norm: bool | None = None          # LayerNorm after pooling instead of before it; None = timm's rule (on for "avg")
+    representation_size: int | None = None  # JAX ViT "pre_logits": a Dense + tanh between pooling and head (in21k models)
+    num_classes: int = 1000              # 0 = no classifier: the model returns pooled features (DINO backbones)
+    # --- how images must be prepared for this checkpoint ------------------
+    mean: tuple = IMAGENET_MEAN          # per-channel normalisation the weights were trained with
+    std: tuple = IMAGENET_STD
+    crop_pct: float = 0.875              # resize the short side to img_size / crop_pct, then centre-crop img_size
+    interpolation: str = "bicubic"       # resize filter used in evaluation
+    pos_embed_resample: str = "bicubic_antialias"  # how to resize the position embedding to another grid (see DESIGN)
+    # --- bookkeeping --------------------------------------------------------
+    name: str = ""                       # timm architecture name, if any
+    labels: tuple = ()                   # class names, one per output (ImageNet names travel with classifiers)
+
+    def __post_init__(self):
+        # Normalise the forms a user may type (lists from JSON, an int image size) so that equal configs compare equal.
+        object.__setattr__(self, "img_size", _pair(self.img_size, "img_size"))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
+        self._check()
+
+    def _check(self):
+        def need(ok, message):
+            if not ok:
+                raise ConfigError(message)
+
+        for name in ("patch_size", "embed_dim", "depth", "num_heads", "in_chans"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 f"{name} must be a positive integer, got {value!r}")
+        need(self.embed_dim % self.num_heads == 0,
+             f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        h, w = self.img_size
+        need(h >= self.patch_size and w >= self.patch_size and h % self.patch_size == 0 and w % self.patch_size == 0,
+             f"img_size {self.img_size} must be a multiple of patch_size ({self.patch_size}) in both directions; "
+             f"try {(max(1, h // self.patch_size) * self.patch_size, max(1, w // self.patch_size) * self.patch_size)}")
+        need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        need(self.num_reg_tokens >= 0, f"num_reg_tokens must be >= 0, got {self.num_reg_tokens}")
+        need(self.gelu in ("erf", "tanh"), f"gelu must be 'erf' or 'tanh', got {self.gelu!r}")
+        need(self.global_pool in ("token", "avg", ""), f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
+        need(not (self.global_pool == "token" and not self.class_token),
+             "global_pool='token' needs class_token=True; use global_pool='avg' for a model without a class token")
+        need(not (self.distilled and not self.class_token), "distilled=True needs class_token=True (DeiT has both)")
+        need(self.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        need(len(self.mean) == self.in_chans and len(self.std) == self.in_chans and all(s > 0 for s in self.std),
+             f"mean and std need {self.in_chans} values each (std > 0), got mean={self.mean} std={self.std}")
+        need(0 < self.crop_pct <= 1.0, f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        need(self.interpolation in ("bicubic", "bilinear", "nearest"),
+             f"interpolation must be 'bicubic', 'bilinear' or 'nearest', got {self.interpolation!r}")
+        need(self.pos_embed_resample in ("bicubic_antialias", "bicubic_hf", "bilinear"),
+             f"pos_embed_resample must be 'bicubic_antialias', 'bicubic_hf' or 'bilinear', got {self.pos_embed_resample!r}")
+        need(not self.labels or len(self.labels) == self.num_classes,
+             f"labels has {len(self.labels)} names but the model has num_classes={self.num_classes}")
+
+    # --- derived quantities (never stored, so they cannot disagree) ---------
+    @property
+    def grid_size(self) -> tuple:
+        """(gh, gw): patches per column and per row at the training resolution; not always square."""
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def prefix_names(self) -> tuple:
+        """Names of the tokens in front of the patches, in order: cls, dist, reg0..regK."""
+        names = ("cls",) if self.class_token else ()
+        names += ("dist",) if self.distilled else ()
+        return names + tuple(f"reg{i}" for i in range(self.num_reg_tokens))
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return len(self.prefix_names)
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.global_pool == "avg" if self.fc_norm is None else bool(self.fc_norm)
+
+    @property
+    def num_pos_embed(self) -> int:
+        """Rows of the position embedding: the patches, plus the prefix tokens unless no_embed_class."""
+        return self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+
+    # --- conversion ---------------------------------------------------------
+    def replace(self, **changes) -> "ViTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key, value in d.items():
+            if isinstance(value, tuple):
+                d[key] = list(value)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a dict of fields, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields are {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as e:  # a value of the wrong type inside a field check
+            raise ConfigError(f"bad config value: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "ViTConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ViTConfig":
+        """The config of a timm architecture by name, e.g. ``ViTConfig.preset("vit_base_patch16_224")``.
+
+        A pretrained tag after the dot is accepted where it changes nothing but the weights
+        (``vit_base_patch16_224.augreg2_in21k_ft_in1k``); tags with their own preset (``.dino``) win.
+        """
+        base = name if name in PRESETS else name.split(".")[0]
+        if base not in PRESETS:
+            close = [p for p in PRESETS if base.split("_")[0] in p]
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+                              + (f" (closest: {', '.join(close[:5])})" if close else ""))
+        return cls(**{**PRESETS[base], "name": name, **overrides})
+
+
+_GOOGLE = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)  # augreg / original Google ViT weights
+
+PRESETS = {
+    # name: fields                                                      # params (with a 1000-class head)
+    "vit_tiny_patch16_224": dict(embed_dim=192, depth=12, num_heads=3, **_GOOGLE),             # 5.7M
+    "vit_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6, **_GOOGLE),            # 22M
+    "vit_base_patch16_224": dict(embed_dim=768, depth=12, num_heads=12, **_GOOGLE),            # 86M
+    "vit_large_patch16_224": dict(embed_dim=1024, depth=24, num_heads=16, **_GOOGLE),          # 304M
+    "vit_base_patch32_224": dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, **_GOOGLE),  # 88M
+    "vit_base_patch16_384": dict(img_size=384, embed_dim=768, depth=12, num_heads=12,
+                                 mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0),        # 86M
+    # DeiT with a distillation token and a second head (Touvron et al. 2021)
+    "deit_tiny_distilled_patch16_224": dict(embed_dim=192, depth=12, num_heads=3, distilled=True),  # 5.9M
+    # DINOv2 with 4 registers: layer scale, position embedding for patches only, no head
+    "vit_small_patch14_reg4_dinov2": dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6,
+                                          init_values=1e-5, num_reg_tokens=4, no_embed_class=True,
+                                          num_classes=0, crop_pct=1.0),                       # 22M
+    # DINO self-supervised ViT-S/16: a backbone without a classifier
+    "vit_small_patch16_224.dino": dict(embed_dim=384, depth=12, num_heads=6, num_classes=0),   # 22M
+    "vit_base_patch16_224.dino": dict(embed_dim=768, depth=12, num_heads=12, num_classes=0),   # 86M
+    # global average pooling over patches, LayerNorm after pooling (EVA / MAE-style fine-tuning)
+    "eva_large_patch14_196": dict(img_size=196, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
+                                  global_pool="avg", crop_pct=1.0),                             # 304M
+    # the guide's model: ViT-B/16 geometry with a 10-class head
+    "guide_vit_base_patch16_224_10cls": dict(embed_dim=768, depth=12, num_heads=12, num_classes=10),
+}
