@@ -17,8 +17,7 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Google / augreg ViT checkpoints normalise to
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot describe a working ViT (names the field and the accepted values)."""
+from .errors import ConfigError
 
 
 def _pair(value, name):
