@@ -1,0 +1,486 @@
+"""The numbers behind the figures: attention rollout and flow, mean attention distance,
+position-embedding similarity, PCA, DINO masks, the CLS token's path and the patch filters.
+
+Every function takes plain arrays plus the metadata it needs (the patch grid ``(gh, gw)``, the
+number of prefix tokens, the patch size). None of them assumes a square grid, a class token or
+197 tokens; ``viz/`` reads these arrays off a ``Trace`` and draws them.
+
+Shapes use one vocabulary:
+    B images, L layers, H heads, N tokens = T prefix tokens (cls, dist, registers) + P patches,
+    (gh, gw) the patch grid with P = gh * gw, p the patch side in pixels, D width, k components.
+Attention patterns are softmax probabilities ``A[b, h, i, j]``: how much query token i reads
+from key token j; every row sums to 1.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from .errors import ArgumentError
+
+HEAD_FUSIONS = ("mean", "max", "min")
+PREFIX_TREATMENTS = ("renormalise", "drop")
+
+
+# --- checking what comes in ------------------------------------------------------------------
+
+def _as_grid(grid) -> tuple:
+    try:
+        gh, gw = (int(g) for g in grid)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"grid must be a pair (gh, gw) of patch counts, got {grid!r}") from None
+    if gh < 1 or gw < 1:
+        raise ArgumentError(f"grid must hold positive patch counts (gh, gw), got {grid!r}")
+    return gh, gw
+
+
+def _check_tokens(num_tokens: int, grid, num_prefix_tokens: int, what: str) -> tuple:
+    """The token axis must be T prefix tokens followed by the gh * gw patches, in row-major order."""
+    gh, gw = _as_grid(grid)
+    if not isinstance(num_prefix_tokens, (int, np.integer)) or num_prefix_tokens < 0:
+        raise ArgumentError(f"num_prefix_tokens must be an integer >= 0, got {num_prefix_tokens!r}")
+    if num_tokens != num_prefix_tokens + gh * gw:
+        raise ArgumentError(f"{what} has {num_tokens} tokens, but a {gh}x{gw} grid with {num_prefix_tokens} "
+                            f"prefix token(s) needs {num_prefix_tokens + gh * gw}; pass the grid and "
+                            f"num_prefix_tokens of the model that made it")
+    return gh, gw
+
+
+def as_attention(attention, what: str = "attention") -> np.ndarray:
+    """One layer's pattern as float64 [B, H, N, N]; a single image's [H, N, N] gains the batch axis."""
+    a = np.asarray(attention, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[None]                                                      # [H, N, N] -> [1, H, N, N]
+    if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
+        raise ArgumentError(f"{what} must have shape [B, H, N, N] or [H, N, N] (square over tokens), "
+                            f"got {np.shape(attention)}")
+    if not np.all(np.isfinite(a)):
+        raise ArgumentError(f"{what} holds NaN or inf values")
+    return a
+
+
+def as_attention_layers(attentions, what: str = "attention_maps") -> list:
+    """A list over layers of [B, H, N, N] (or an array [L, B, H, N, N]); checks all layers agree."""
+    if isinstance(attentions, np.ndarray) and attentions.ndim == 5:
+        attentions = list(attentions)
+    if isinstance(attentions, np.ndarray) or not hasattr(attentions, "__len__"):
+        raise ArgumentError(f"{what} must be a list over layers of [B, H, N, N] arrays, "
+                            f"got {type(attentions).__name__} {np.shape(attentions)}")
+    if len(attentions) == 0:
+        raise ArgumentError(f"{what} is empty: run the model on an image first (it records one pattern per layer)")
+    layers = [as_attention(a, f"{what}[{i}]") for i, a in enumerate(attentions)]
+    for i, a in enumerate(layers):
+        if a.shape[0] != layers[0].shape[0] or a.shape[-1] != layers[0].shape[-1]:
+            raise ArgumentError(f"{what}[{i}] has shape {a.shape}, unlike layer 0's {layers[0].shape}")
+    return layers
+
+
+def check_index(index, count: int, what: str) -> int:
+    """A layer / head / image index in range(count); negative indices count from the end like Python's."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise ArgumentError(f"{what} must be an integer, got {index!r}")
+    if not -count <= index < count:
+        raise ArgumentError(f"{what} {index} is out of range: there are {count} (valid: 0..{count - 1}, "
+                            f"or -{count}..-1 from the end)")
+    return int(index) % count
+
+
+def _assert_row_stochastic(matrix: np.ndarray, what: str, atol: float = 1e-6) -> None:
+    """Every row a probability distribution: entries >= 0 and rows summing to 1 (to ``atol``)."""
+    worst_sum = float(np.max(np.abs(matrix.sum(-1) - 1.0)))
+    lowest = float(matrix.min())
+    if worst_sum > atol or lowest < -atol:
+        raise ArgumentError(f"{what} is not row-stochastic (largest |row sum - 1| = {worst_sum:.2e}, smallest "
+                            f"entry {lowest:.2e}); attention must be softmax probabilities >= 0")
+
+
+# --- reading one attention row as a picture --------------------------------------------------
+
+def query_token_index(query, grid, prefix_names=("cls",)):
+    """Which token's attention row to show.
+
+    ``None`` or ``"cls"``: the class token (the classic map); any other prefix name (``"dist"``,
+    ``"reg0"``); an int: patch number 0..P-1 in row-major order; a pair ``(row, col)`` on the grid;
+    ``"mean"``: the average over all patch queries (the default for models without a class token).
+    Returns a token index into N, or ``"mean"``.
+    """
+    gh, gw = _as_grid(grid)
+    prefix_names = tuple(prefix_names)
+    if query is None:
+        query = "cls" if "cls" in prefix_names else "mean"
+    if isinstance(query, str):
+        if query == "mean":
+            return "mean"
+        if query in prefix_names:
+            return prefix_names.index(query)
+        raise ArgumentError(f"query {query!r} is not a token of this model; use one of {list(prefix_names)}, "
+                            f"'mean', a patch number 0..{gh * gw - 1} or a (row, col) pair")
+    if isinstance(query, (tuple, list)) and len(query) == 2:
+        row = check_index(query[0], gh, "query row")
+        col = check_index(query[1], gw, "query column")
+        return len(prefix_names) + row * gw + col
+    if isinstance(query, (int, np.integer)) and not isinstance(query, bool):
+        if not 0 <= query < gh * gw:
+            raise ArgumentError(f"query patch {query} is out of range: the {gh}x{gw} grid has patches "
+                                f"0..{gh * gw - 1}")
+        return len(prefix_names) + int(query)
+    raise ArgumentError(f"query must be None, a token name, a patch number or a (row, col) pair, got {query!r}")
+
+
+def attention_to_grid(rows: np.ndarray, grid, num_prefix_tokens: int) -> np.ndarray:
+    """The patch columns of attention rows laid out on the grid: [..., N] -> [..., gh, gw].
+
+    The prefix columns are dropped, not renormalised: the values stay attention probabilities,
+    and the mass they held is ``1 - result.sum((-2, -1))``.
+    """
+    rows = np.asarray(rows)
+    gh, gw = _check_tokens(rows.shape[-1], grid, num_prefix_tokens, "attention row")
+    return rows[..., num_prefix_tokens:].reshape(rows.shape[:-1] + (gh, gw))  # [..., P] -> [..., gh, gw]
+
+
+def attention_map(attention, grid, num_prefix_tokens: int, head=0, query=None, prefix_names=None) -> np.ndarray:
+    """One layer's attention from a query token to every patch, per image: [B, H, N, N] -> [B, gh, gw].
+
+    ``head`` is a head index or ``"mean"`` (the average over heads); ``query`` is as in
+    :func:`query_token_index` (default: the class token, or the mean over patches without one).
+    """
+    a = as_attention(attention)                                           # [B, H, N, N]
+    _check_tokens(a.shape[-1], grid, num_prefix_tokens, "attention")
+    if prefix_names is None:
+        prefix_names = ("cls",) + tuple(f"prefix{i}" for i in range(1, num_prefix_tokens)) if num_prefix_tokens else ()
+    if len(prefix_names) != num_prefix_tokens:
+        raise ArgumentError(f"prefix_names {prefix_names} does not match num_prefix_tokens={num_prefix_tokens}")
+    a = a.mean(1) if head == "mean" else a[:, check_index(head, a.shape[1], "head")]  # [B, N, N]
+    token = query_token_index(query, grid, prefix_names)
+    rows = a[:, num_prefix_tokens:].mean(1) if token == "mean" else a[:, token]  # [B, N]
+    return attention_to_grid(rows, grid, num_prefix_tokens)              # [B, gh, gw]
+
+
+def upsample_grid(values: np.ndarray, size, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize a patch-grid map to pixels: [..., gh, gw] -> [..., H_img, W_img].
+
+    ``"nearest"`` repeats each patch's value over its pixels (blocky, honest: the model only has
+    one number per patch); ``"bilinear"`` interpolates between patch centres with half-pixel
+    alignment (torch's ``align_corners=False``), clamping at the borders.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out_h, out_w = (int(s) for s in size)
+    gh, gw = values.shape[-2:]
+    if interpolation not in ("nearest", "bilinear"):
+        raise ArgumentError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+
+    def axis_weights(n_in, n_out):
+        centre = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5           # output pixel centre in input coordinates
+        if interpolation == "nearest":
+            index = np.clip(np.floor((np.arange(n_out) + 0.5) * n_in / n_out), 0, n_in - 1).astype(int)
+            return index, index, np.zeros(n_out)
+        centre = np.clip(centre, 0, n_in - 1)
+        lo = np.floor(centre).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), centre - lo
+
+    lo, hi, w = axis_weights(gh, out_h)
+    values = values[..., lo, :] * (1 - w)[:, None] + values[..., hi, :] * w[:, None]   # [..., H_img, gw]
+    lo, hi, w = axis_weights(gw, out_w)
+    return values[..., lo] * (1 - w) + values[..., hi] * w                            # [..., H_img, W_img]
+
+
+# --- attention rollout and flow (Abnar & Zuidema 2020) ---------------------------------------
+
+def fuse_heads(attention, head_fusion: str = "mean") -> np.ndarray:
+    """One matrix per image from all heads: [B, H, N, N] -> [B, N, N] by mean, max or min.
+
+    Abnar & Zuidema (2020) average the heads; max and min are the variants of jacobgil's
+    vit-explain. Max and min rows no longer sum to 1; rollout renormalises them.
+    """
+    a = as_attention(attention)
+    if head_fusion not in HEAD_FUSIONS:
+        raise ArgumentError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    return getattr(a, head_fusion)(axis=1)                               # [B, H, N, N] -> [B, N, N]
+
+
+def discard_lowest(attention: np.ndarray, discard_ratio: float, num_prefix_tokens: int = 1) -> np.ndarray:
+    """Zero the smallest ``discard_ratio`` fraction of the patch rows' entries: [B, N, N] -> [B, N, N].
+
+    vit-explain's noise filter, without its bug: the rows of the prefix tokens (the CLS row the
+    rollout map is read from) are never touched, and the residual identity is added after this
+    step, so it is never discarded either. Ties at the threshold are broken by position (stable).
+    """
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ArgumentError(f"discard_ratio must be in [0, 1), got {discard_ratio!r}")
+    a = np.array(attention, dtype=np.float64)                            # a copy we may zero
+    patch_rows = a[:, num_prefix_tokens:, :].reshape(a.shape[0], -1)     # [B, P*N] candidates
+    count = int(patch_rows.shape[1] * discard_ratio)
+    if count:
+        lowest = np.argsort(patch_rows, axis=1, kind="stable")[:, :count]  # [B, count]
+        np.put_along_axis(patch_rows, lowest, 0.0, axis=1)
+        a[:, num_prefix_tokens:, :] = patch_rows.reshape(a.shape[0], -1, a.shape[2])
+    return a
+
+
+def add_residual(attention: np.ndarray) -> np.ndarray:
+    """Abnar & Zuidema (2020), eq. 1's ingredient: A_hat = (A + I) / rowsum(A + I), [B, N, N] -> [B, N, N].
+
+    The identity stands for the residual connection around attention, which carries each token's
+    own value forward; rows are renormalised so each stays a distribution (rows, never columns:
+    normalising columns is vit-explain issue #16).
+    """
+    a = np.asarray(attention, dtype=np.float64)
+    a = a + np.eye(a.shape[-1])                                          # [B, N, N]
+    return a / a.sum(-1, keepdims=True)
+
+
+def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                      num_prefix_tokens: int = 1, start_layer: int = 0) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema 2020, eq. 1): list over L of [B, H, N, N] -> [B, N, N].
+
+    R_0 = A_hat_0 and R_l = A_hat_l @ R_{l-1}, with A_hat_l = (A_l + I) / rowsum the head-fused
+    attention of layer l plus the residual identity (their ``compute_joint_attention``). Row i of
+    the result says how much of token i's final state flowed, through all layers, from each input
+    token; the classic map is the CLS row over the patch columns (:func:`attention_to_grid`).
+    Every A_hat is checked to be row-stochastic, so R is too.
+    """
+    layers = as_attention_layers(attentions)
+    start = check_index(start_layer, len(layers), "start_layer")
+    rollout = None
+    for index, a in enumerate(layers[start:], start):
+        fused = fuse_heads(a, head_fusion)                               # [B, N, N]
+        if discard_ratio:
+            fused = discard_lowest(fused, discard_ratio, num_prefix_tokens)
+        a_hat = add_residual(fused)                                      # [B, N, N]
+        _assert_row_stochastic(a_hat, f"A_hat of layer {index}")
+        rollout = a_hat if rollout is None else a_hat @ rollout          # [B, N, N] @ [B, N, N]
+    return rollout
+
+
+def _max_flow(capacity: np.ndarray, source: int, sink: int) -> float:
+    """Edmonds-Karp max flow on a dense capacity matrix [V, V] (shortest augmenting paths by BFS)."""
+    residual = capacity.astype(np.float64).copy()
+    total = 0.0
+    while True:
+        parent = np.full(len(residual), -1)
+        parent[source] = source
+        queue = deque([source])
+        while queue and parent[sink] < 0:
+            u = queue.popleft()
+            for v in np.flatnonzero((residual[u] > 1e-12) & (parent < 0)):
+                parent[v] = u
+                queue.append(v)
+        if parent[sink] < 0:
+            return total
+        path, v = [], sink
+        while v != source:
+            path.append((parent[v], v))
+            v = parent[v]
+        bottleneck = min(residual[u, v] for u, v in path)
+        for u, v in path:
+            residual[u, v] -= bottleneck
+            residual[v, u] += bottleneck
+        total += bottleneck
+
+
+def attention_flow(attentions, query: int = 0, head_fusion: str = "mean", image: int = 0) -> np.ndarray:
+    """Attention flow (Abnar & Zuidema 2020, section 3): max-flow from a final token to each input token.
+
+    The layers form a graph: node (l, j) is token j entering layer l, and an edge from (l+1, i) to
+    (l, j) has capacity A_hat_l[i, j] (head-fused attention plus the residual identity, as in
+    their code). The flow value from the output node of ``query`` to input node j is token j's
+    share. Returns [N]. Exact but slow (Edmonds-Karp per input token, in Python): meant for small
+    models and for checking rollout, not for 197 tokens x 12 layers.
+    """
+    layers = as_attention_layers(attentions)
+    image = check_index(image, layers[0].shape[0], "image")
+    n = layers[0].shape[-1]
+    query = check_index(query, n, "query token")
+    depth = len(layers)
+    capacity = np.zeros(((depth + 1) * n, (depth + 1) * n))             # nodes: layer-major, token-minor
+    for l, a in enumerate(layers):
+        a_hat = add_residual(fuse_heads(a, head_fusion)[image])          # [N, N]
+        capacity[(l + 1) * n:(l + 2) * n, l * n:(l + 1) * n] = a_hat     # edge (l+1, i) -> (l, j)
+    source = depth * n + query
+    return np.array([_max_flow(capacity, source, j) for j in range(n)])  # [N]
+
+
+# --- mean attention distance (Dosovitskiy et al. 2021, Fig. 7 right, App. D.7) ----------------
+
+def patch_centres(grid, patch_size: int) -> np.ndarray:
+    """Pixel coordinates (y, x) of each patch's centre, row-major: -> [P, 2]."""
+    gh, gw = _as_grid(grid)
+    rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")  # [gh, gw] each
+    return (np.stack([rows, cols], -1).reshape(-1, 2) + 0.5) * patch_size  # [P, 2]
+
+
+def patch_distances(grid, patch_size: int) -> np.ndarray:
+    """Euclidean distance in pixels between every pair of patch centres: -> [P, P]."""
+    centres = patch_centres(grid, patch_size)                            # [P, 2]
+    return np.linalg.norm(centres[:, None, :] - centres[None, :, :], axis=-1)  # [P, P]
+
+
+def mean_attention_distance(attentions, grid, patch_size: int, num_prefix_tokens: int,
+                            prefix: str = "renormalise") -> np.ndarray:
+    """Mean attention distance in pixels per layer and head, averaged over images: -> [L, H].
+
+    The ViT paper (Dosovitskiy et al. 2021, Fig. 7 right, App. D.7): for each query patch i,
+    sum_j A[i, j] * ||pos_i - pos_j||, averaged over query patches and images ("attention
+    distance" is analogous to a CNN's receptive field size; they used 128 images and ViT-L/16).
+
+    Prefix tokens have no position on the image. Queries are the patches only. For the keys,
+    ``prefix="renormalise"`` (the default) drops the prefix columns and rescales each row's
+    remaining mass to 1, so the number is the distance *among the patches a query reads*;
+    ``prefix="drop"`` drops them without rescaling, as probing-vits does, which counts the mass
+    sent to the class token as distance 0 and biases the number low. Rows that send no mass to
+    any patch are left out of the average. A single layer [B, H, N, N] is accepted as L = 1.
+    """
+    if prefix not in PREFIX_TREATMENTS:
+        raise ArgumentError(f"prefix must be one of {PREFIX_TREATMENTS}, got {prefix!r}")
+    if isinstance(attentions, np.ndarray) and attentions.ndim in (3, 4):
+        attentions = [attentions]
+    layers = as_attention_layers(attentions)
+    _check_tokens(layers[0].shape[-1], grid, num_prefix_tokens, "attention")
+    distance = patch_distances(grid, patch_size)                         # [P, P]
+    t = num_prefix_tokens
+    result = []
+    for a in layers:
+        a = a[:, :, t:, t:]                                              # [B, H, P, P] patch queries -> patch keys
+        mass = a.sum(-1)                                                 # [B, H, P]
+        per_query = (a * distance).sum(-1)                               # [B, H, P]
+        if prefix == "renormalise":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_query = np.where(mass > 0, per_query / mass, np.nan)
+        result.append(np.nanmean(per_query, axis=(0, 2)))               # [H]
+    return np.stack(result)                                              # [L, H]
+
+
+def uniform_attention_distance(grid, patch_size: int) -> float:
+    """The mean attention distance of a head that attends uniformly to all patches: a reference line."""
+    return float(patch_distances(grid, patch_size).mean())
+
+
+# --- position embeddings (Dosovitskiy et al. 2021, Fig. 7 centre) -----------------------------
+
+def patch_position_embeddings(pos_embed, grid, num_prefix_tokens: int) -> np.ndarray:
+    """The rows of the position embedding that belong to patches: [1, N_pos, D] or [N_pos, D] -> [P, D].
+
+    With a class-token embedding (timm's default) the first T rows are the prefix tokens' and are
+    dropped; models with ``no_embed_class`` (DINOv2, DeiT-3) have patch rows only.
+    """
+    pe = np.asarray(pos_embed, dtype=np.float64)
+    if pe.ndim == 3 and pe.shape[0] == 1:
+        pe = pe[0]                                                       # [1, N_pos, D] -> [N_pos, D]
+    gh, gw = _as_grid(grid)
+    if pe.ndim != 2:
+        raise ArgumentError(f"pos_embed must be [N_pos, D] or [1, N_pos, D], got {np.shape(pos_embed)}")
+    if pe.shape[0] == gh * gw + num_prefix_tokens:
+        return pe[num_prefix_tokens:]
+    if pe.shape[0] == gh * gw:
+        return pe
+    raise ArgumentError(f"pos_embed has {pe.shape[0]} rows; a {gh}x{gw} grid needs {gh * gw} "
+                        f"(or {gh * gw + num_prefix_tokens} with the {num_prefix_tokens} prefix token(s))")
+
+
+def cosine_similarity(x: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every row with every other: [P, D] -> [P, P] (zero rows give 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)                    # [P, 1]
+    unit = x / np.where(norms > 0, norms, 1.0)
+    return unit @ unit.T                                                 # [P, D] @ [D, P] -> [P, P]
+
+
+def position_embedding_similarity(pos_embed, grid, num_prefix_tokens: int) -> np.ndarray:
+    """ViT Fig. 7 (centre): cosine similarity between the position embeddings of all patch pairs.
+
+    Returns [gh, gw, gh, gw]: ``sim[r, c]`` is the tile for the patch at row r, column c, i.e. its
+    similarity to every position, the small image the paper draws in each grid cell. Reshape to
+    [P, P] for the full matrix. Prefix rows are excluded (they have no place on the grid).
+    """
+    gh, gw = _as_grid(grid)
+    sim = cosine_similarity(patch_position_embeddings(pos_embed, grid, num_prefix_tokens))  # [P, P]
+    return sim.reshape(gh, gw, gh, gw)
+
+
+# --- PCA ---------------------------------------------------------------------------------------
+
+def pca(x, n_components: int = 2):
+    """Principal components by SVD of the centred data: [n, D] -> (scores [n, k], components [k, D], ratio [k]).
+
+    ``ratio`` is the fraction of the total variance each component explains. Signs are fixed so
+    that each component's largest-magnitude loading is positive (SVD signs are arbitrary).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ArgumentError(f"pca needs a 2-D array [n, D] with n >= 2 samples, got shape {x.shape}")
+    k = min(int(n_components), *x.shape)
+    if k < 1:
+        raise ArgumentError(f"n_components must be >= 1, got {n_components!r}")
+    centred = x - x.mean(0)                                              # [n, D]
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)        # vt: [min(n, D), D]
+    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * np.where(signs == 0, 1, signs)[:, None]
+    variance = singular ** 2
+    ratio = variance / variance.sum() if variance.sum() > 0 else np.zeros_like(variance)
+    return centred @ vt[:k].T, vt[:k], ratio[:k]                         # [n, k], [k, D], [k]
+
+
+# --- DINO masks (Caron et al. 2021) --------------------------------------------------------------
+
+def dino_mask(values, keep: float = 0.6) -> np.ndarray:
+    """The smallest set of patches that holds ``keep`` of the attention mass: [..., gh, gw] -> bool.
+
+    Caron et al. (2021), ``visualize_attention.py``: sort, normalise, take the cumulative sum and
+    keep the patches above ``1 - keep``, i.e. the largest values until their share reaches
+    ``keep`` (60% in the paper's Fig. 3). Applied to each map of the leading axes separately.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ArgumentError(f"keep must be in (0, 1], got {keep!r}")
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim < 2:
+        raise ArgumentError(f"dino_mask needs maps [..., gh, gw], got shape {v.shape}")
+    flat = v.reshape(v.shape[:-2] + (-1,))                               # [..., P]
+    order = np.argsort(-flat, axis=-1, kind="stable")                    # largest first
+    ranked = np.take_along_axis(flat, order, -1)
+    share = np.cumsum(ranked, -1) / ranked.sum(-1, keepdims=True)        # [..., P]
+    count = (share < keep - 1e-9).sum(-1, keepdims=True) + 1             # values needed to reach keep
+    keep_sorted = np.arange(flat.shape[-1]) < count                      # [..., P]
+    mask = np.zeros_like(keep_sorted)
+    np.put_along_axis(mask, order, keep_sorted, -1)
+    return mask.reshape(v.shape)
+
+
+# --- the CLS token's path through the residual stream ----------------------------------------
+
+def token_trajectory(residuals, token: int = 0, image: int = 0) -> np.ndarray:
+    """One token's state at each depth: list over L+1 of [B, N, D] -> [L+1, D].
+
+    Pass the residual stream entering every block plus the last block's output
+    (``blocks.{i}.resid_pre`` for i < L, then ``blocks.{L-1}.resid_post``): the input embedding,
+    then one point per layer. Token 0 is the class token in timm's layout.
+    """
+    if len(residuals) == 0:
+        raise ArgumentError("residuals is empty: pass the residual stream of every layer")
+    states = [np.asarray(r, dtype=np.float64) for r in residuals]
+    for i, r in enumerate(states):
+        if r.ndim != 3 or r.shape != states[0].shape:
+            raise ArgumentError(f"residuals[{i}] must be [B, N, D] like residuals[0] {states[0].shape}, got {r.shape}")
+    image = check_index(image, states[0].shape[0], "image")
+    token = check_index(token, states[0].shape[1], "token")
+    return np.stack([r[image, token] for r in states])                  # [L+1, D]
+
+
+# --- patch-embedding filters (Dosovitskiy et al. 2021, Fig. 7 left) --------------------------
+
+def patch_embedding_filters(weight, n_components: int = 28):
+    """The top principal components of the patch projection, as RGB images: -> ([k, p, p, C], ratio [k]).
+
+    ``weight`` is ``patch_embed.proj.weight`` [D, C, p, p]: D filters, each a C*p*p vector. The
+    ViT paper shows the first 28 components; each image here is min-max scaled to [0, 1] for
+    display (the sign and scale of a component carry no meaning).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    if w.ndim != 4:
+        raise ArgumentError(f"patch_embed.proj.weight must be [D, C, p, p], got shape {w.shape}")
+    d, c, ph, pw = w.shape
+    _, components, ratio = pca(w.reshape(d, c * ph * pw), n_components)  # [k, C*p*p]
+    images = components.reshape(-1, c, ph, pw).transpose(0, 2, 3, 1)    # [k, p, p, C]
+    low = images.min(axis=(1, 2, 3), keepdims=True)
+    span = images.max(axis=(1, 2, 3), keepdims=True) - low
+    return (images - low) / np.where(span > 0, span, 1.0), ratio
