@@ -220,3 +220,53 @@ PRESETS = {
     # the guide's model: ViT-B/16 geometry with a 10-class head
     "guide_vit_base_patch16_224_10cls": dict(embed_dim=768, depth=12, num_heads=12, num_classes=10),
 }
+
+
+def param_shapes(config: ViTConfig) -> dict:
+    """{name: shape} of every parameter of a model with this config, named as in timm's state dict.
+
+    This is the one list of parameters: the model initialises from it and ``weights`` checks every
+    checkpoint against it (it lives here so that ``weights/`` can use it without importing the model).
+    """
+    D, M, p, C = config.embed_dim, config.mlp_dim, config.patch_size, config.in_chans
+    shapes = {}
+    if config.class_token:
+        shapes["cls_token"] = (1, 1, D)
+    if config.distilled:
+        shapes["dist_token"] = (1, 1, D)
+    if config.num_reg_tokens:
+        shapes["reg_token"] = (1, config.num_reg_tokens, D)
+    shapes["pos_embed"] = (1, config.num_pos_embed, D)
+    shapes["patch_embed.proj.weight"] = (D, C, p, p)
+    shapes["patch_embed.proj.bias"] = (D,)
+    for i in range(config.depth):
+        b = f"blocks.{i}."
+        shapes[b + "norm1.weight"] = shapes[b + "norm1.bias"] = (D,)
+        shapes[b + "attn.qkv.weight"] = (3 * D, D)
+        if config.qkv_bias:
+            shapes[b + "attn.qkv.bias"] = (3 * D,)
+        shapes[b + "attn.proj.weight"] = (D, D)
+        shapes[b + "attn.proj.bias"] = (D,)
+        if config.init_values is not None:
+            shapes[b + "ls1.gamma"] = (D,)
+        shapes[b + "norm2.weight"] = shapes[b + "norm2.bias"] = (D,)
+        shapes[b + "mlp.fc1.weight"] = (M, D)
+        shapes[b + "mlp.fc1.bias"] = (M,)
+        shapes[b + "mlp.fc2.weight"] = (D, M)
+        shapes[b + "mlp.fc2.bias"] = (D,)
+        if config.init_values is not None:
+            shapes[b + "ls2.gamma"] = (D,)
+    final = "fc_norm" if config.use_fc_norm else "norm"
+    shapes[final + ".weight"] = shapes[final + ".bias"] = (D,)
+    width = D
+    if config.representation_size:
+        width = config.representation_size
+        shapes["pre_logits.fc.weight"] = (width, D)
+        shapes["pre_logits.fc.bias"] = (width,)
+    if config.num_classes:
+        shapes["head.weight"] = (config.num_classes, width)
+        shapes["head.bias"] = (config.num_classes,)
+        if config.distilled:
+            shapes["head_dist.weight"] = (config.num_classes, width)
+            shapes["head_dist.bias"] = (config.num_classes,)
+    return shapes

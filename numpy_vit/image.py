@@ -1,0 +1,205 @@
+"""Images in: any file, PIL image or array -> the normalised [B, 3, H, W] batch a checkpoint expects.
+
+The steps are timm's evaluation transform (``timm.data.transforms_factory.transforms_imagenet_eval``):
+resize the short side to ``img_size / crop_pct`` with the checkpoint's filter, centre-crop ``img_size``,
+scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel. Pillow is imported only here,
+and only when an image is actually loaded.
+"""
+import math
+import os
+import warnings
+
+import numpy as np
+
+from .errors import ImageError
+
+
+class ImageConversionWarning(UserWarning):
+    """The image was usable but had to be changed (mode, orientation, value range) to become RGB."""
+
+
+def _warn(message):
+    warnings.warn(message, ImageConversionWarning, stacklevel=4)
+
+
+def _open(path):
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"image file not found: {path!r} (check the path; relative paths start at {os.getcwd()})")
+    if os.path.isdir(path):
+        raise ImageError(f"{path!r} is a directory, not an image file; pass the image files inside it")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path!r} is empty (0 bytes): the file was not written or the download failed")
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so a truncated file fails here and not later inside NumPy
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path!r} is too large to decode safely ({e}); downscale it first") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path!r} is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path!r} could not be decoded, it may be truncated or corrupt: {e}") from None
+    return img
+
+
+def _pil_to_rgb(img, name="image"):
+    """Any PIL image -> RGB, with EXIF orientation applied; says what it changed."""
+    from PIL import Image, ImageOps
+
+    if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
+        _warn(f"{name} is animated ({img.n_frames} frames); using the first frame")
+        img.seek(0)
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block is not worth failing for; the pixels are still fine
+        orientation = 1
+    if orientation not in (1, None):
+        img = ImageOps.exif_transpose(img)
+        _warn(f"{name} had EXIF orientation {orientation}; rotated/flipped it upright")
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode_note = "palette (P)"
+    elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(a.max()), 1.0)
+        if mode in ("I", "F"):  # 32-bit data has no fixed range: stretch what is there
+            lo = float(a.min())
+            a = (a - lo) / max(float(a.max()) - lo, 1e-12) * 255.0
+        else:
+            a = a / top * 255.0
+        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+        mode_note = f"{mode} (high bit depth, scaled to 8 bits)"
+    else:
+        mode_note = mode
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("RGBa", "La")):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+        _warn(f"{name} had mode {mode_note} with transparency; composited it on white to get RGB")
+        return img
+    _warn(f"{name} had mode {mode_note}; converted to RGB")
+    return img.convert("RGB")
+
+
+def _array_to_rgb(a):
+    """An HxW or HxWxC array -> HxWx3 uint8 (floats must lie in [0, 1])."""
+    a = np.asarray(a)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ImageError(f"an image array must hold numbers, got dtype {a.dtype}")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise ImageError(f"an image array must be HxW or HxWx3 (got shape {a.shape}); a batch goes in as "
+                         f"[B, 3, H, W] floats already normalised")
+    if a.shape[0] in (1, 3, 4) and a.shape[2] not in (1, 3, 4):
+        raise ImageError(f"the array looks channels-first (shape {a.shape}); pass it as HxWxC: a.transpose(1, 2, 0)")
+    if a.shape[2] not in (1, 3, 4):
+        raise ImageError(f"an image needs 1, 3 or 4 channels in its last axis, got shape {a.shape}")
+    if min(a.shape[:2]) < 1:
+        raise ImageError(f"the image array is empty (shape {a.shape})")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ImageError(f"the image array holds {np.count_nonzero(~np.isfinite(a))} NaN or infinite values")
+        if a.min() < 0 or a.max() > 1:
+            raise ImageError(f"a float image must lie in [0, 1], got values in [{a.min():.3g}, {a.max():.3g}]; "
+                             f"for 0..255 data use a.astype(np.uint8)")
+        a = np.round(a * 255).astype(np.uint8)
+        _warn("float image in [0, 1] scaled to uint8")
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+        _warn("boolean image mapped to black and white")
+    elif a.dtype != np.uint8:
+        if a.min() < 0 or a.max() > 255:
+            if a.dtype == np.uint16 or (a.min() >= 0 and a.max() <= 65535):
+                a = np.round(a.astype(np.float64) / 65535 * 255).astype(np.uint8)
+                _warn(f"{a.dtype} image with values above 255 read as 16-bit and scaled to 8 bits")
+            else:
+                raise ImageError(f"integer image values must lie in 0..255 (or 0..65535), got "
+                                 f"[{a.min()}, {a.max()}]")
+        else:
+            a = a.astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+        _warn("greyscale array repeated to 3 channels")
+    elif a.shape[2] == 4:
+        alpha = a[:, :, 3:4].astype(np.float64) / 255
+        a = np.round(a[:, :, :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        _warn("RGBA array composited on white to get RGB")
+    return np.ascontiguousarray(a)
+
+
+def to_rgb_array(src):
+    """A path, PIL image or array -> HxWx3 uint8 RGB (EXIF orientation applied, any mode converted)."""
+    if isinstance(src, (str, os.PathLike)):
+        return np.asarray(_pil_to_rgb(_open(src), name=repr(os.fspath(src))))
+    if type(src).__module__.startswith("PIL."):
+        return np.asarray(_pil_to_rgb(src))
+    if isinstance(src, (np.ndarray, list, tuple)):
+        return _array_to_rgb(src)
+    raise ImageError(f"cannot read an image from a {type(src).__name__}; pass a file path, a PIL image, "
+                     f"or an HxWx3 uint8 array")
+
+
+_FILTERS = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
+
+
+def resize_and_crop(rgb, size, crop_pct=1.0, interpolation="bicubic"):  # [h, w, 3] uint8 -> [H, W, 3] uint8
+    """timm's eval transform: short side to size / crop_pct (or each side, for a non-square size), centre crop."""
+    from PIL import Image
+
+    H, W = size
+    h, w = rgb.shape[:2]
+    if H == W:
+        scaled = math.floor(H / crop_pct)
+        ratio = scaled / min(h, w)
+        new_h, new_w = max(H, round(h * ratio)), max(W, round(w * ratio))
+    else:
+        new_h, new_w = math.floor(H / crop_pct), math.floor(W / crop_pct)
+    img = Image.fromarray(rgb)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample=_FILTERS[interpolation])
+    top, left = round((new_h - H) / 2), round((new_w - W) / 2)
+    return np.asarray(img.crop((left, top, left + W, top + H)))
+
+
+def normalise(rgb, mean, std):  # [H, W, 3] uint8 -> [3, H, W] float32
+    x = rgb.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return x.transpose(2, 0, 1)
+
+
+def load_image(src, config, img_size=None):
+    """One image -> ([1, 3, H, W] float32 normalised, [H, W, 3] float in [0, 1] for overlays)."""
+    size = config.img_size if img_size is None else _size(img_size, config.patch_size)
+    rgb = resize_and_crop(to_rgb_array(src), size, config.crop_pct, config.interpolation)
+    return normalise(rgb, config.mean, config.std)[None], rgb.astype(np.float32) / 255.0
+
+
+def _size(img_size, patch_size):
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if h % patch_size or w % patch_size or h < patch_size or w < patch_size:
+        raise ImageError(f"img_size {h}x{w} is not a multiple of the patch size {patch_size}; "
+                         f"use e.g. {max(1, h // patch_size) * patch_size}x{max(1, w // patch_size) * patch_size}")
+    return (h, w)
+
+
+def prepare(image, config, img_size=None):
+    """What ``ViT.run`` accepts -> ([B, 3, H, W] float batch, overlay image of the first one or None)."""
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        if image.shape[1] != config.in_chans and image.shape[-1] == config.in_chans:
+            raise ImageError(f"a batch must be [B, 3, H, W] normalised floats; got shape {image.shape} "
+                             f"(channels last): use x.transpose(0, 3, 1, 2)")
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ImageError(f"a [B, 3, H, W] batch must be normalised floats, got dtype {image.dtype}; "
+                             f"pass uint8 images one by one (or as a list) to have them normalised")
+        overlay = image[0].transpose(1, 2, 0) * np.asarray(config.std) + np.asarray(config.mean)
+        return image, np.clip(overlay, 0, 1).astype(np.float32)
+    if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (int, float, np.number)):
+        loaded = [load_image(item, config, img_size) for item in image]
+        return np.concatenate([b for b, _ in loaded], axis=0), loaded[0][1]
+    return load_image(image, config, img_size)

@@ -1,0 +1,196 @@
+"""The Vision Transformer's math as small pure functions of NumPy arrays.
+
+Shapes: B batch, N tokens (prefix tokens + patches), P patches, D width, H heads,
+Dh head width (D // H), M MLP width, C channels, p patch side, gh x gw the patch grid.
+
+Weights follow torch's layout (``weight`` is [out, in]) so that a timm or HF state dict
+can be wired in with ``**`` and no transposes. Every function computes in the dtype of
+its input (float32 by default, float64 on request) and never upcasts.
+
+``record`` is an optional callback ``record(name, array)``: the trace uses it to keep the
+intermediates the forward pass computes anyway (lucidrains/vit-pytorch makes the softmax
+its own step for the same reason).
+"""
+import math
+
+import numpy as np
+
+
+def _no_record(name, array):
+    pass
+
+
+def linear(x, weight, bias=None):  # [..., in] -> [..., out]
+    """``x @ weight.T + bias`` as one matrix multiply over all leading axes (one BLAS call, not one per image)."""
+    lead = x.shape[:-1]
+    y = x.reshape(-1, x.shape[-1]) @ weight.T  # [B*N, in] @ [in, out] -> [B*N, out]
+    if bias is not None:
+        y += bias
+    return y.reshape(*lead, weight.shape[0])
+
+
+def layer_norm(x, weight, bias, *, eps):  # [..., D] -> [..., D]
+    """Ba et al. 2016: normalise each token to zero mean and unit variance (biased), then scale and shift."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    return centred / np.sqrt(var + eps) * weight + bias
+
+
+# --- erf and GELU ---------------------------------------------------------------------------
+# NumPy has no erf. In float32 we use the Chebyshev-fitted erfc of Numerical Recipes (Press et al.,
+# 2nd ed., sec. 6.2, "erfcc": relative error < 1.2e-7 everywhere, i.e. float32 resolution), plus a short
+# Taylor series for erf near 0 where 1 - erfc cancels. In float64 a Taylor series near 0 and a continued
+# fraction for the tail are summed to double precision.
+
+_ERFC_CHEB = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+              0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def _erfc_float32(x):
+    """erfc(x) = t exp(-x^2 + c0 + c1 t + ... + c9 t^9) for x >= 0, t = 1 / (1 + x/2); erfc(-x) = 2 - erfc(x)."""
+    one = x.dtype.type(1.0)
+    a = np.abs(x)
+    t = one / (one + x.dtype.type(0.5) * a)
+    poly = x.dtype.type(_ERFC_CHEB[-1])
+    for coefficient in _ERFC_CHEB[-2::-1]:  # Horner's rule
+        poly = poly * t + x.dtype.type(coefficient)
+    y = t * np.exp(poly - a * a)
+    return np.where(x >= 0, y, 2 * one - y)
+
+
+def _erf_series(x, terms):  # erf x = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
+    x2 = x * x
+    term = x.copy()  # (-1)^n x^(2n+1) / n!
+    total = x.copy()
+    for n in range(1, terms):
+        term = term * (-x2) / x.dtype.type(n)
+        total = total + term / x.dtype.type(2 * n + 1)
+    return total * x.dtype.type(2.0 / math.sqrt(math.pi))
+
+
+def _erfc_continued_fraction(a):  # a >= 2: erfc a = exp(-a^2)/sqrt(pi) / (a + 1/2 / (a + 1 / (a + 3/2 / (a + ...))))
+    tail = np.zeros_like(a)
+    for k in range(60, 0, -1):  # evaluated from the bottom up; 60 levels reach double precision for a >= 2
+        tail = (k / 2.0) / (a + tail)
+    return np.exp(-a * a) / math.sqrt(math.pi) / (a + tail)
+
+
+def erfc_float64(x):
+    """Complementary error function to double precision (float64 GELU, and the reference in tests)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    small = a < 2.0
+    out = np.empty_like(x)
+    out[small] = 1.0 - _erf_series(x[small], terms=40)  # at |x| = 2 the 40th term is < 1e-20
+    tail = _erfc_continued_fraction(a[~small])
+    out[~small] = np.where(x[~small] > 0, tail, 2.0 - tail)
+    return out
+
+
+def erf(x):
+    """The error function, elementwise, in the dtype of x (float32: ~1e-7 relative; float64: ~1e-16)."""
+    x = np.asarray(x)
+    if x.dtype == np.float64:
+        return 1.0 - erfc_float64(x)
+    x = x.astype(np.float32, copy=False)
+    near_zero = np.abs(x) < 0.5
+    return np.where(near_zero, _erf_series(x, terms=8), 1 - _erfc_float32(x))  # 8 terms: < 1e-8 at |x| = 0.5
+
+
+def gelu(x, approximate="erf"):
+    """Hendrycks & Gimpel 2016: x * Phi(x). "erf" is exact (timm, HF); "tanh" is the Flax approximation.
+
+    Phi(x) = erfc(-x / sqrt 2) / 2 keeps full relative precision for large negative x, where 1 + erf(x)
+    would cancel.
+    """
+    if approximate == "tanh":
+        c = x.dtype.type(math.sqrt(2.0 / math.pi))
+        return 0.5 * x * (1.0 + np.tanh(c * (x + x.dtype.type(0.044715) * x * x * x)))
+    if x.dtype == np.float64:
+        return 0.5 * x * erfc_float64(-x / math.sqrt(2.0))
+    return x.dtype.type(0.5) * x * _erfc_float32(x * x.dtype.type(-1.0 / math.sqrt(2.0)))
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum: subtracting the row maximum changes nothing mathematically and prevents overflow."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# --- the transformer's pieces -----------------------------------------------------------------
+
+def patchify(images, patch_size):  # [B, C, H, W] -> [B, P, C*p*p]
+    """Cut the image into non-overlapping p x p patches, row by row, each flattened in (channel, row, col)
+    order: the order of a conv weight [D, C, p, p], so the patch embedding is one matrix multiply."""
+    B, C, H, W = images.shape
+    p = patch_size
+    gh, gw = H // p, W // p
+    x = images.reshape(B, C, gh, p, gw, p)  # [B, C, gh, p, gw, p]
+    x = x.transpose(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, p, p]
+    return x.reshape(B, gh * gw, C * p * p)  # [B, P, C*p*p]
+
+
+def split_heads(x, num_heads):  # [B, N, D] -> [B, H, N, Dh]
+    B, N, D = x.shape
+    return x.reshape(B, N, num_heads, D // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):  # [B, H, N, Dh] -> [B, N, D]
+    B, H, N, Dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, N, H * Dh)
+
+
+def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B, N, D]
+    """Multi-head self-attention (Vaswani et al. 2017, eq. 1): softmax(q k^T / sqrt(Dh)) v, per head.
+
+    ``qkv`` holds q, k and v stacked along the output axis ([3D, D], rows laid out (q|k|v, head, Dh)) as
+    timm stores them. The query is scaled before the product, as timm does, so float32 rounding matches.
+    """
+    B, N, D = x.shape
+    Dh = D // num_heads
+    qkv_out = linear(x, **qkv)  # [B, N, 3D]
+    qkv_out = qkv_out.reshape(B, N, 3, num_heads, Dh).transpose(2, 0, 3, 1, 4)  # [3, B, H, N, Dh]
+    q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]  # each [B, H, N, Dh]
+    record("q", q)
+    record("k", k)
+    record("v", v)
+    scores = (q * x.dtype.type(Dh ** -0.5)) @ k.swapaxes(-1, -2)  # [B, H, N, Dh] @ [B, H, Dh, N] -> [B, H, N, N]
+    record("scores", scores)
+    pattern = softmax(scores, axis=-1)  # [B, H, N, N], each row a distribution over the N keys
+    record("pattern", pattern)
+    z = pattern @ v  # [B, H, N, N] @ [B, H, N, Dh] -> [B, H, N, Dh]
+    record("z", z)
+    return linear(merge_heads(z), **proj)  # [B, N, D]
+
+
+def mlp(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B, N, D] -> [B, N, D]
+    h = linear(x, **fc1)  # [B, N, M]
+    record("pre", h)
+    h = gelu(h, gelu_approximate)  # [B, N, M]
+    record("post", h)
+    return linear(h, **fc2)  # [B, N, D]
+
+
+def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
+          record=_no_record):  # [B, N, D] -> [B, N, D]
+    """One pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x)); optional layer scale (CaiT)."""
+    mlp_fn = globals()["mlp"]  # the argument named ``mlp`` (the weights) shadows the function
+    record("resid_pre", x)
+    h = layer_norm(x, **norm1, eps=eps)
+    record("ln1", h)
+    h = attention(h, **attn, num_heads=num_heads, record=lambda name, a: record("attn." + name, a))
+    if ls1 is not None:
+        h = h * ls1["gamma"]
+    record("attn_out", h)
+    x = x + h
+    record("resid_mid", x)
+    h = layer_norm(x, **norm2, eps=eps)
+    record("ln2", h)
+    h = mlp_fn(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
+    if ls2 is not None:
+        h = h * ls2["gamma"]
+    record("mlp_out", h)
+    x = x + h
+    record("resid_post", x)
+    return x

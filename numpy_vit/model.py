@@ -1,0 +1,240 @@
+"""ViT: parameters, initialisation and the forward pass that writes a Trace.
+
+Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words" (arXiv 2010.11929), eqs. 1-4:
+    z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
+    z'_l = MSA(LN(z_{l-1})) + z_{l-1}
+    z_l  = MLP(LN(z'_l)) + z'_l
+    y    = LN(z_L^0)
+Shapes: B batch, N tokens, P patches, D width, C classes; gh x gw the patch grid of this input.
+"""
+
+import numpy as np
+
+from .config import ViTConfig, param_shapes
+from .errors import ArgumentError, CheckpointError, ConfigError
+from .layers import block, layer_norm, linear, patchify
+from .resample import resample_pos_embed
+from .trace import Trace
+
+__all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
+
+def init_params(config: ViTConfig, seed=0, dtype=np.float32):
+    """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens,
+    zeros for biases, ones for LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith(".gamma"):
+            value = np.full(shape, config.init_values)
+        elif name.endswith(".bias"):
+            value = np.zeros(shape)
+        elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
+            value = np.ones(shape)
+        else:
+            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * 0.02  # clipped at 2 std, like trunc_normal_
+        params[name] = value.astype(dtype)
+    return params
+
+def _check_params(config, params):
+    expected = param_shapes(config)
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    wrong = [f"{k}: got {tuple(np.shape(params[k]))}, expected {expected[k]}"
+             for k in expected if k in params and tuple(np.shape(params[k])) != tuple(expected[k])]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} parameter(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected parameter(s): {', '.join(unexpected[:8])}"
+                        f"{' ...' if len(unexpected) > 8 else ''}")
+    if wrong:
+        problems.append("wrong shape(s): " + "; ".join(wrong[:8]))
+    if problems:
+        raise CheckpointError(f"the parameters do not fit the config {config.name or '(unnamed)'} "
+                              f"(depth={config.depth}, embed_dim={config.embed_dim}): " + " | ".join(problems))
+
+def _nest(flat):
+    """{"blocks.0.attn.qkv.weight": a} -> {"blocks": {"0": {"attn": {"qkv": {"weight": a}}}}}: keys become the
+    argument names of the layer functions, so ``block(x, **params["blocks"]["0"])`` wires the weights in."""
+    tree = {}
+    for name, value in flat.items():
+        node = tree
+        *path, leaf = name.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+class ViT:
+    """A Vision Transformer in NumPy. ``run`` takes an image (or a batch) and returns a Trace of every
+    intermediate; ``attention_maps`` holds the last run's attention patterns, as the guide's class did."""
+
+    def __init__(self, config: ViTConfig = None, params=None, seed=0, dtype=np.float32, **config_fields):
+        if config is None:
+            config = ViTConfig(**config_fields)
+        elif config_fields:
+            raise ConfigError("pass either a ViTConfig or its fields as keyword arguments, not both")
+        if not isinstance(config, ViTConfig):
+            raise ConfigError(f"config must be a numpy_vit.ViTConfig, got {type(config).__name__}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.config = config
+        if params is None:
+            params = init_params(config, seed)
+        else:
+            _check_params(config, params)
+        self.params = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in params.items()}
+        self._tree = _nest(self.params)
+        self.attention_maps = []
+        self.last_trace = None
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name, seed=0, **overrides):
+        """A randomly initialised model of a named architecture, e.g. ``ViT.from_preset("vit_small_patch16_224")``."""
+        return cls(ViTConfig.preset(name, **overrides), seed=seed)
+
+    @classmethod
+    def from_pretrained(cls, path_or_name=None, arch=None, dtype=np.float32):
+        """Load weights: our .npz, a timm .safetensors/.pth, an HF directory, a JAX .npz, a DINO .pth, or a hub
+        name such as "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k". None loads the shipped default model."""
+        import weights  # imported here so that the model never depends on the checkpoint readers
+
+        config, params = weights.load_any(path_or_name, arch=arch)
+        return cls(config, params, dtype=dtype)
+
+    def save(self, path):
+        """Write our .npz (arrays + config as JSON); ``ViT.from_pretrained(path)`` reads it back exactly."""
+        import weights
+
+        weights.save(path, self.config, self.params)
+
+    def astype(self, dtype):
+        """The same model computing in another dtype (float64 for reference-grade numbers)."""
+        return ViT(self.config, self.params, dtype=dtype)
+
+    @property
+    def num_params(self):
+        return int(sum(v.size for v in self.params.values()))
+
+    def __repr__(self):
+        c = self.config
+        return (f"ViT({c.name or 'custom'}: depth={c.depth}, embed_dim={c.embed_dim}, heads={c.num_heads}, "
+                f"patch={c.patch_size}, img={c.img_size}, classes={c.num_classes}, {self.num_params / 1e6:.1f}M params, "
+                f"{self.dtype.name})")
+
+    # --- position embedding -------------------------------------------------------------
+    def pos_embed_for(self, grid):  # -> [N_pos, D]
+        """The position embedding for a patch grid (gh, gw), resampled from the training grid if they differ."""
+        c = self.config
+        num_prefix = 0 if c.no_embed_class else c.num_prefix_tokens
+        return resample_pos_embed(self.params["pos_embed"][0], c.grid_size, grid, num_prefix, c.pos_embed_resample)
+
+    # --- forward --------------------------------------------------------------------------
+    def forward(self, images, record=None, image_for_overlay=None):  # [B, 3, H, W] -> Trace
+        """Run normalised images through the model. ``record``: None keeps every intermediate, or a glob
+        (or list of globs) of trace names to keep, e.g. ``["blocks.*.attn.pattern", "logits"]``."""
+        c, P = self.config, self._tree
+        x = self._check_input(images)
+        B, _, H, W = x.shape
+        grid = (H // c.patch_size, W // c.patch_size)
+        trace = Trace(c, grid, record=record, image=image_for_overlay)
+        trace.add("input", x)
+
+        patches = trace.add("patches", patchify(x, c.patch_size))  # [B, P, C*p*p]
+        proj = P["patch_embed"]["proj"]
+        D = c.embed_dim
+        tokens = linear(patches, proj["weight"].reshape(D, -1), proj["bias"])  # [B, P, D]
+        trace.add("patch_embed", tokens)
+        pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
+
+        prefix = [P[name][0] for name in ("cls_token", "dist_token", "reg_token") if name in P]  # each [k, D]
+        prefix = np.concatenate(prefix, axis=0) if prefix else np.zeros((0, D), self.dtype)  # [prefix, D]
+        prefix = np.broadcast_to(prefix, (B, *prefix.shape))  # [B, prefix, D]
+        if c.no_embed_class:  # DINOv2 / DeiT-3: only the patches carry a position
+            x = np.concatenate([prefix, tokens + pos], axis=1)  # [B, N, D]
+        else:  # original ViT: the class token has a position entry too; concatenate, then add
+            x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
+
+        blocks = P["blocks"]
+        for i in range(c.depth):
+            x = block(x, **blocks[str(i)], num_heads=c.num_heads, eps=c.layer_norm_eps, gelu_approximate=c.gelu,
+                      record=trace.recorder(f"blocks.{i}"))
+
+        if not c.use_fc_norm:
+            x = trace.add("norm", layer_norm(x, **P["norm"], eps=c.layer_norm_eps))  # [B, N, D]
+        if c.global_pool == "token":
+            pooled = x[:, 0]  # [B, D] the class token
+        elif c.global_pool == "avg":
+            pooled = x[:, c.num_prefix_tokens:].mean(axis=1)  # [B, D] mean over patch tokens only
+        else:
+            pooled = None
+        if pooled is not None and c.use_fc_norm:
+            pooled = layer_norm(pooled, **P["fc_norm"], eps=c.layer_norm_eps)
+        if pooled is not None:
+            trace.add("pooled", pooled)
+            if c.representation_size:
+                pooled = trace.add("pre_logits", np.tanh(linear(pooled, **P["pre_logits"]["fc"])))  # [B, R]
+            if c.num_classes:
+                logits = linear(pooled, **P["head"])  # [B, C]
+                if c.distilled:  # DeiT at inference: average the class-token head and the distillation-token head
+                    logits = (logits + linear(x[:, 1], **P["head_dist"])) / 2
+                trace.add("logits", logits)
+
+        self.attention_maps = [trace[k] for k in
+                               (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
+        self.last_trace = trace
+        return trace
+
+    def run(self, image, record=None, img_size=None):
+        """Image(s) in, Trace out. ``image``: a path, a PIL image, an HxWx3 uint8 array, a list of those, or a
+        [B, 3, H, W] float array already normalised. ``img_size`` (int or (h, w)) overrides the input size for
+        images (the position embedding is resampled)."""
+        from . import image as image_module
+
+        batch, overlay = image_module.prepare(image, self.config, img_size=img_size)
+        return self.forward(batch.astype(self.dtype, copy=False), record=record, image_for_overlay=overlay)
+
+    __call__ = run
+
+    def _check_input(self, images):
+        from .errors import ImageError
+
+        c = self.config
+        x = np.asarray(images)
+        if x.ndim != 4 or x.shape[1] != c.in_chans:
+            hint = ""
+            if x.ndim == 4 and x.shape[-1] == c.in_chans:
+                hint = " It looks channels-last: use x.transpose(0, 3, 1, 2)."
+            elif x.ndim == 3:
+                hint = " For a single image pass it with a batch axis (x[None]) or as an HxWx3 uint8 array to run()."
+            raise ImageError(f"forward() expects a [B, {c.in_chans}, H, W] float array, got shape {x.shape}.{hint}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ImageError(f"forward() expects normalised float pixels, got dtype {x.dtype}; "
+                             f"use model.run() for uint8 images, which normalises them")
+        H, W = x.shape[2:]
+        p = c.patch_size
+        if H < p or W < p or H % p or W % p:
+            raise ImageError(f"input size {H}x{W} is not a multiple of the patch size {p}; "
+                             f"crop or resize to e.g. {max(1, H // p) * p}x{max(1, W // p) * p}")
+        if not np.isfinite(x).all():
+            raise ImageError(f"the input holds {np.count_nonzero(~np.isfinite(x))} NaN or infinite values")
+        return x.astype(self.dtype, copy=False)
+
+    def layer_attention(self, layer):
+        """The attention pattern of one layer from the last run, with a clear error for a bad index."""
+        if not self.attention_maps:
+            raise ArgumentError("no attention recorded yet: call model.run(image) first")
+        if self.last_trace is not None:
+            layer = self.last_trace.layer(layer)
+        return self.attention_maps[layer]
+
+class ViTWithAttention(ViT):
+    """The guide's class name: ``ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=768,
+    depth=12, num_heads=12)`` builds a randomly initialised model; ``model.attention_maps`` after a run."""
+
+    def __init__(self, img_size=224, patch_size=16, num_classes=10, embed_dim=768, depth=12, num_heads=12,
+                 seed=0, **fields):
+        super().__init__(ViTConfig(img_size=img_size, patch_size=patch_size, num_classes=num_classes,
+                                   embed_dim=embed_dim, depth=depth, num_heads=num_heads, **fields), seed=seed)

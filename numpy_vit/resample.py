@@ -1,0 +1,100 @@
+"""Resizing a grid of vectors (a position embedding) to another grid, the way each reference does it.
+
+Every method here is separable: it is a weight matrix along rows and one along columns, so
+``out[c] = W_rows @ grid[c] @ W_cols.T``. Building the two small matrices explicitly keeps the
+arithmetic visible and lets the tests compare them entry by entry with torch.
+
+- ``bicubic_antialias``: timm ``resample_abs_pos_embed`` = torch ``F.interpolate(mode="bicubic",
+  antialias=True)``: Keys' cubic with a = -0.5, the kernel stretched by the scale when shrinking,
+  weights normalised to sum to 1, samples outside the grid dropped (the Pillow algorithm).
+- ``bicubic_hf``: HF ``interpolate_pos_encoding`` = ``F.interpolate(mode="bicubic", align_corners=False)``:
+  a = -0.75, no antialias, indices clamped to the border.
+- ``bilinear``: ``F.interpolate(mode="bilinear", align_corners=False)`` without antialias
+  (timm's loader for the JAX ``.npz`` checkpoints).
+"""
+import math
+
+import numpy as np
+
+
+def _cubic(t, a):
+    """Keys (1981) cubic convolution kernel."""
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1  # |t| <= 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # 1 < |t| < 2
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _weights_antialias(n_in, n_out):  # -> [n_out, n_in]
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)  # only shrinking widens the kernel (anti-aliasing)
+    support = 2.0 * stretch  # bicubic reaches 2 input samples on each side, times the stretch
+    W = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        w = _cubic((j - centre + 0.5) / stretch, a=-0.5)
+        W[i, lo:hi] = w / w.sum()
+    return W
+
+
+def _weights_bicubic_clamped(n_in, n_out):  # -> [n_out, n_in]
+    scale = n_in / n_out
+    W = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = scale * (i + 0.5) - 0.5
+        x0 = math.floor(src)
+        t = src - x0
+        for offset in (-1, 0, 1, 2):
+            W[i, min(max(x0 + offset, 0), n_in - 1)] += _cubic(np.float64(t - offset), a=-0.75)
+    return W
+
+
+def _weights_bilinear(n_in, n_out):  # -> [n_out, n_in]
+    scale = n_in / n_out
+    W = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = max(scale * (i + 0.5) - 0.5, 0.0)
+        x0 = min(int(src), n_in - 1)
+        x1 = min(x0 + 1, n_in - 1)
+        t = src - x0
+        W[i, x0] += 1.0 - t
+        W[i, x1] += t
+    return W
+
+
+_METHODS = {
+    "bicubic_antialias": _weights_antialias,
+    "bicubic_hf": _weights_bicubic_clamped,
+    "bilinear": _weights_bilinear,
+}
+
+
+def resize_weights(n_in, n_out, method):
+    """The [n_out, n_in] matrix that resizes one axis with ``method``."""
+    if n_in == n_out:
+        return np.eye(n_in)
+    return _METHODS[method](n_in, n_out)
+
+
+def resample_grid(grid, new_size, method="bicubic_antialias"):  # [gh, gw, D] -> [nh, nw, D]
+    """Resize a grid of D-dim vectors. Computed in float64 and returned in the grid's dtype, so a
+    float32 result is the correctly rounded one (torch's float32 kernel differs from it by ~1 ulp)."""
+    gh, gw, D = grid.shape
+    nh, nw = new_size
+    Wr = resize_weights(gh, nh, method)  # [nh, gh]
+    Wc = resize_weights(gw, nw, method)  # [nw, gw]
+    rows = np.einsum("ig,gwd->iwd", Wr, grid.astype(np.float64))  # [nh, gw, D]
+    return np.einsum("jw,iwd->ijd", Wc, rows).astype(grid.dtype)  # [nh, nw, D]
+
+
+def resample_pos_embed(pos_embed, old_grid, new_grid, num_prefix, method="bicubic_antialias"):
+    """[N_old, D] -> [N_new, D]: the prefix rows (class token etc.) are kept, the patch rows resized as a grid."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    prefix, patches = pos_embed[:num_prefix], pos_embed[num_prefix:]
+    grid = patches.reshape(old_grid[0], old_grid[1], -1)  # [gh, gw, D]
+    grid = resample_grid(grid, new_grid, method)  # [nh, nw, D]
+    return np.concatenate([prefix, grid.reshape(-1, grid.shape[-1])], axis=0)

@@ -1,0 +1,146 @@
+"""Trace: every intermediate of one forward pass as a named array, plus what is needed to read it.
+
+Names follow TransformerLens's hook names (``blocks.3.attn.pattern``); the shapes are listed once
+in ``TRACE_KEYS`` below. Recording is selected by glob patterns so that statistics over many images
+keep only what they need: ``model.run(x, record=["blocks.*.attn.pattern"])``.
+"""
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+import numpy as np
+
+from .errors import ArgumentError
+
+# name pattern -> shape (B batch, N tokens, P patches, D width, H heads, Dh head width, M MLP width)
+TRACE_KEYS = {
+    "input": "[B, 3, H_img, W_img] normalised pixels",
+    "patches": "[B, P, 3*p*p] raw patch vectors, before the projection",
+    "patch_embed": "[B, P, D]",
+    "pos_embed": "[N_pos, D] the (possibly resampled) position embedding actually used",
+    "blocks.{i}.resid_pre": "[B, N, D]",
+    "blocks.{i}.ln1": "[B, N, D]",
+    "blocks.{i}.attn.q": "[B, H, N, Dh]",
+    "blocks.{i}.attn.k": "[B, H, N, Dh]",
+    "blocks.{i}.attn.v": "[B, H, N, Dh]",
+    "blocks.{i}.attn.scores": "[B, H, N, N] scaled q.k, before the softmax",
+    "blocks.{i}.attn.pattern": "[B, H, N, N] softmax probabilities, rows sum to 1",
+    "blocks.{i}.attn.z": "[B, H, N, Dh] pattern @ v",
+    "blocks.{i}.attn_out": "[B, N, D] after the output projection (and layer scale)",
+    "blocks.{i}.resid_mid": "[B, N, D]",
+    "blocks.{i}.ln2": "[B, N, D]",
+    "blocks.{i}.mlp.pre": "[B, N, M] before the GELU",
+    "blocks.{i}.mlp.post": "[B, N, M] after the GELU",
+    "blocks.{i}.mlp_out": "[B, N, D] (after layer scale)",
+    "blocks.{i}.resid_post": "[B, N, D]",
+    "norm": "[B, N, D] after the final LayerNorm (absent for fc_norm models, which normalise after pooling)",
+    "pooled": "[B, D] the image summary fed to the head (CLS token, or the patch mean)",
+    "pre_logits": "[B, R] JAX representation layer output (only for checkpoints with one)",
+    "logits": "[B, num_classes] (DeiT: mean of the class and distillation heads)",
+}
+
+
+class Trace(Mapping):
+    """A read-only mapping name -> array from one forward pass, with the metadata to interpret it.
+
+    Metadata: ``config``, ``grid`` (gh, gw) of this run (not always square, not always the
+    training grid), ``prefix_names`` ("cls", "dist", "reg0", ...), ``patch_size``, and ``image``:
+    the preprocessed first image as [H, W, 3] floats in [0, 1] for overlays.
+    """
+
+    def __init__(self, config, grid, record=None, image=None):
+        self.config = config
+        self.grid = tuple(grid)
+        self.image = image
+        self._patterns = None if record is None else [record] if isinstance(record, str) else list(record)
+        self._arrays = {}
+
+    # --- writing (used by the forward pass) --------------------------------------------
+    def wants(self, name):
+        return self._patterns is None or any(fnmatchcase(name, pattern) for pattern in self._patterns)
+
+    def add(self, name, array):
+        if self.wants(name):
+            self._arrays[name] = array
+        return array
+
+    def recorder(self, prefix):
+        """A ``record(name, array)`` callback that files arrays under ``prefix.name``."""
+        return lambda name, array: self.add(f"{prefix}.{name}", array)
+
+    # --- reading ---------------------------------------------------------------------
+    def __getitem__(self, name):
+        try:
+            return self._arrays[name]
+        except KeyError:
+            pass
+        if self._patterns is not None and name not in self._arrays:
+            hint = f"it was not recorded (record={self._patterns}); run again with record=None to keep everything"
+        else:
+            hint = "the recorded names are listed by trace.keys(); the shapes by numpy_vit.trace.TRACE_KEYS"
+        raise KeyError(f"no array {name!r} in this trace: {hint}") from None
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+    def __repr__(self):
+        return (f"Trace({len(self)} arrays, grid={self.grid}, prefix={self.prefix_names}, "
+                f"batch={self.batch_size}, model={self.config.name or 'unnamed'})")
+
+    @property
+    def prefix_names(self):
+        return self.config.prefix_names
+
+    @property
+    def num_prefix_tokens(self):
+        return self.config.num_prefix_tokens
+
+    @property
+    def patch_size(self):
+        return self.config.patch_size
+
+    @property
+    def depth(self):
+        return self.config.depth
+
+    @property
+    def batch_size(self):
+        for array in self._arrays.values():
+            if array.ndim >= 2 and array is not self._arrays.get("pos_embed"):
+                return array.shape[0]
+        return None
+
+    @property
+    def logits(self):
+        return self["logits"]
+
+    @property
+    def attention(self):
+        """The attention pattern of every layer: a list of [B, H, N, N]."""
+        return [self[f"blocks.{i}.attn.pattern"] for i in range(self.config.depth)]
+
+    def layer(self, index):
+        """Check a layer index (negative counts from the end) and return it as a non-negative int."""
+        depth = self.config.depth
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not -depth <= index < depth:
+            raise ArgumentError(f"layer index {index!r} is out of range: this model has {depth} layers, "
+                                f"numbered 0..{depth - 1} (or -{depth}..-1 from the end)")
+        return int(index) % depth
+
+    def probabilities(self):
+        """Softmax of the logits: [B, num_classes]."""
+        z = self.logits - self.logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def top_k(self, k=5, image=0):
+        """The k most probable classes of one image as [(label, probability)], best first."""
+        if "logits" not in self._arrays:
+            raise ArgumentError("this model has no classifier (num_classes=0), so there are no classes to rank; "
+                                "use trace['pooled'] for its features")
+        probs = self.probabilities()[image]
+        order = np.argsort(-probs)[: max(1, int(k))]
+        labels = self.config.labels or tuple(f"class {i}" for i in range(len(probs)))
+        return [(labels[i], float(probs[i])) for i in order]
