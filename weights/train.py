@@ -1,0 +1,286 @@
+"""Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
+
+Run by hand, never by the tests (it needs torch and about an hour of two CPU cores):
+
+    python -m weights.train                       # trains, checkpoints, exports weights/default.npz
+    python -m weights.train --resume              # after an interruption: continues from the last checkpoint
+    python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
+
+The recipe (see weights/MODEL_CARD.md for the numbers it reaches):
+
+1. Stage ``low``: most of the steps at 112 x 112 (a 7 x 7 grid, 50 tokens, about
+   5x cheaper per image than 224), each batch a fresh ``make_shapes`` draw whose
+   seed is a function of the step, so no image is seen twice and a resumed run
+   sees exactly the batches it would have seen.
+2. Stage ``high``: a short fine-tune at 224 x 224 (the 14 x 14 grid the model
+   ships with). The 7 x 7 position embedding is resampled to 14 x 14 with timm's
+   ``resample_abs_pos_embed`` (bicubic, antialiased), as in ViT paper section 3.2
+   and "FixRes" (Touvron et al. 2019): the same scenes at twice the pixels are
+   twice as many patches, so the model must adapt to the new scale.
+
+Both stages: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
+decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0.
+Checkpoints go to ``weights/_train/ckpt.pt`` every few minutes (atomic
+replace); the log is ``weights/_train/train.log``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+
+from numpy_vit.config import ViTConfig
+from weights.shapes import CLASSES, make_shapes
+
+HERE = Path(__file__).resolve().parent
+TRAIN_DIR = HERE / "_train"
+DEFAULT_OUT = HERE / "default.npz"
+
+# --- the recipe, as data ----------------------------------------------------------
+ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
+MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
+STAGES = (
+    dict(name="low", img_size=112, steps=1100, batch=128, lr=1e-3, warmup=60, eval_every=100, eval_images=512),
+    dict(name="high", img_size=224, steps=120, batch=64, lr=2e-4, warmup=10, eval_every=40, eval_images=256),
+)
+WEIGHT_DECAY = 0.05
+LABEL_SMOOTHING = 0.1
+CLIP_NORM = 1.0
+TORCH_SEED = 0
+TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
+VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
+CHECKPOINT_EVERY_S = 240
+NAME = "numpy_vit_shapes_patch16_224"
+
+
+def batch_seed(stage: int, step: int) -> int:
+    return TRAIN_SEED_BASE + 100_000 * stage + step
+
+
+def build_model(img_size: int) -> VisionTransformer:
+    return VisionTransformer(img_size=img_size, **ARCH)
+
+
+def to_input(images_uint8: torch.Tensor) -> torch.Tensor:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float
+    x = images_uint8.permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def learning_rate(stage: dict, step: int) -> float:
+    """Linear warm-up to stage["lr"], then cosine decay to 1% of it at the last step."""
+    if step < stage["warmup"]:
+        return stage["lr"] * (step + 1) / stage["warmup"]
+    progress = (step - stage["warmup"]) / max(1, stage["steps"] - stage["warmup"])
+    return stage["lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
+    return torch.optim.AdamW([dict(params=decay, weight_decay=WEIGHT_DECAY),
+                              dict(params=no_decay, weight_decay=0.0)], lr=0.0, betas=(0.9, 0.999))
+
+
+def grow_to(model: VisionTransformer, img_size: int) -> VisionTransformer:
+    """A copy of ``model`` for img_size inputs: same weights, position embedding resampled to the new grid."""
+    bigger = build_model(img_size)
+    state = dict(model.state_dict())
+    grid = bigger.patch_embed.grid_size
+    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid), num_prefix_tokens=1,
+                                                interpolation="bicubic", antialias=True)
+    bigger.load_state_dict(state)
+    return bigger
+
+
+class ShapeBatches(torch.utils.data.IterableDataset):
+    """Batches ``start .. stop-1`` of a stage; batch ``step`` is ``make_shapes(batch, batch_seed(stage, step))``."""
+
+    def __init__(self, stage_index: int, start: int):
+        self.stage_index, self.start = stage_index, start
+
+    def __iter__(self):
+        torch.set_num_threads(1)
+        stage = STAGES[self.stage_index]
+        for step in range(self.start, stage["steps"]):
+            data = make_shapes(stage["batch"], batch_seed(self.stage_index, step), img_size=stage["img_size"])
+            yield step, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
+
+
+# --- monitoring -------------------------------------------------------------------
+
+def position_embedding_spearman(pos_embed: np.ndarray, grid: tuple) -> float:
+    """Spearman rho between cos(pos_i, pos_j) and -||grid_i - grid_j|| over all pairs i < j of patches.
+
+    pos_embed: [1, 1 + P, D] with the CLS entry first (timm layout).
+    """
+    from scipy.stats import spearmanr
+
+    patches = pos_embed[0, 1:]                                                    # [P, D]
+    unit = patches / np.linalg.norm(patches, axis=1, keepdims=True)
+    cosine = unit @ unit.T                                                        # [P, P]
+    rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
+    distance = np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])    # [P, P]
+    upper = np.triu_indices(len(patches), k=1)
+    return float(spearmanr(cosine[upper], -distance[upper]).statistic)
+
+
+@torch.no_grad()
+def accuracy(model, images, labels, batch=128) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        logits = model(to_input(images[i:i + batch]))
+        correct += int((logits.argmax(1) == labels[i:i + batch]).sum())
+    model.train()
+    return correct / len(images)
+
+
+def log(message: str, path: Path):
+    line = f"{time.strftime('%H:%M:%S')} {message}"
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+# --- checkpoints ------------------------------------------------------------------
+
+def save_checkpoint(path: Path, **state):
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)     # never leave a half-written checkpoint behind
+
+
+def export(model: VisionTransformer, out: Path, extra: dict | None = None) -> ViTConfig:
+    """Write our .npz: the flat timm state dict as float32 plus the ViTConfig that reads it."""
+    config = ViTConfig(name=NAME, img_size=model.patch_embed.img_size[0], mean=MEAN, std=STD, crop_pct=1.0,
+                       labels=CLASSES, **ARCH)
+    params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    try:
+        from weights import save
+    except ImportError:
+        save = None
+    if save is not None:
+        save(out, config, params)
+    else:   # until weights.save lands: the same layout, written by hand
+        np.savez(out, __config__=np.array(config.to_json()), **params)
+    return config
+
+
+# --- the loop ---------------------------------------------------------------------
+
+def train(train_dir: Path, resume: bool, out: Path):
+    torch.set_num_threads(2)
+    torch.manual_seed(TORCH_SEED)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    log_path, ckpt_path = train_dir / "train.log", train_dir / "ckpt.pt"
+
+    stage_index, step, elapsed = 0, 0, 0.0
+    model = build_model(STAGES[0]["img_size"])
+    optimizer = make_optimizer(model)
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        stage_index, step, elapsed = state["stage"], state["step"], state["elapsed"]
+        model = build_model(STAGES[stage_index]["img_size"])
+        model.load_state_dict(state["model"])
+        optimizer = make_optimizer(model)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resumed from {ckpt_path}: stage {STAGES[stage_index]['name']} step {step}, {elapsed/60:.1f} min so far",
+            log_path)
+    elif resume:
+        log(f"--resume: no checkpoint at {ckpt_path}, starting from scratch", log_path)
+    if not resume or step == 0 and stage_index == 0:
+        log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(STAGES)} wd={WEIGHT_DECAY} "
+            f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} threads={torch.get_num_threads()}", log_path)
+
+    last_save = time.time()
+    while stage_index < len(STAGES):
+        stage = STAGES[stage_index]
+        val = make_shapes(stage["eval_images"], VAL_SEED, img_size=stage["img_size"])
+        val_images, val_labels = torch.from_numpy(val["images"]), torch.from_numpy(val["labels"])
+        loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, step), batch_size=None, num_workers=1,
+                                             prefetch_factor=4, persistent_workers=False)
+        seen, correct, loss_sum, window_start = 0, 0, 0.0, time.time()
+        for step, images, labels in loader:
+            t0 = time.time()
+            lr = learning_rate(stage, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(to_input(images))
+            loss = F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
+            optimizer.step()
+            elapsed += time.time() - t0
+            seen += len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            loss_sum += loss.item() * len(labels)
+            done = step + 1
+            if done % 20 == 0 or done == stage["steps"]:
+                rate = seen / (time.time() - window_start)
+                log(f"stage={stage['name']} step={done}/{stage['steps']} loss={loss_sum/seen:.4f} "
+                    f"train_acc={correct/seen:.3f} lr={lr:.2e} grad_norm={float(grad_norm):.2f} "
+                    f"img/s={rate:.1f} train_min={elapsed/60:.1f}", log_path)
+                seen, correct, loss_sum, window_start = 0, 0, 0.0, time.time()
+            if done % stage["eval_every"] == 0 or done == stage["steps"]:
+                acc = accuracy(model, val_images, val_labels)
+                rho = position_embedding_spearman(model.pos_embed.detach().numpy(), model.patch_embed.grid_size)
+                log(f"eval stage={stage['name']} step={done} val_acc={acc:.4f} (n={len(val_labels)}, "
+                    f"seed {VAL_SEED}) pos_embed_spearman={rho:.3f}", log_path)
+            if time.time() - last_save > CHECKPOINT_EVERY_S or done == stage["steps"]:
+                next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
+                if next_stage < len(STAGES) and next_stage != stage_index:
+                    model = grow_to(model, STAGES[next_stage]["img_size"])   # the checkpoint holds the grown model
+                    optimizer = make_optimizer(model)
+                    log(f"grew model to {STAGES[next_stage]['img_size']} px, pos_embed "
+                        f"{tuple(model.pos_embed.shape)} (bicubic, antialias)", log_path)
+                save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed,
+                                model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                torch_rng=torch.get_rng_state())
+                if next_stage != stage_index:
+                    torch.save(model.state_dict(), train_dir / f"after_{stage['name']}.pt")
+                last_save = time.time()
+                log(f"checkpoint {ckpt_path} (stage {next_stage} step {next_step})", log_path)
+                if next_stage != stage_index:
+                    break
+        stage_index, step = stage_index + 1, 0
+
+    config = export(model, out)
+    torch.save(model.state_dict(), train_dir / "final.pt")
+    log(f"done: {elapsed/60:.1f} min of training steps; exported {config.name} to {out}", log_path)
+
+
+def export_only(train_dir: Path, out: Path):
+    model = build_model(STAGES[-1]["img_size"])
+    model.load_state_dict(torch.load(train_dir / "final.pt"))
+    config = export(model, out)
+    print(f"exported {config.name} to {out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resume", action="store_true", help="continue from <train-dir>/ckpt.pt")
+    parser.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="checkpoints and log (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="exported .npz (default %(default)s)")
+    parser.add_argument("--export-only", action="store_true", help="export <train-dir>/final.pt and exit")
+    args = parser.parse_args(argv)
+    if args.export_only:
+        export_only(args.train_dir, args.out)
+    else:
+        train(args.train_dir, args.resume, args.out)
+
+
+if __name__ == "__main__":
+    main()
