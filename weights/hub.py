@@ -1,0 +1,119 @@
+"""Checkpoints by name: ``"timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"``, ``"google/vit-base-patch16-224"``.
+
+A name is a Hugging Face Hub repository id (``owner/name``, optionally
+``hf-hub:`` in front and ``@revision`` behind). Its ``config.json`` and weights
+(``model.safetensors``, else ``pytorch_model.bin``) are looked for first in our
+own folder ``$NUMPY_VIT_CACHE/owner--name`` (default ``~/.cache/numpy_vit``), so
+a machine without network can be given the files by hand; otherwise they are
+downloaded with ``huggingface_hub`` (the optional ``hub`` extra, imported only
+here), which keeps its own cache. Either way the folder is then read like any
+local timm or HF folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from numpy_vit.errors import CheckpointError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+OPTIONAL_FILES = ("preprocessor_config.json",)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass(frozen=True)
+class HubName:
+    repo_id: str            # "owner/name"
+    revision: str = "main"  # branch, tag or commit
+
+    @property
+    def folder_name(self) -> str:
+        return self.repo_id.replace("/", "--") + ("" if self.revision == "main" else f"@{self.revision}")
+
+    def url(self, filename: str) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision}/{filename}"
+
+
+def parse_name(name: str):
+    """A HubName if ``name`` reads as a hub repository id, else None."""
+    if not isinstance(name, str):
+        return None
+    text = name
+    for prefix in ("hf-hub:", "hf_hub:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    repo_id, _, revision = text.partition("@")
+    if not _REPO_ID.match(repo_id) or repo_id.endswith((".npz", ".safetensors", ".pth", ".bin", ".json")):
+        return None
+    return HubName(repo_id, revision or "main")
+
+
+def cache_root() -> str:
+    return os.environ.get("NUMPY_VIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "numpy_vit")
+
+
+def local_folder(hub: HubName) -> str:
+    """Where files put by hand for this name are looked for."""
+    return os.path.join(cache_root(), hub.folder_name)
+
+
+def has_checkpoint(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "config.json")) and \
+        any(os.path.isfile(os.path.join(folder, f)) for f in WEIGHT_FILES)
+
+
+def how_to_get(hub: HubName, why: str) -> str:
+    folder = local_folder(hub)
+    return (f"cannot load {hub.repo_id!r} by name: {why}. Either install the hub extra (pip install "
+            f"'numpy-vit[hub]') on a machine with network, or download {hub.url('config.json')} and "
+            f"{hub.url(WEIGHT_FILES[0])} (or {WEIGHT_FILES[1]}, which needs torch) into {folder}/ and load the same "
+            f"name again (or pass that folder's path)")
+
+
+def _download(hub: HubName) -> str:
+    """Fetch config.json and the weights into huggingface_hub's cache; return the snapshot folder."""
+    from huggingface_hub import hf_hub_download
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:  # huggingface_hub < 0.23
+        from huggingface_hub.utils import EntryNotFoundError
+
+    config_path = hf_hub_download(hub.repo_id, "config.json", revision=hub.revision)
+    last_error = None
+    for filename in WEIGHT_FILES:
+        try:
+            hf_hub_download(hub.repo_id, filename, revision=hub.revision)
+            break
+        except EntryNotFoundError as e:
+            last_error = e
+    else:
+        raise CheckpointError(how_to_get(hub, f"the repository has none of {', '.join(WEIGHT_FILES)} ({last_error})"))
+    for filename in OPTIONAL_FILES:
+        try:
+            hf_hub_download(hub.repo_id, filename, revision=hub.revision)
+        except EntryNotFoundError:
+            pass
+    return os.path.dirname(config_path)
+
+
+def fetch(name: str) -> str:
+    """The local folder holding ``name``'s config.json and weights, downloading them if need be."""
+    hub = parse_name(name)
+    if hub is None:
+        raise CheckpointError(f"{name!r} is not a hub name of the form 'owner/name' (e.g. "
+                              f"'timm/vit_base_patch16_224.augreg2_in21k_ft_in1k' or 'google/vit-base-patch16-224')")
+    folder = local_folder(hub)
+    if has_checkpoint(folder):
+        return folder
+    try:
+        import huggingface_hub  # noqa: F401  (the optional extra)
+    except ImportError:
+        raise CheckpointError(how_to_get(hub, "huggingface_hub is not installed")) from None
+    try:
+        return _download(hub)
+    except CheckpointError:
+        raise
+    except Exception as e:  # no network, unknown repository, offline mode, ...
+        raise CheckpointError(how_to_get(hub, f"the download failed ({type(e).__name__}: "
+                                              f"{str(e).splitlines()[0] if str(e) else ''})")) from None

@@ -1,0 +1,174 @@
+"""Where a checkpoint's ViTConfig comes from: an architecture name, timm's config.json, and the tensor shapes.
+
+Shapes decide the geometry (width, depth, patch, MLP width, prefix tokens,
+position-embedding rows, head size); they cannot decide the number of attention
+heads, which only reshapes q, k and v. Heads, preprocessing and numerics come
+from a *base* config: a preset or timm architecture name (``arch=``), timm's
+``config.json``, HF's ``config.json``, or the JAX kernels' own [D, H, Dh] layout.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from numpy_vit.config import PRESETS, ViTConfig
+from numpy_vit.errors import CheckpointError, ConfigError
+
+# timm's standard sizes (``vit_{size}_patch{p}_{res}``, ``deit_{size}_...``): width, depth, heads.
+TIMM_SIZES = {
+    "tiny": (192, 12, 3), "small": (384, 12, 6), "medium": (512, 12, 8), "base": (768, 12, 12),
+    "large": (1024, 24, 16), "huge": (1280, 32, 16),
+}
+_TIMM_NAME = re.compile(r"^(vit|deit3?)_(tiny|small|medium|base|large|huge)_(distilled_)?patch(\d+)_(\d+)")
+
+
+def config_for_arch(arch, **overrides) -> ViTConfig:
+    """The config an ``arch=`` argument names: a ViTConfig, a preset, or a timm ``vit_*/deit_*`` name."""
+    if isinstance(arch, ViTConfig):
+        return arch.replace(**overrides) if overrides else arch
+    if not isinstance(arch, str) or not arch:
+        raise CheckpointError(f"arch must be a timm architecture name or a ViTConfig, got {arch!r}")
+    base = arch if arch in PRESETS else arch.split(".")[0]
+    if base in PRESETS:
+        return ViTConfig.preset(arch, **overrides)
+    m = _TIMM_NAME.match(base)
+    if not m:
+        raise CheckpointError(f"arch={arch!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a timm name of "
+                              f"the form vit_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES>")
+    family, size, distilled, patch, res = m.groups()
+    width, depth, heads = TIMM_SIZES[size]
+    fields = dict(embed_dim=width, depth=depth, num_heads=heads, patch_size=int(patch), img_size=int(res),
+                  distilled=bool(distilled), name=arch)
+    if family == "vit":  # Google / augreg weights; DeiT keeps the ImageNet mean and std of the defaults
+        fields.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)
+    try:
+        return ViTConfig(**{**fields, **overrides})
+    except ConfigError as e:
+        raise CheckpointError(f"arch={arch!r}: {e}") from None
+
+
+# timm VisionTransformer keyword -> ViTConfig field, for timm's config.json "model_args"
+_TIMM_ARGS = {"img_size": "img_size", "patch_size": "patch_size", "in_chans": "in_chans", "embed_dim": "embed_dim",
+              "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio", "qkv_bias": "qkv_bias",
+              "class_token": "class_token", "no_embed_class": "no_embed_class", "reg_tokens": "num_reg_tokens",
+              "global_pool": "global_pool", "fc_norm": "fc_norm", "init_values": "init_values",
+              "num_classes": "num_classes"}
+
+
+def config_from_timm_json(cfg: dict, where: str, arch=None) -> ViTConfig:
+    """A base config from timm's hub ``config.json`` (``architecture``, ``model_args``, ``pretrained_cfg``)."""
+    name = cfg.get("architecture")
+    if not name and arch is None:
+        raise CheckpointError(f"{where}: timm config.json without an 'architecture' field; pass arch=")
+    pretrained = cfg.get("pretrained_cfg", {})
+    tag = pretrained.get("tag")
+    base = config_for_arch(arch if arch is not None else (f"{name}.{tag}" if tag else name))
+    fields = {}
+    for key, value in (cfg.get("model_args") or {}).items():
+        if key in _TIMM_ARGS:
+            fields[_TIMM_ARGS[key]] = tuple(value) if isinstance(value, list) else value
+        elif key not in ("drop_rate", "drop_path_rate", "attn_drop_rate", "pos_drop_rate", "proj_drop_rate",
+                         "dynamic_img_size", "dynamic_img_pad", "weight_init", "act_layer"):
+            raise CheckpointError(f"{where}: model_args field {key!r}={value!r} changes the architecture in a way "
+                                  f"numpy_vit does not model (it knows {sorted(_TIMM_ARGS)})")
+    if cfg.get("global_pool"):
+        fields["global_pool"] = cfg["global_pool"]
+    for src, dst in (("mean", "mean"), ("std", "std"), ("crop_pct", "crop_pct"), ("interpolation", "interpolation")):
+        if pretrained.get(src) is not None:
+            fields[dst] = pretrained[src]
+    if pretrained.get("input_size"):
+        fields.setdefault("img_size", tuple(pretrained["input_size"][1:]))
+    try:
+        return base.replace(**fields)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+
+
+def _square_grid(n: int):
+    g = math.isqrt(n)
+    return g if g * g == n and g > 0 else None
+
+
+def presets_with(width: int, depth: int, patch: int) -> list:
+    return [name for name, f in PRESETS.items()
+            if ViTConfig.preset(name).embed_dim == width and ViTConfig.preset(name).depth == depth
+            and ViTConfig.preset(name).patch_size == patch]
+
+
+def _grid_and_embed_class(n_pos: int, n_prefix: int, patch: int, base, where: str):
+    """(img_size, no_embed_class) from the position-embedding rows: a base's grid when it fits, else a square one."""
+    if base is not None and base.patch_size == patch:
+        if n_prefix and base.num_patches == n_pos - n_prefix:
+            return base.img_size, False
+        if base.num_patches == n_pos:
+            return base.img_size, bool(n_prefix) or base.no_embed_class
+    if n_prefix and _square_grid(n_pos - n_prefix):
+        return _square_grid(n_pos - n_prefix) * patch, False
+    if _square_grid(n_pos):
+        return _square_grid(n_pos) * patch, n_prefix > 0
+    raise CheckpointError(f"{where}: pos_embed has {n_pos} rows ({n_prefix} prefix tokens), which is no square "
+                          f"grid of patches; pass arch= with the image size (a ViTConfig with img_size=(H, W))")
+
+
+def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_heads: int | None = None,
+                 **defaults) -> ViTConfig:
+    """A ViTConfig that fits the shapes of ``params`` (timm names).
+
+    Geometry comes from the shapes; heads from ``num_heads`` or ``base``; all
+    else (numerics, preprocessing, name, labels) from ``base``, or, without a
+    base, from ``defaults`` (the source format's own conventions). A base whose
+    width, depth, patch or MLP width disagree with the shapes is an error naming
+    both: it describes another model.
+    """
+    def get(key):
+        if key not in params:
+            raise CheckpointError(f"{where}: no {key}, so the model's size cannot be read from it")
+        return params[key]
+
+    D, C, ph, pw = (int(n) for n in get("patch_embed.proj.weight").shape)
+    if ph != pw:
+        raise CheckpointError(f"{where}: patch_embed.proj.weight has a {ph}x{pw} patch; numpy_vit needs square patches")
+    depth = len({k.split(".")[1] for k in params if k.startswith("blocks.")})
+    mlp_dim = int(get("blocks.0.mlp.fc1.weight").shape[0]) if depth else 4 * D
+    if base is not None:
+        clash = [f"{name} {ours} vs {theirs}" for name, ours, theirs in (
+            ("embed_dim", base.embed_dim, D), ("depth", base.depth, depth), ("patch_size", base.patch_size, ph),
+            ("mlp width", base.mlp_dim, mlp_dim), ("in_chans", base.in_chans, C)) if ours != theirs]
+        if clash:
+            raise CheckpointError(f"{where}: the checkpoint does not have the architecture of "
+                                  f"{base.name or 'the given config'} (config vs checkpoint: {', '.join(clash)})")
+    heads = num_heads or (base.num_heads if base is not None else None)
+    if heads is None:
+        matches = presets_with(D, depth, ph)
+        raise CheckpointError(
+            f"{where}: the shapes say depth {depth}, width {D}, patch {ph}, but not the number of attention heads, "
+            f"and nothing else in the file does; pass arch= (a preset or timm architecture name, or a ViTConfig)"
+            + (f", e.g. arch={matches[0]!r} (presets with these shapes: {', '.join(matches)})" if matches else ""))
+
+    class_token, distilled = "cls_token" in params, "dist_token" in params
+    num_reg_tokens = int(params["reg_token"].shape[1]) if "reg_token" in params else 0
+    fc_norm = "fc_norm.weight" in params
+    img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
+                                                     class_token + distilled + num_reg_tokens, ph, base, where)
+    if base is not None and (base.global_pool != "token" or class_token):
+        global_pool = base.global_pool
+    else:  # a norm after pooling, or no class token to read, means average pooling
+        global_pool = "avg" if fc_norm or not class_token else "token"
+    layer_scale = (base.init_values if base is not None else None) or defaults.get("init_values") or 1e-5
+    fields = dict(
+        embed_dim=D, depth=depth, patch_size=ph, in_chans=C, mlp_ratio=mlp_dim / D, num_heads=int(heads),
+        img_size=img_size, no_embed_class=no_embed_class, class_token=class_token, distilled=distilled,
+        num_reg_tokens=num_reg_tokens, qkv_bias="blocks.0.attn.qkv.bias" in params or depth == 0,
+        init_values=layer_scale if "blocks.0.ls1.gamma" in params else None,
+        fc_norm=fc_norm, global_pool=global_pool,
+        representation_size=int(params["pre_logits.fc.weight"].shape[0]) if "pre_logits.fc.weight" in params else None,
+        num_classes=int(params["head.weight"].shape[0]) if "head.weight" in params else 0,
+    )
+    try:
+        start = base if base is not None else ViTConfig(**{k: v for k, v in defaults.items() if k != "init_values"},
+                                                         embed_dim=D, num_heads=int(heads))
+        if start.labels and len(start.labels) != fields["num_classes"]:
+            fields["labels"] = ()  # the base's class names belong to another head
+        return start.replace(**fields)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: the shapes give a config numpy_vit cannot build: {e}") from None

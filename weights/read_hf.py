@@ -1,0 +1,164 @@
+"""HF transformers ViT folders: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``).
+
+Key names follow ``transformers/models/vit/modeling_vit.py`` as saved on disk
+(``encoder.layer.N.attention.attention.query``; transformers 5 renames them to
+``layers.N.attention.q_proj`` in memory and back when saving, so both are read).
+``ViTForImageClassification`` prefixes the encoder with ``vit.`` and adds
+``classifier``; a bare ``ViTModel`` has neither, but has ``pooler.dense`` (a
+Dense + tanh on the class token: the JAX ViT's pre-logits layer, which HF's
+``convert_vit_timm_to_pytorch.py`` maps there). Query, key and value are three
+Linear layers; timm stacks them into one ``qkv`` (rows q | k | v).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
+from numpy_vit.errors import CheckpointError, ConfigError
+
+from .infer import infer_config
+from .mapping import apply_table, count_blocks, rule
+
+
+def stack_qkv(q, k, v):
+    """Three [D, D] (or [D]) projections -> timm's one [3D, D] (or [3D]), rows q | k | v."""
+    if not q.shape == k.shape == v.shape:
+        raise ValueError(f"query, key and value differ in shape: {q.shape}, {k.shape}, {v.shape}")
+    return np.concatenate([q, k, v], axis=0)                       # [D, D] x 3 -> [3D, D]
+
+
+def _layer_rules(block: str, names: dict):
+    """Rules of one encoder layer; ``names`` gives the HF module path of each timm module."""
+    rules = []
+    for part in ("weight", "bias"):
+        rules.append(rule([f"{block}.{names[m]}.{part}" for m in ("q", "k", "v")], f"blocks.{{i}}.attn.qkv.{part}",
+                          stack_qkv))
+        for hf, ours in (("norm1", "norm1"), ("proj", "attn.proj"), ("norm2", "norm2"), ("fc1", "mlp.fc1"),
+                         ("fc2", "mlp.fc2")):
+            rules.append(rule(f"{block}.{names[hf]}.{part}", f"blocks.{{i}}.{ours}.{part}"))
+    return rules
+
+
+_EMBEDDINGS = [
+    rule("embeddings.cls_token", "cls_token"),                                   # [1, 1, D]
+    rule("embeddings.position_embeddings", "pos_embed"),                         # [1, 1 + P, D]
+    rule("embeddings.patch_embeddings.projection.weight", "patch_embed.proj.weight"),  # [D, C, p, p]
+    rule("embeddings.patch_embeddings.projection.bias", "patch_embed.proj.bias"),
+]
+_TOP = [rule(f"{hf}.{part}", f"{ours}.{part}") for part in ("weight", "bias")
+        for hf, ours in (("layernorm", "norm"), ("pooler.dense", "pre_logits.fc"), ("classifier", "head"))]
+
+# transformers <= 4 / every file on the hub
+HF_TABLE = _EMBEDDINGS + _layer_rules("encoder.layer.{i}", dict(
+    q="attention.attention.query", k="attention.attention.key", v="attention.attention.value",
+    norm1="layernorm_before", proj="attention.output.dense", norm2="layernorm_after",
+    fc1="intermediate.dense", fc2="output.dense")) + _TOP
+# transformers 5, a state_dict() saved without save_pretrained()
+HF5_TABLE = _EMBEDDINGS + _layer_rules("layers.{i}", dict(
+    q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", norm1="layernorm_before",
+    proj="attention.o_proj", norm2="layernorm_after", fc1="mlp.fc1", fc2="mlp.fc2")) + _TOP
+
+HF_IGNORED = (r"^embeddings\.mask_token$",)  # only used by masked-image-modelling pre-training
+
+_GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+_PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def is_hf_config(cfg: dict) -> bool:
+    return "model_type" in cfg or "hidden_size" in cfg
+
+
+def _pair(value, name, where):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return tuple(int(v) for v in value)
+    raise CheckpointError(f"{where}: {name}={value!r} is neither an int nor a pair")
+
+
+def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name: str = "") -> ViTConfig:
+    """A ViTConfig from HF's ViT ``config.json`` (and ``preprocessor_config.json`` when present).
+
+    HF's defaults differ from timm's: LayerNorm eps 1e-12, inputs normalised with
+    mean = std = 0.5 and resized (bilinear, no crop) straight to ``image_size``,
+    and ``interpolate_pos_encoding`` resamples with torch's plain bicubic.
+    """
+    if cfg.get("model_type", "vit") != "vit":
+        raise CheckpointError(f"{where}: model_type {cfg['model_type']!r} is not supported; this reader knows "
+                              f"HF 'vit' (ViTModel, ViTForImageClassification)")
+    act = cfg.get("hidden_act", "gelu")
+    if act not in _GELU:
+        raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
+    if cfg.get("pooler_act", "tanh") != "tanh":
+        raise CheckpointError(f"{where}: pooler_act {cfg['pooler_act']!r} is not supported (only 'tanh')")
+    patch = _pair(cfg.get("patch_size", 16), "patch_size", where)
+    if isinstance(patch, tuple):
+        if patch[0] != patch[1]:
+            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
+        patch = patch[0]
+    hidden = int(cfg.get("hidden_size", 768))
+    id2label = cfg.get("id2label") or {}
+    fields = dict(
+        embed_dim=hidden, depth=int(cfg.get("num_hidden_layers", 12)), num_heads=int(cfg.get("num_attention_heads", 12)),
+        mlp_ratio=int(cfg.get("intermediate_size", 4 * hidden)) / hidden, qkv_bias=bool(cfg.get("qkv_bias", True)),
+        layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)), gelu=_GELU[act],
+        img_size=_pair(cfg.get("image_size", 224), "image_size", where), patch_size=patch,
+        in_chans=int(cfg.get("num_channels", 3)), pos_embed_resample="bicubic_hf",
+        mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0, interpolation="bilinear",
+        num_classes=len(id2label), labels=tuple(id2label[k] for k in sorted(id2label, key=int)), name=name,
+    )
+    if preprocessor:
+        fields["mean"] = tuple(preprocessor.get("image_mean", fields["mean"]))
+        fields["std"] = tuple(preprocessor.get("image_std", fields["std"]))
+        fields["interpolation"] = _PIL_FILTERS.get(preprocessor.get("resample"), fields["interpolation"])
+    try:
+        return ViTConfig(**fields)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+
+
+def hf_params(raw: dict, where: str):
+    """(params, sources) from an HF ViT state dict, with or without the ``vit.`` prefix and classifier."""
+    raw = {k[len("vit."):] if k.startswith("vit.") else k: v for k, v in raw.items()}
+    if any(k.startswith("layers.") for k in raw):
+        return apply_table(raw, HF5_TABLE, count_blocks(raw, r"^layers\.(\d+)\.", where), where, HF_IGNORED)
+    return apply_table(raw, HF_TABLE, count_blocks(raw, r"^encoder\.layer\.(\d+)\.", where), where, HF_IGNORED)
+
+
+def looks_like_hf(keys) -> bool:
+    return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
+
+
+def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=None):
+    """(config, params, sources) of an HF ViT: the config from config.json, checked against the shapes."""
+    params, sources = hf_params(raw, where)
+    base = config_from_hf(cfg, where, preprocessor, name=name)
+    if arch is not None:
+        from .infer import config_for_arch
+        given = config_for_arch(arch)
+        if given.num_heads != base.num_heads:
+            raise CheckpointError(f"{where}: config.json says {base.num_heads} heads, arch={arch!r} says "
+                                  f"{given.num_heads}")
+    config = infer_config(params, where, base=base)
+    if config.num_classes != base.num_classes:  # id2label describes another head (or HF's 2 default labels)
+        config = config.replace(labels=())
+    return config, params, sources
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file: {e}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
+    return cfg
+
+
+def read_preprocessor(folder: str):
+    path = os.path.join(folder, "preprocessor_config.json")
+    return read_json(path) if os.path.isfile(path) else None
