@@ -150,9 +150,13 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     fc_norm = "fc_norm.weight" in params
     img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
                                                      class_token + distilled + num_reg_tokens, ph, base, where)
-    if base is not None and (base.global_pool != "token" or class_token):
-        global_pool = base.global_pool
-    else:  # a norm after pooling, or no class token to read, means average pooling
+    # Pooling leaves no trace in the shapes: take the base's, unless the shapes contradict it.
+    global_pool = base.global_pool if base is not None else None
+    if global_pool == "token" and not class_token:
+        global_pool = None
+    if global_pool is not None and base.fc_norm is None and (global_pool == "avg") != fc_norm:
+        global_pool = None  # timm's rule (fc_norm exactly when avg-pooling) disagrees with the keys present
+    if global_pool is None:  # a norm after pooling, or no class token to read, means average pooling
         global_pool = "avg" if fc_norm or not class_token else "token"
     layer_scale = (base.init_values if base is not None else None) or defaults.get("init_values") or 1e-5
     fields = dict(
