@@ -153,8 +153,11 @@ def read_torch(path: str):
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (truncated zip), EOFError ...
-        raise CheckpointError(f"{path}: torch.load(weights_only=True) could not read it: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        # torch's message opens with advice to retry with weights_only=False; the reason comes later
+        detail = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), lines[0] if lines else "")
+        raise CheckpointError(f"{path}: torch.load(weights_only=True) could not read it ({type(e).__name__}: "
+                              f"{detail.strip()}); numpy_vit does not unpickle arbitrary objects") from None
     return _tensors_to_numpy(obj, torch)
 
 
