@@ -1,0 +1,122 @@
+"""numpy_vit against timm: every preset, random weights, a batch of 2, every block compared."""
+import numpy as np
+import pytest
+
+from conftest import Recorder, compare_traces, max_err, random_batch, timm_state_to_params
+
+import numpy_vit as nv
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+PRESETS = [
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "vit_large_patch16_224",
+    "vit_base_patch32_224",
+    "vit_base_patch16_384",
+    "deit_tiny_distilled_patch16_224",
+    "vit_small_patch14_reg4_dinov2",
+    "vit_small_patch16_224.dino",
+    "eva_large_patch14_196",
+]
+
+
+def _randomise(model, seed=0):
+    """timm zero-initialises the head (and some models the layer scale): fill every tensor with random
+    values of a realistic size so that the head, biases and prefix tokens are really compared."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+            elif name.endswith("gamma"):
+                p.copy_(0.1 + 0.05 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g).clamp(-2, 2) * (10 if "token" in name or "pos" in name else 1))
+    return model
+
+
+def _pair(name, dtype, **create_kwargs):
+    """(timm model, numpy_vit model) holding the same random weights."""
+    config = nv.ViTConfig.preset(name)
+    tm = _randomise(timm.create_model(name, pretrained=False, **create_kwargs)).eval()
+    if dtype == np.float64:
+        tm = tm.double()
+    model = nv.ViT(config, timm_state_to_params(tm), dtype=dtype)
+    return tm, model
+
+
+def _run_both(tm, model, x):
+    rec = Recorder(tm)
+    with torch.no_grad():
+        feats = tm.forward_features(torch.from_numpy(x))
+        out = tm.forward_head(feats, pre_logits=model.config.num_classes == 0)
+    trace = model.forward(x)
+    reference = dict(rec.arrays)
+    reference["logits" if model.config.num_classes else "pooled"] = out.numpy()
+    return trace, reference
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_matches_timm(name, dtype):
+    tm, model = _pair(name, dtype)
+    x = random_batch(model.config, batch=2, dtype=dtype)
+    trace, reference = _run_both(tm, model, x)
+    compare_traces(trace, reference, dtype, f"timm {name}", model.config.depth)
+    # the recorded probabilities are distributions
+    np.testing.assert_allclose(trace["blocks.0.attn.pattern"].sum(-1), 1.0, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("name,size", [
+    ("vit_tiny_patch16_224", (224, 160)),      # non-square input on a square model
+    ("vit_base_patch16_224", (384, 384)),      # 384 on a 224 model: pos-embed upsampled 14x14 -> 24x24
+    ("vit_small_patch16_224", (128, 96)),       # smaller than trained: downsampled with antialias
+    ("vit_small_patch14_reg4_dinov2", (224, 168)),  # registers + no_embed_class + layer scale, non-square
+])
+def test_resampled_pos_embed_matches_timm(name, size):
+    """timm resamples with resample_abs_pos_embed (bicubic, antialias) when dynamic_img_size=True."""
+    tm, model = _pair(name, np.float32, dynamic_img_size=True)
+    x = random_batch(model.config, batch=2, size=size, seed=1)
+    trace, reference = _run_both(tm, model, x)
+    gh, gw = size[0] // model.config.patch_size, size[1] // model.config.patch_size
+    assert trace.grid == (gh, gw)
+    assert trace["blocks.0.attn.pattern"].shape[-1] == model.config.num_prefix_tokens + gh * gw
+    compare_traces(trace, reference, np.float32, f"timm {name} @ {size[0]}x{size[1]}", model.config.depth)
+
+
+def test_resampled_pos_embed_float64():
+    """In float64 timm's resampler casts to float32 (``posemb.float()``), so the model cannot agree to 1e-10
+    there; the resampler itself is compared with torch's F.interpolate in float64 instead."""
+    import torch.nn.functional as F
+
+    from numpy_vit.resample import resample_grid
+
+    rng = np.random.default_rng(0)
+    for (gh, gw), (nh, nw) in [((14, 14), (24, 24)), ((14, 14), (14, 10)), ((24, 24), (7, 5)), ((37, 37), (16, 12))]:
+        grid = rng.standard_normal((gh, gw, 16))
+        t = torch.from_numpy(grid).permute(2, 0, 1)[None]
+        for method, kwargs in [("bicubic_antialias", dict(mode="bicubic", antialias=True)),
+                               ("bicubic_hf", dict(mode="bicubic")), ("bilinear", dict(mode="bilinear"))]:
+            ref = F.interpolate(t, size=(nh, nw), align_corners=False, **kwargs)[0].permute(1, 2, 0).numpy()
+            assert max_err(resample_grid(grid, (nh, nw), method), ref) <= 1e-12, (method, (gh, gw), (nh, nw))
+            ref32 = F.interpolate(t.float(), size=(nh, nw), align_corners=False, **kwargs)[0].permute(1, 2, 0).numpy()
+            assert max_err(resample_grid(grid.astype(np.float32), (nh, nw), method), ref32) <= 1e-5
+
+
+def test_guide_model_and_selective_recording():
+    """The guide's ViTWithAttention keyword arguments, and recording by glob keeps only what was asked."""
+    model = nv.ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=192, depth=2, num_heads=3)
+    tm = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=2).eval()
+    _randomise(tm)
+    model = nv.ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=192, depth=2, num_heads=3)
+    model = nv.ViT(model.config, timm_state_to_params(tm))
+    x = random_batch(model.config, batch=2, seed=3)
+    trace = model.run(x, record=["blocks.*.attn.pattern", "logits"])
+    assert sorted(trace) == ["blocks.0.attn.pattern", "blocks.1.attn.pattern", "logits"]
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    assert max_err(trace.logits, ref) <= 1e-4
+    assert len(model.attention_maps) == 2 and model.attention_maps[1].shape == (2, 3, 197, 197)
