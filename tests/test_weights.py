@@ -1,7 +1,7 @@
 """weights/ without torch: our .npz round trip, the errors of bad files, format sniffing, the JAX
 layout transforms on hand-worked arrays, hub names, and loading a timm .safetensors with torch hidden.
 
-Every file here is written by numpy or safetensors.numpy; parity_tests/test_weights.py checks the
+Every file here is written by numpy or safetensors.numpy; parity_tests/test_weights_parity.py checks the
 readers against files written by timm, HF transformers and torch.
 """
 import json

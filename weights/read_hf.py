@@ -101,6 +101,10 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
         patch = patch[0]
     hidden = int(cfg.get("hidden_size", 768))
     id2label = cfg.get("id2label") or {}
+    try:
+        labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: id2label keys must be class indices, got {list(id2label)[:5]}") from None
     fields = dict(
         embed_dim=hidden, depth=int(cfg.get("num_hidden_layers", 12)), num_heads=int(cfg.get("num_attention_heads", 12)),
         mlp_ratio=int(cfg.get("intermediate_size", 4 * hidden)) / hidden, qkv_bias=bool(cfg.get("qkv_bias", True)),
@@ -108,7 +112,7 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
         img_size=_pair(cfg.get("image_size", 224), "image_size", where), patch_size=patch,
         in_chans=int(cfg.get("num_channels", 3)), pos_embed_resample="bicubic_hf",
         mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0, interpolation="bilinear",
-        num_classes=len(id2label), labels=tuple(id2label[k] for k in sorted(id2label, key=int)), name=name,
+        num_classes=len(labels), labels=labels, name=name,
     )
     if preprocessor:
         fields["mean"] = tuple(preprocessor.get("image_mean", fields["mean"]))
