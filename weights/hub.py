@@ -65,7 +65,7 @@ def has_checkpoint(folder: str) -> bool:
 
 def how_to_get(hub: HubName, why: str) -> str:
     folder = local_folder(hub)
-    return (f"cannot load {hub.repo_id!r} by name: {why}. Either install the hub extra (pip install "
+    return (f"no local file or folder {hub.repo_id!r}, and it cannot be loaded as a hub name: {why}. Either install the hub extra (pip install "
             f"'numpy-vit[hub]') on a machine with network, or download {hub.url('config.json')} and "
             f"{hub.url(WEIGHT_FILES[0])} (or {WEIGHT_FILES[1]}, which needs torch) into {folder}/ and load the same "
             f"name again (or pass that folder's path)")
@@ -74,9 +74,9 @@ def how_to_get(hub: HubName, why: str) -> str:
 def _download(hub: HubName) -> str:
     """Fetch config.json and the weights into huggingface_hub's cache; return the snapshot folder."""
     from huggingface_hub import hf_hub_download
-    try:
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError:  # huggingface_hub < 0.23
+    try:  # the file is not in the repository (not: the network is down, which is LocalEntryNotFoundError)
+        from huggingface_hub.errors import RemoteEntryNotFoundError as EntryNotFoundError
+    except ImportError:  # huggingface_hub < 1.0
         from huggingface_hub.utils import EntryNotFoundError
 
     config_path = hf_hub_download(hub.repo_id, "config.json", revision=hub.revision)
