@@ -1,0 +1,233 @@
+"""The seven figures: drawn with the expected panels, not blank, from (model, image) or a Trace,
+on non-square grids and with extra prefix tokens; bad arguments are ArgumentErrors."""
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+import viz
+from numpy_vit import ViT, ViTConfig, analysis
+from numpy_vit.errors import ArgumentError
+from viz.figures import FIGURES, compare_figure, figure_name, make_figure
+
+DEPTH, HEADS = 3, 4
+
+
+def small_model(**fields):
+    """A 3-layer, 4-head, width-32 ViT on a non-square 48x80 image (a 3x5 grid): fast, and never square."""
+    config = dict(img_size=(48, 80), patch_size=16, embed_dim=32, depth=DEPTH, num_heads=HEADS, num_classes=3,
+                  labels=("a", "b", "c"), crop_pct=1.0)
+    return ViT(ViTConfig(**{**config, **fields}), seed=1)
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    pixels[10:30, 40:70] = (255, 40, 40)         # a red block, so the image has structure
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def trace(model, image):
+    return model.run(image)
+
+
+def rendered(fig, path, min_ink=0.25):
+    """Save, read back, and check the PNG is not blank: many colours, and at least ``min_ink`` of the
+    pixels not white (image panels cover a quarter or more; line plots leave most of the canvas white,
+    and their axes and text alone cover about 2%)."""
+    fig.savefig(path)
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(float)
+    not_white = (pixels.min(-1) < 245).mean()
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert not_white > min_ink, f"{path.name} is {1 - not_white:.0%} white"
+    assert colours > 200, f"{path.name} has only {colours} colours"
+    return pixels
+
+
+LINE_PLOTS = {"attention_distance": 0.04, "cls_evolution": 0.04}
+
+
+def titled_axes(fig):
+    """Visible axes that carry a title (the panels; colour bars have none)."""
+    return [ax for ax in fig.get_axes() if ax.get_visible() and ax.get_title()]
+
+
+def all_text(fig):
+    return " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+
+
+def test_patch_grid_labels_every_patch(trace, image, tmp_path):
+    fig = viz.visualize_patch_grid(trace, save_path=tmp_path / "grid.png")
+    assert isinstance(fig, Figure) and (tmp_path / "grid.png").exists()
+    (ax,) = titled_axes(fig)
+    labels = sorted(int(t.get_text()) for t in ax.texts)
+    assert labels == list(range(15))                          # a 3x5 grid: patches 0..14
+    assert "3x5 = 15 patches of 16x16" in ax.get_title()
+    rendered(fig, tmp_path / "grid2.png")
+    # from a raw image and a config, the same grid
+    fig = viz.visualize_patch_grid(image, config=trace.config)
+    assert len(titled_axes(fig)[0].texts) == 15
+
+
+def test_attention_map_panels_titles_and_values(model, image, tmp_path):
+    fig = viz.visualize_attention_map(model, image, save_path=tmp_path / "a.png", layer_indices=[0, 2],
+                                      head_index=1, interpolation="nearest")
+    panels = titled_axes(fig)
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["Input image", "Layer 0 · head 1",
+                                                                "Layer 2 · head 1"]
+    assert len(fig.get_axes()) == 5                           # + two colour bars
+    # the drawn heat map is exactly the CLS row of head 1, patch columns, repeated over 16x16 pixels
+    expected = model.last_trace["blocks.2.attn.pattern"][0, 1, 0, 1:].reshape(3, 5)
+    heat = panels[2].images[1].get_array()
+    np.testing.assert_allclose(heat, np.repeat(np.repeat(expected, 16, 0), 16, 1), rtol=1e-6)
+    assert f"patches hold {expected.sum():.0%}" in panels[2].get_title()
+    rendered(fig, tmp_path / "a.png")
+
+
+def test_attention_map_default_layers_query_patch_and_dino_mask(trace, tmp_path):
+    fig = viz.visualize_attention_map(trace, query=(1, 3), dino_mask=True)
+    panels = titled_axes(fig)
+    assert len(panels) == 1 + len(set([0, 1, 2]))             # default: four layers spread over 3 -> 0, 1, 2
+    assert "patch 8 (row 1, col 3)" in fig._suptitle.get_text()
+    expected = trace["blocks.1.attn.pattern"][0, 0, 1 + 8, 1:].reshape(3, 5)
+    np.testing.assert_allclose(panels[2].images[1].get_array(),
+                               analysis.upsample_grid(expected, (48, 80), "bilinear"), rtol=1e-6)
+    assert all(ax.collections for ax in panels[1:])           # the 60% outline is drawn
+    assert all(ax.patches for ax in panels[1:])               # the query patch is marked
+    rendered(fig, tmp_path / "q.png")
+
+
+def test_all_heads_one_panel_per_head(model, image, tmp_path):
+    fig = viz.visualize_all_heads(model, image, save_path=tmp_path / "h.png", layer_idx=2)
+    titles = [ax.get_title() for ax in titled_axes(fig)]
+    assert [t.split(" ·")[0] for t in titles] == [f"head {h}" for h in range(HEADS)]
+    assert "layer 2" in fig._suptitle.get_text()
+    rendered(fig, tmp_path / "h.png")
+
+
+def test_position_embedding_four_panels(model, tmp_path):
+    fig = viz.visualize_position_embedding(model, save_path=tmp_path / "p.png")
+    titles = [ax.get_title() for ax in titled_axes(fig)]
+    assert [t[:3] for t in titles] == ["(a)", "(b)", "(c)", "(d)"]
+    matrix = titled_axes(fig)[0].images[0].get_array()
+    assert matrix.shape == (15, 15)                           # patches only, the CLS row excluded
+    sim = analysis.position_embedding_similarity(model.params["pos_embed"], (3, 5), 1).reshape(15, 15)
+    np.testing.assert_allclose(matrix, sim, rtol=1e-6)
+    rendered(fig, tmp_path / "p.png")
+
+
+def test_attention_distance_numbers_and_prefix_note(trace, tmp_path):
+    fig = viz.visualize_attention_distance(trace, save_path=tmp_path / "d.png")
+    curve, bars, heads = titled_axes(fig)
+    distance = analysis.mean_attention_distance(trace.attention, (3, 5), 16, 1)     # [L, H]
+    np.testing.assert_allclose(curve.lines[0].get_ydata(), distance.mean(1))
+    assert len(bars.patches) == 3                              # shallow, middle, deep
+    assert len(heads.collections) == HEADS
+    text = all_text(fig)
+    assert "renormalised" in text and "pixels" in text
+    rendered(fig, tmp_path / "d.png", min_ink=LINE_PLOTS["attention_distance"])
+
+
+def test_attention_distance_from_the_guides_list_and_pooled_traces(model, image):
+    square = ViT(ViTConfig(img_size=48, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=3), seed=0)
+    square.run(image)
+    fig = viz.visualize_attention_distance(list(square.attention_maps))    # bare list: guessed 1 + 3x3
+    assert "guessed" in all_text(fig) and "16 px" in all_text(fig)
+    fig = viz.visualize_attention_distance(square)            # a model that has run: its own layout
+    assert "guessed" not in all_text(fig)
+    with pytest.raises(ArgumentError, match="cannot tell the patch grid"):
+        viz.visualize_attention_distance(list(model.run(image).attention))  # 16 tokens: 1 + 3x5 is no square
+    fig = viz.visualize_attention_distance(list(model.run(image).attention), grid=(3, 5), num_prefix_tokens=1,
+                                           patch_size=16)
+    assert "guessed" not in all_text(fig)
+    traces = [model.run(image), model.run(image[:, ::-1].copy())]
+    fig = viz.visualize_attention_distance(traces)
+    assert "2 image(s)" in all_text(fig)
+
+
+def test_cls_evolution_start_square_end_star(model, image, tmp_path):
+    fig = viz.visualize_cls_token_evolution(model, image, save_path=tmp_path / "c.png")
+    path_ax, norm_ax = titled_axes(fig)
+    legend = [t.get_text() for t in path_ax.get_legend().get_texts()]
+    assert legend == ["input (embedding + position)", f"output of layer {DEPTH - 1}"]
+    markers = [c for c in path_ax.collections if len(c.get_offsets()) == 1]
+    assert len(markers) == 2
+    stream = [model.last_trace[f"blocks.{i}.resid_pre"] for i in range(DEPTH)] + \
+        [model.last_trace[f"blocks.{DEPTH - 1}.resid_post"]]
+    np.testing.assert_allclose(norm_ax.lines[0].get_ydata(), [np.linalg.norm(r[0, 0]) for r in stream], rtol=1e-5)
+    rendered(fig, tmp_path / "c.png", min_ink=LINE_PLOTS["cls_evolution"])
+
+
+def test_rollout_panels_per_fusion(trace, tmp_path):
+    fig = viz.visualize_attention_rollout(trace, save_path=tmp_path / "r.png", discard_ratio=0.5)
+    titles = [ax.get_title() for ax in titled_axes(fig)]
+    assert titles[0] == "Input image" and titles[1].startswith(f"Last layer ({DEPTH - 1}) alone")
+    assert [t.split("fusion: ")[1] for t in titles[2:]] == ["mean", "max", "min"]
+    rollout = analysis.attention_rollout(trace.attention, "max", discard_ratio=0.5)[0, 0, 1:].reshape(3, 5)
+    np.testing.assert_allclose(titled_axes(fig)[3].images[1].get_array(),
+                               analysis.upsample_grid(rollout, (48, 80), "bilinear"), rtol=1e-6)
+    assert "50% of patch-row weights discarded" in all_text(fig)
+    rendered(fig, tmp_path / "r.png")
+    fig = viz.visualize_attention_rollout(trace.attention, grid=(3, 5), num_prefix_tokens=1,
+                                          head_fusions=["min"])  # the guide's bare list: maps without an image
+    assert len(titled_axes(fig)) == 2
+
+
+def test_prefix_tokens_dist_and_registers(image, tmp_path):
+    model = small_model(distilled=True, num_reg_tokens=2)    # cls, dist, reg0, reg1
+    trace = model.run(image)
+    fig = viz.visualize_attention_map(trace, layer_indices=[1], query="reg1")
+    expected = trace["blocks.1.attn.pattern"][0, 0, 3, 4:].reshape(3, 5)
+    np.testing.assert_allclose(titled_axes(fig)[1].images[1].get_array(),
+                               analysis.upsample_grid(expected, (48, 80), "bilinear"), rtol=1e-6)
+    for name in FIGURES:
+        rendered(make_figure(name, trace), tmp_path / f"{name}.png", min_ink=LINE_PLOTS.get(name, 0.25))
+
+
+def test_figures_registry_and_compare(model, image, tmp_path):
+    assert [spec.filename for spec in FIGURES.values()] == [
+        "vis_1_patch_grid.png", "vis_2_position_embedding.png", "vis_3_attention_layers.png", "vis_4_all_heads.png",
+        "vis_5_attention_distance.png", "vis_6_cls_evolution.png", "vis_7_attention_rollout.png"]
+    assert figure_name("attention_map") == "attention_layers" == figure_name("vis_3_attention_layers")
+    before, after = ViT(model.config, seed=5).run(image), model.run(image)
+    fig = compare_figure("attention_rollout", [before, after], ["before", "after"], save_path=tmp_path / "cmp.png")
+    assert [sub._suptitle.get_text().split("  |")[0] for sub in fig.subfigs] == ["before", "after"]
+    rendered(fig, tmp_path / "cmp.png")
+
+
+def test_bad_arguments_are_argument_errors(model, image, trace, tmp_path):
+    with pytest.raises(ArgumentError, match="layer 3 is out of range"):
+        viz.visualize_attention_map(trace, layer_indices=[0, 3])
+    with pytest.raises(ArgumentError, match="empty"):
+        viz.visualize_attention_map(trace, layer_indices=[])
+    with pytest.raises(ArgumentError, match="head_index 4 is out of range"):
+        viz.visualize_attention_map(trace, head_index=4)
+    with pytest.raises(ArgumentError, match="layer_idx 7 is out of range"):
+        viz.visualize_all_heads(trace, layer_idx=7)
+    with pytest.raises(ArgumentError, match="query patch 15 is out of range"):
+        viz.visualize_attention_map(trace, query=15)
+    with pytest.raises(ArgumentError, match="a Trace and an image"):
+        viz.visualize_attention_map(trace, image)
+    with pytest.raises(ArgumentError, match="needs an image"):
+        viz.visualize_attention_map(model)
+    with pytest.raises(ArgumentError, match="interpolation"):
+        viz.visualize_attention_map(trace, interpolation="cubic")
+    with pytest.raises(ArgumentError, match="head_fusions"):
+        viz.visualize_attention_rollout(trace, head_fusions=["median"])
+    with pytest.raises(ArgumentError, match="does not exist"):
+        viz.visualize_patch_grid(trace, save_path=tmp_path / "missing" / "x.png")
+    with pytest.raises(ArgumentError, match="unknown file type"):
+        viz.visualize_patch_grid(trace, save_path=tmp_path / "x.docx")
+    with pytest.raises(ArgumentError, match="run the model on an image first"):
+        viz.visualize_attention_distance([])
+    with pytest.raises(ArgumentError, match="unknown figure"):
+        figure_name("attention_mpa")
+    with pytest.raises(ArgumentError, match="recorded no residual stream"):
+        viz.visualize_cls_token_evolution(model.run(image, record=["blocks.*.attn.pattern"]))

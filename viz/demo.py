@@ -1,0 +1,81 @@
+"""The guide's demo, offline and in seconds: ``python -m viz.demo`` (or ``numpy-vit demo``).
+
+Runs the model once on the shipped sample image and writes the guide's seven files,
+``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, then prints where they are and what
+the model predicted. The guide's version downloaded a CIFAR-10 image and took 2-3 minutes.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+
+SAMPLE_IMAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample.png")
+
+
+def run_demo(out_dir=".", image=None, model=None, echo=print) -> list:
+    """Write the seven figures for ``image`` (default: the sample) to ``out_dir``; returns their paths.
+
+    ``model`` is a ViT, a name for ``ViT.from_pretrained`` or None (the shipped default model, or a
+    randomly initialised one with a warning while none is shipped).
+    """
+    from numpy_vit.cli import describe_model, load_model
+
+    from .figures import FIGURES
+
+    start = time.perf_counter()
+    image = SAMPLE_IMAGE if image is None else image
+    model = load_model(model) if model is None or isinstance(model, str) else model
+    os.makedirs(out_dir, exist_ok=True)
+    trace = model.run(image)
+    echo(f"model: {describe_model(model)}")
+    echo(f"image: {image if isinstance(image, str) else type(image).__name__}")
+    if "logits" in trace:
+        (label, prob), *rest = trace.top_k(5)
+        echo(f"prediction: {label} ({prob:.1%}); next: " + ", ".join(f"{l} ({p:.1%})" for l, p in rest[:2]))
+    paths = [os.path.join(out_dir, spec.filename) for spec in FIGURES.values()]
+    draw_in_parallel(trace, list(zip(FIGURES, paths)))
+    echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
+    for path in paths:
+        echo(f"  {os.path.basename(path)}")
+    echo(f"done in {time.perf_counter() - start:.1f} s")
+    return paths
+
+
+_TRACE = None   # the trace the forked workers draw from: inherited through fork, never pickled
+
+
+def _draw_one(job):
+    from .figures import make_figure
+
+    name, path = job
+    make_figure(name, _TRACE, save_path=path)
+    return path
+
+
+def draw_in_parallel(trace, jobs, workers=None):
+    """Draw (figure name, path) jobs from one trace, on up to ``workers`` processes (default: the CPU count, at
+    most 2). Rendering and PNG encoding hold the GIL, so threads would not help; forked processes share the
+    trace without copying it. Where fork is unavailable (Windows, macOS' default) the figures are drawn in turn."""
+    global _TRACE
+    workers = min(len(jobs), workers or min(2, os.cpu_count() or 1))
+    _TRACE = trace
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                return pool.map(_draw_one, jobs, chunksize=1)
+        return [_draw_one(job) for job in jobs]
+    finally:
+        _TRACE = None
+
+
+def main(argv=None) -> int:
+    """``python -m viz.demo [--out DIR] [--image PATH] [--model NAME]``: the same as ``numpy-vit demo``."""
+    from numpy_vit.cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The seven figures by name, drawn from one Trace: what the demo, ``numpy-vit show`` and the
+before/after comparison use, so a model runs once per image however many figures are drawn.
+
+    make_figure("attention_rollout", trace, save_path="rollout.png")
+    compare_figure("attention_layers", trace_before, trace_after, ("random init", "trained"))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from numpy_vit.errors import ArgumentError
+
+from . import visualize_advanced as advanced
+from . import visualize_attention as attention
+from ._common import (FIGURE_NAMES, TokenLayout, check_layers, default_layers, new_figure, save_figure, style,
+                      trace_array, trace_attention, trace_image)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    filename: str            # the guide's demo file name
+    title: str               # one line for --help and the README
+    draw: Callable           # draw(fig, trace, options)
+    size: Callable           # size(trace, options) -> (width, height) in inches
+
+
+def _layers_option(trace, options):
+    depth = len(trace_attention(trace))
+    layers = options.get("layer_indices")
+    return check_layers(default_layers(depth) if layers is None else layers, depth)
+
+
+def _draw_patch_grid(fig, trace, options):
+    image = trace_image(trace, options.get("image_index", 0))
+    if image is None:
+        raise ArgumentError("this Trace holds no image to draw the patch grid on")
+    attention.draw_patch_grid(fig, image, TokenLayout.of_trace(trace))
+
+
+def _draw_position_embedding(fig, trace, options):
+    advanced.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace))
+
+
+def _draw_attention_layers(fig, trace, options):
+    attention.draw_attention_layers(fig, trace, _layers_option(trace, options), options.get("head_index", 0),
+                                    options.get("query"), options.get("interpolation", "bilinear"),
+                                    options.get("dino_mask", False), options.get("keep", 0.6),
+                                    options.get("image_index", 0))
+
+
+def _draw_all_heads(fig, trace, options):
+    layers = options.get("layer_indices")                     # the first of --layers picks the layer
+    layer = layers if layers is None or isinstance(layers, int) else (list(layers) or [None])[0]
+    attention.draw_all_heads(fig, trace, layer,
+                             options.get("query"), options.get("interpolation", "bilinear"),
+                             options.get("shared_scale", False), options.get("dino_mask", False),
+                             options.get("keep", 0.6), options.get("image_index", 0))
+
+
+def _draw_attention_distance(fig, trace, options):
+    advanced.draw_attention_distance(fig, trace_attention(trace), TokenLayout.of_trace(trace),
+                                     options.get("prefix", "renormalise"))
+
+
+def _draw_cls_evolution(fig, trace, options):
+    advanced.draw_cls_evolution(fig, trace, options.get("image_index", 0))
+
+
+def _draw_attention_rollout(fig, trace, options):
+    index = options.get("image_index", 0)
+    advanced.draw_attention_rollout(fig, trace_attention(trace), TokenLayout.of_trace(trace),
+                                    trace_image(trace, index), tuple(options.get("head_fusions",
+                                                                                 ("mean", "max", "min"))),
+                                    options.get("discard_ratio", 0.0), options.get("query"),
+                                    options.get("interpolation", "bilinear"), options.get("dino_mask", False),
+                                    options.get("keep", 0.6), index)
+
+
+def _heads_size(trace, options):
+    rows, cols = attention._head_grid(trace_attention(trace)[0].shape[1])
+    return (2.9 * cols + 1.2, 2.9 * rows + 1.1)
+
+
+def _pos_size(trace, options):
+    gh, gw = trace.grid
+    return (15.5, 10.5 * min(1.3, max(0.8, gh / max(gw, 1))))
+
+
+FIGURES = {
+    "patch_grid": FigureSpec("vis_1_patch_grid.png", "how the image is cut into patches, each numbered",
+                             _draw_patch_grid, lambda t, o: (7.4, 7.4 * t.grid[0] / t.grid[1] + 0.8)),
+    "position_embedding": FigureSpec("vis_2_position_embedding.png",
+                                     "cosine similarity of the position embeddings (ViT Fig. 7 centre)",
+                                     _draw_position_embedding, _pos_size),
+    "attention_layers": FigureSpec("vis_3_attention_layers.png", "one head's CLS attention in several layers",
+                                   _draw_attention_layers,
+                                   lambda t, o: attention._layers_size(len(_layers_option(t, o)))),
+    "all_heads": FigureSpec("vis_4_all_heads.png", "every head of one layer", _draw_all_heads, _heads_size),
+    "attention_distance": FigureSpec("vis_5_attention_distance.png",
+                                     "mean attention distance per layer and head, in pixels (ViT Fig. 7 right)",
+                                     _draw_attention_distance, lambda t, o: (17, 5.4)),
+    "cls_evolution": FigureSpec("vis_6_cls_evolution.png", "the CLS token's path and norm through the layers",
+                                _draw_cls_evolution, lambda t, o: (14, 5.6)),
+    "attention_rollout": FigureSpec("vis_7_attention_rollout.png",
+                                    "attention rollout through all layers (Abnar & Zuidema 2020)",
+                                    _draw_attention_rollout,
+                                    lambda t, o: (3.5 * (len(o.get("head_fusions", "abc")) + 2) + 0.4, 4.3)),
+}
+assert tuple(FIGURES) == FIGURE_NAMES
+ALIASES = {"attention_map": "attention_layers", "attention": "attention_layers", "heads": "all_heads",
+           "distance": "attention_distance", "rollout": "attention_rollout", "pos_embed": "position_embedding",
+           "cls": "cls_evolution", "grid": "patch_grid"}
+
+
+def figure_name(name: str) -> str:
+    """The canonical figure name for a name, an alias or a demo file stem (``vis_3_attention_layers``)."""
+    key = str(name).lower().replace("-", "_")
+    for canonical, spec in FIGURES.items():
+        if key == spec.filename[:-4]:
+            return canonical
+    key = ALIASES.get(key, key)
+    if key not in FIGURES:
+        raise ArgumentError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)} or 'all'")
+    return key
+
+
+def make_figure(name: str, trace, save_path=None, **options):
+    """Draw figure ``name`` from a Trace; options are those of the matching ``visualize_*`` function."""
+    spec = FIGURES[figure_name(name)]
+    with style():
+        fig = new_figure(*spec.size(trace, options))
+        spec.draw(fig, trace, options)
+    save_figure(fig, save_path)
+    return fig
+
+
+def compare_figure(name: str, traces, labels, save_path=None, **options):
+    """The guide's before/after comparison: the same figure for several Traces, stacked, each row labelled."""
+    if len(traces) != len(labels) or not traces:
+        raise ArgumentError(f"compare_figure needs one label per trace, got {len(traces)} traces and "
+                            f"{len(labels)} labels")
+    spec = FIGURES[figure_name(name)]
+    sizes = [spec.size(t, options) for t in traces]
+    with style():
+        fig = new_figure(max(w for w, _ in sizes), sum(h for _, h in sizes) + 0.3 * len(traces))
+        rows = fig.subfigures(len(traces), 1, height_ratios=[h for _, h in sizes])
+        for index, (row, trace, label) in enumerate(zip(list(getattr(rows, "flat", [rows])), traces, labels)):
+            spec.draw(row, trace, options)
+            title = row._suptitle.get_text() if getattr(row, "_suptitle", None) is not None else ""
+            row.suptitle(f"{label}  |  {title}" if title else label, color="#08306b")
+            row.set_facecolor("#f4f4f4" if index % 2 else "white")
+    save_figure(fig, save_path)
+    return fig
