@@ -49,8 +49,8 @@ DEFAULT_OUT = HERE / "default.npz"
 ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
 MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
-    dict(name="low", img_size=112, steps=1100, batch=128, lr=1e-3, warmup=60, eval_every=100, eval_images=512),
-    dict(name="high", img_size=224, steps=120, batch=64, lr=2e-4, warmup=10, eval_every=40, eval_images=256),
+    dict(name="low", img_size=112, steps=600, batch=64, lr=1e-3, warmup=40, eval_every=100, eval_images=512),
+    dict(name="high", img_size=224, steps=60, batch=32, lr=2e-4, warmup=6, eval_every=30, eval_images=256),
 )
 WEIGHT_DECAY = 0.05
 LABEL_SMOOTHING = 0.1
@@ -59,11 +59,23 @@ TORCH_SEED = 0
 TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
 VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
 CHECKPOINT_EVERY_S = 240
+# One thread: on this shared 2-core machine (load 5-8 while others run tests) two OpenMP threads stall on each
+# other's barriers; measured 7.5 img/s with one thread against 2.5 with two (D=128 at 112 px, batch 64).
+# On an idle machine two threads are faster (79 img/s at 112 px): pass --threads 2.
+THREADS = 1
 NAME = "numpy_vit_shapes_patch16_224"
 
 
 def batch_seed(stage: int, step: int) -> int:
     return TRAIN_SEED_BASE + 100_000 * stage + step
+
+
+def blas_one_thread():
+    """NumPy's OpenBLAS spins two threads per call by default; on a busy shared CPU that makes small matrix
+    products 10-50x slower (measured: 0.73 s -> 0.05 s for one layer's attention of 10 images)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def build_model(img_size: int) -> VisionTransformer:
@@ -111,6 +123,7 @@ class ShapeBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         torch.set_num_threads(1)
+        blas_one_thread()
         stage = STAGES[self.stage_index]
         for step in range(self.start, stage["steps"]):
             data = make_shapes(stage["batch"], batch_seed(self.stage_index, step), img_size=stage["img_size"])
@@ -179,8 +192,9 @@ def export(model: VisionTransformer, out: Path, extra: dict | None = None) -> Vi
 
 # --- the loop ---------------------------------------------------------------------
 
-def train(train_dir: Path, resume: bool, out: Path):
-    torch.set_num_threads(2)
+def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
+    torch.set_num_threads(threads)
+    blas_one_thread()
     torch.manual_seed(TORCH_SEED)
     train_dir.mkdir(parents=True, exist_ok=True)
     log_path, ckpt_path = train_dir / "train.log", train_dir / "ckpt.pt"
@@ -200,9 +214,9 @@ def train(train_dir: Path, resume: bool, out: Path):
             log_path)
     elif resume:
         log(f"--resume: no checkpoint at {ckpt_path}, starting from scratch", log_path)
-    if not resume or step == 0 and stage_index == 0:
-        log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(STAGES)} wd={WEIGHT_DECAY} "
-            f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} threads={torch.get_num_threads()}", log_path)
+    # on every start, so that a resumed log says which recipe it continues with
+    log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(STAGES)} wd={WEIGHT_DECAY} "
+        f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} threads={torch.get_num_threads()}", log_path)
 
     last_save = time.time()
     while stage_index < len(STAGES):
@@ -274,12 +288,13 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from <train-dir>/ckpt.pt")
     parser.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="checkpoints and log (default %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="exported .npz (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default %(default)s)")
     parser.add_argument("--export-only", action="store_true", help="export <train-dir>/final.pt and exit")
     args = parser.parse_args(argv)
     if args.export_only:
         export_only(args.train_dir, args.out)
     else:
-        train(args.train_dir, args.resume, args.out)
+        train(args.train_dir, args.resume, args.out, args.threads)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""Measure the shipped default model on fresh shapes, with the NumPy model (no torch needed).
+
+    python -m weights.evaluate                          # weights/default.npz, the numbers in MODEL_CARD.md
+    python -m weights.evaluate --model other.npz --seed 7 --n-accuracy 500 --n-attention 64
+    python -m weights.evaluate --checkpoint weights/_train/ckpt.pt   # a training checkpoint (needs torch)
+
+Four numbers (issue 4), all on images from ``--seed`` (default 2024; training
+used seeds >= 1_000_000 and monitored on 99):
+
+* **top-1 accuracy** on ``--n-accuracy`` images (target >= 0.95);
+* **rollout on the object**: attention rollout (Abnar & Zuidema 2020, eq. 1,
+  head-mean fusion) from the CLS token, its row over the patch columns
+  renormalised to sum 1; per image, (mass on patches that overlap the object) /
+  (fraction of patches that overlap the object), averaged over
+  ``--n-attention`` images (target >= 2.0; 1.0 is a map blind to the object);
+* **position-embedding grid**: Spearman's rho between the cosine similarity of
+  two patches' position embeddings and minus their distance on the grid, over
+  all pairs of patches (target >= 0.5);
+* **mean attention distance** per layer (Dosovitskiy et al. 2021, Fig. 7
+  right), in pixels, averaged over heads, query patches and the same images;
+  prefix columns dropped and rows renormalised (``numpy_vit.analysis``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import numpy_vit as nv
+from numpy_vit import analysis
+from weights.shapes import make_shapes
+
+HERE = Path(__file__).resolve().parent
+TEST_SEED = 2024
+TARGETS = dict(accuracy=0.95, rollout_object_ratio=2.0, pos_embed_spearman=0.5)
+
+
+def patches_on_object(masks: np.ndarray, grid: tuple) -> np.ndarray:
+    """Which patches overlap the object: [B, H, W] bool pixel masks -> [B, P] bool (any pixel of the patch)."""
+    b, h, w = masks.shape
+    gh, gw = grid
+    ph, pw = h // gh, w // gw
+    blocks = masks[:, :gh * ph, :gw * pw].reshape(b, gh, ph, gw, pw)               # [B, gh, ph, gw, pw]
+    return blocks.any(axis=(2, 4)).reshape(b, gh * gw)                            # [B, P]
+
+
+def rollout_object_ratio(cls_rollout: np.ndarray, on_object: np.ndarray) -> np.ndarray:
+    """Per image: rollout mass on object patches / fraction of patches on the object. [B, P], [B, P] -> [B].
+
+    ``cls_rollout`` is the CLS row over the patch columns; it is renormalised to sum 1 here, so a
+    map that ignores the object scores 1 and one entirely on the object scores 1 / fraction.
+    """
+    mass = cls_rollout / cls_rollout.sum(axis=1, keepdims=True)                   # [B, P]
+    on_mass = (mass * on_object).sum(axis=1)                                       # [B]
+    fraction = on_object.mean(axis=1)                                              # [B]
+    return on_mass / fraction
+
+
+def position_embedding_spearman(pos_embed: np.ndarray, grid: tuple, num_prefix_tokens: int) -> float:
+    """Spearman's rho between cos(pos_i, pos_j) and -||grid_i - grid_j|| over all pairs i < j of patches."""
+    from scipy.stats import spearmanr   # average ranks for the many tied distances
+
+    gh, gw = grid
+    similarity = analysis.position_embedding_similarity(pos_embed, grid, num_prefix_tokens).reshape(gh * gw, -1)
+    distance = analysis.patch_distances(grid, patch_size=1)                       # [P, P] in grid units
+    upper = np.triu_indices(gh * gw, k=1)
+    return float(spearmanr(similarity[upper], -distance[upper]).statistic)
+
+
+def accuracy(model: nv.ViT, images: np.ndarray, labels: np.ndarray, batch: int = 50) -> float:
+    correct = 0
+    for i in range(0, len(images), batch):
+        trace = model.run(list(images[i:i + batch]), record=["logits"])         # preprocessing from the config
+        correct += int((trace.logits.argmax(axis=1) == labels[i:i + batch]).sum())
+    return correct / len(images)
+
+
+def attention_measures(model: nv.ViT, images: np.ndarray, masks: np.ndarray, batch: int = 20):
+    """Rollout-on-object ratios [B] and mean attention distance [L, H] over the same images."""
+    config = model.config
+    ratios, distances = [], []
+    for i in range(0, len(images), batch):
+        trace = model.run(list(images[i:i + batch]), record=["blocks.*.attn.pattern"])
+        patterns = trace.attention                                                # L x [b, H, N, N]
+        t = trace.num_prefix_tokens
+        rollout = analysis.attention_rollout(patterns, head_fusion="mean", num_prefix_tokens=t)  # [b, N, N]
+        cls_rows = rollout[:, 0, t:]                                              # [b, P] CLS row, patch columns
+        ratios.append(rollout_object_ratio(cls_rows, patches_on_object(masks[i:i + batch], trace.grid)))
+        distance = analysis.mean_attention_distance(patterns, trace.grid, config.patch_size, t)   # [L, H]
+        distances.append(distance * len(cls_rows))
+    return np.concatenate(ratios), np.sum(distances, axis=0) / len(images)
+
+
+def model_from_checkpoint(path: Path) -> nv.ViT:
+    """A NumPy model from a training checkpoint (weights/train.py's ckpt.pt or final.pt), at its own size."""
+    import torch
+
+    from weights.train import ARCH, MEAN, NAME, STD
+    from weights.shapes import CLASSES
+
+    state = torch.load(path, weights_only=False)
+    state = state.get("model", state)
+    params = {k: v.numpy().astype(np.float32) for k, v in state.items()}
+    grid = int(round(np.sqrt(params["pos_embed"].shape[1] - 1)))
+    config = nv.ViTConfig(name=NAME, img_size=grid * ARCH["patch_size"], mean=MEAN, std=STD, crop_pct=1.0,
+                          labels=CLASSES, **ARCH)
+    return nv.ViT(config, params)
+
+
+def evaluate(model: nv.ViT, seed: int, n_accuracy: int, n_attention: int) -> dict:
+    config = model.config
+    size = config.img_size[0]
+    start = time.time()
+    data = make_shapes(max(n_accuracy, n_attention), seed, img_size=size)
+    result = dict(model=config.name, img_size=size, seed=seed)
+    result["accuracy"] = accuracy(model, data["images"][:n_accuracy], data["labels"][:n_accuracy])
+    result["n_accuracy"] = n_accuracy
+    ratios, distance = attention_measures(model, data["images"][:n_attention], data["masks"][:n_attention])
+    result["rollout_object_ratio"] = float(ratios.mean())
+    result["rollout_object_ratio_median"] = float(np.median(ratios))
+    result["rollout_images_over_1"] = float((ratios > 1).mean())
+    result["n_attention"] = n_attention
+    result["pos_embed_spearman"] = position_embedding_spearman(model.params["pos_embed"], config.grid_size,
+                                                               config.num_prefix_tokens)
+    result["mean_attention_distance_px"] = [round(float(d), 1) for d in distance.mean(axis=1)]
+    result["mean_attention_distance_px_min_head"] = [round(float(d), 1) for d in distance.min(axis=1)]
+    result["mean_attention_distance_px_max_head"] = [round(float(d), 1) for d in distance.max(axis=1)]
+    result["uniform_attention_distance_px"] = round(analysis.uniform_attention_distance(config.grid_size,
+                                                                                       config.patch_size), 1)
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [f"{result['model']} at {result['img_size']} px, fresh images from seed {result['seed']}"]
+    for key, target in TARGETS.items():
+        verdict = "meets" if result[key] >= target else "MISSES"
+        n = result.get("n_" + key.split("_")[0], result["n_attention"])
+        extra = f" on {result['n_accuracy']} images" if key == "accuracy" else (
+            f" over {result['n_attention']} images (median {result['rollout_object_ratio_median']:.2f}, "
+            f"{result['rollout_images_over_1']:.0%} of images > 1)" if key.startswith("rollout") else
+            " over all pairs of patches")
+        lines.append(f"  {key:<22} {result[key]:.4f}{extra}  [target >= {target}: {verdict}]")
+    lines.append(f"  mean attention distance per layer (px, mean over heads; uniform = "
+                 f"{result['uniform_attention_distance_px']}):")
+    for i, (mean, lo, hi) in enumerate(zip(result["mean_attention_distance_px"],
+                                           result["mean_attention_distance_px_min_head"],
+                                           result["mean_attention_distance_px_max_head"])):
+        lines.append(f"    layer {i:2d}: {mean:6.1f}   (heads {lo:.1f} .. {hi:.1f})")
+    lines.append(f"  ({result['seconds']} s)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="an .npz (default: the shipped weights/default.npz)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a torch training checkpoint instead")
+    parser.add_argument("--seed", type=int, default=TEST_SEED)
+    parser.add_argument("--n-accuracy", type=int, default=2000)
+    parser.add_argument("--n-attention", type=int, default=200)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_limits   # scikit-learn's dependency, in the venv
+
+    # NumPy's OpenBLAS uses two spinning threads per product by default; on this shared CPU that makes the
+    # per-head attention products 10-50x slower than one thread does.
+    threadpool_limits(1, user_api="blas")
+    model = model_from_checkpoint(args.checkpoint) if args.checkpoint else nv.ViT.from_pretrained(args.model)
+    result = evaluate(model, args.seed, args.n_accuracy, args.n_attention)
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
