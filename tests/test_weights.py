@@ -397,6 +397,44 @@ def test_hub_download_failure_says_which_file_and_where(tmp_path, monkeypatch):
         weights.load_any("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k")
 
 
+def test_hub_download_through_huggingface_hub(tmp_path, monkeypatch):
+    """_download's own logic against a stand-in for hf_hub_download serving a repository from a folder."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    errors = pytest.importorskip("huggingface_hub.errors")
+    from safetensors.numpy import save_file
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    params = random_params(SMALL)
+    save_file(params, str(repo / "model.safetensors"))
+    (repo / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "num_classes": 5,
+                                                  "model_args": {"embed_dim": 32, "depth": 2, "num_heads": 4,
+                                                                 "patch_size": 8, "img_size": 32}}))
+    snapshot, asked = tmp_path / "hf-cache" / "snapshots" / "0123abc", []
+
+    def fake_hf_hub_download(repo_id, filename, revision=None, **kwargs):
+        asked.append((repo_id, filename, revision))
+        if not (repo / filename).exists():
+            missing = errors.RemoteEntryNotFoundError.__new__(errors.RemoteEntryNotFoundError)
+            Exception.__init__(missing, f"404: {filename}")
+            raise missing
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot / filename).write_bytes((repo / filename).read_bytes())
+        return str(snapshot / filename)
+
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path / "ours"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    config, loaded = weights.load_any("someone/tiny-vit@v2")
+    assert asked == [("someone/tiny-vit", "config.json", "v2"), ("someone/tiny-vit", "model.safetensors", "v2"),
+                     ("someone/tiny-vit", "preprocessor_config.json", "v2")]
+    assert config.num_heads == 4 and config.name == "vit_base_patch16_224"
+    assert all(np.array_equal(loaded[k], params[k]) for k in params)
+    (repo / "model.safetensors").unlink()
+    import shutil
+    shutil.rmtree(snapshot)
+    with pytest.raises(CheckpointError, match="the repository has none of model.safetensors, pytorch_model.bin"):
+        weights.load_any("someone/tiny-vit")
+
+
 def test_hub_name_reads_files_put_by_hand(tmp_path, monkeypatch):
     """The offline route the error message describes: config.json + model.safetensors in our cache folder."""
     from safetensors.numpy import save_file
