@@ -126,7 +126,7 @@ def read_folder(folder: str, arch=None, name: str = "") -> Checkpoint:
             raise CheckpointError(f"{folder} holds only {os.path.basename(weights)}, a torch pickle, and torch is not "
                                   f"installed: install torch, or get model.safetensors for it (read without torch), "
                                   f"or " + torch_to_safetensors_hint(weights)) from None
-    raw, container = _read_tensors(weights, kind)
+    raw, _ = _read_tensors(weights, kind)
     if kind == "torch":
         raw = unwrap_state_dict(raw, weights)
     container = f"folder (config.json + {os.path.basename(weights)})" if cfg else f"({os.path.basename(weights)})"
