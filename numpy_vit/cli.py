@@ -115,7 +115,7 @@ def _figure_list(name):
 def cmd_demo(args):
     from viz.demo import run_demo
 
-    run_demo(args.out, args.image, args.model)
+    run_demo(args.out, args.image, args.model, dpi=args.dpi)
 
 
 def cmd_show(args):
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "model's prediction.")
     demo.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (created if missing; default: .)")
     demo.add_argument("--image", default=None, metavar="PATH", help="image to explain (default: the sample)")
+    demo.add_argument("--dpi", type=int, default=None, help="resolution of the PNGs (default 100)")
     _model_option(demo)
     demo.set_defaults(handler=cmd_demo)
 

@@ -231,3 +231,11 @@ def test_bad_arguments_are_argument_errors(model, image, trace, tmp_path):
         figure_name("attention_mpa")
     with pytest.raises(ArgumentError, match="recorded no residual stream"):
         viz.visualize_cls_token_evolution(model.run(image, record=["blocks.*.attn.pattern"]))
+
+
+def test_patch_embedding_filters_one_panel_per_component(model, tmp_path):
+    fig = viz.visualize_patch_embedding_filters(model, save_path=tmp_path / "f.png", n_components=6)
+    titles = [ax.get_title() for ax in titled_axes(fig)]
+    assert [t.split(" ·")[0] for t in titles] == [f"PC{i}" for i in range(1, 7)]
+    assert titled_axes(fig)[0].images[0].get_array().shape == (16, 16, 3)
+    rendered(fig, tmp_path / "f.png", min_ink=0.05)

@@ -270,7 +270,7 @@ def footnote(fig, text, fontsize=9.5):
 
 
 def save_figure(fig: Figure, save_path, dpi: int = DPI) -> None:
-    """Write the figure; a missing folder or an unknown file type is an ArgumentError, not a crash deep in matplotlib."""
+    """Write the figure; a missing folder or an unknown file type is an ArgumentError, not a crash in matplotlib."""
     if save_path is None:
         return
     save_path = os.fspath(save_path)

@@ -14,7 +14,7 @@ import time
 SAMPLE_IMAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample.png")
 
 
-def run_demo(out_dir=".", image=None, model=None, echo=print) -> list:
+def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     """Write the seven figures for ``image`` (default: the sample) to ``out_dir``; returns their paths.
 
     ``model`` is a ViT, a name for ``ViT.from_pretrained`` or None (the shipped default model, or a
@@ -35,7 +35,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print) -> list:
         (label, prob), *rest = trace.top_k(5)
         echo(f"prediction: {label} ({prob:.1%}); next: " + ", ".join(f"{l} ({p:.1%})" for l, p in rest[:2]))
     paths = [os.path.join(out_dir, spec.filename) for spec in FIGURES.values()]
-    draw_in_parallel(trace, list(zip(FIGURES, paths)))
+    draw_in_parallel(trace, [(name, path, dpi) for name, path in zip(FIGURES, paths)])
     echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
     for path in paths:
         echo(f"  {os.path.basename(path)}")
@@ -49,15 +49,15 @@ _TRACE = None   # the trace the forked workers draw from: inherited through fork
 def _draw_one(job):
     from .figures import make_figure
 
-    name, path = job
-    make_figure(name, _TRACE, save_path=path)
+    name, path, dpi = job
+    make_figure(name, _TRACE, save_path=path, **({"dpi": dpi} if dpi else {}))
     return path
 
 
 def draw_in_parallel(trace, jobs, workers=None):
-    """Draw (figure name, path) jobs from one trace, on up to ``workers`` processes (default: the CPU count, at
-    most 2). Rendering and PNG encoding hold the GIL, so threads would not help; forked processes share the
-    trace without copying it. Where fork is unavailable (Windows, macOS' default) the figures are drawn in turn."""
+    """Draw (figure name, path, dpi or None) jobs from one trace on up to ``workers`` processes (default:
+    the CPU count, at most 2). Rendering and PNG encoding hold the GIL, so threads would not help; forked
+    processes share the trace without copying it. Without fork (Windows, macOS' default) they run in turn."""
     global _TRACE
     workers = min(len(jobs), workers or min(2, os.cpu_count() or 1))
     _TRACE = trace

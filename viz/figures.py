@@ -13,7 +13,7 @@ from numpy_vit.errors import ArgumentError
 
 from . import visualize_advanced as advanced
 from . import visualize_attention as attention
-from ._common import (FIGURE_NAMES, TokenLayout, check_layers, default_layers, new_figure, save_figure, style,
+from ._common import (DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, new_figure, save_figure, style,
                       trace_array, trace_attention, trace_image)
 
 
@@ -77,35 +77,26 @@ def _draw_attention_rollout(fig, trace, options):
                                     options.get("keep", 0.6), index)
 
 
-def _heads_size(trace, options):
-    rows, cols = attention._head_grid(trace_attention(trace)[0].shape[1])
-    return (2.9 * cols + 1.2, 2.9 * rows + 1.1)
-
-
-def _pos_size(trace, options):
-    gh, gw = trace.grid
-    return (15.5, 10.5 * min(1.3, max(0.8, gh / max(gw, 1))))
-
-
 FIGURES = {
     "patch_grid": FigureSpec("vis_1_patch_grid.png", "how the image is cut into patches, each numbered",
-                             _draw_patch_grid, lambda t, o: (7.4, 7.4 * t.grid[0] / t.grid[1] + 0.8)),
+                             _draw_patch_grid, lambda t, o: attention.patch_grid_size(t.grid)),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
                                      "cosine similarity of the position embeddings (ViT Fig. 7 centre)",
-                                     _draw_position_embedding, _pos_size),
+                                     _draw_position_embedding, lambda t, o: advanced.position_size(t.grid)),
     "attention_layers": FigureSpec("vis_3_attention_layers.png", "one head's CLS attention in several layers",
                                    _draw_attention_layers,
-                                   lambda t, o: attention._layers_size(len(_layers_option(t, o)))),
-    "all_heads": FigureSpec("vis_4_all_heads.png", "every head of one layer", _draw_all_heads, _heads_size),
+                                   lambda t, o: attention.layers_size(len(_layers_option(t, o)))),
+    "all_heads": FigureSpec("vis_4_all_heads.png", "every head of one layer", _draw_all_heads,
+                            lambda t, o: attention.heads_size(trace_attention(t)[0].shape[1])),
     "attention_distance": FigureSpec("vis_5_attention_distance.png",
                                      "mean attention distance per layer and head, in pixels (ViT Fig. 7 right)",
-                                     _draw_attention_distance, lambda t, o: (17, 5.4)),
+                                     _draw_attention_distance, lambda t, o: advanced.DISTANCE_SIZE),
     "cls_evolution": FigureSpec("vis_6_cls_evolution.png", "the CLS token's path and norm through the layers",
-                                _draw_cls_evolution, lambda t, o: (14, 5.6)),
+                                _draw_cls_evolution, lambda t, o: advanced.CLS_SIZE),
     "attention_rollout": FigureSpec("vis_7_attention_rollout.png",
                                     "attention rollout through all layers (Abnar & Zuidema 2020)",
                                     _draw_attention_rollout,
-                                    lambda t, o: (3.5 * (len(o.get("head_fusions", "abc")) + 2) + 0.4, 4.3)),
+                                    lambda t, o: advanced.rollout_size(len(o.get("head_fusions", "abc")))),
 }
 assert tuple(FIGURES) == FIGURE_NAMES
 ALIASES = {"attention_map": "attention_layers", "attention": "attention_layers", "heads": "all_heads",
@@ -125,13 +116,13 @@ def figure_name(name: str) -> str:
     return key
 
 
-def make_figure(name: str, trace, save_path=None, **options):
+def make_figure(name: str, trace, save_path=None, dpi=DPI, **options):
     """Draw figure ``name`` from a Trace; options are those of the matching ``visualize_*`` function."""
     spec = FIGURES[figure_name(name)]
     with style():
         fig = new_figure(*spec.size(trace, options))
         spec.draw(fig, trace, options)
-    save_figure(fig, save_path)
+    save_figure(fig, save_path, dpi)
     return fig
 
 

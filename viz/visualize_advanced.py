@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
 
-from ._common import (HEAT_CMAP, SIMILARITY_CMAP, TokenLayout, colorbar, footnote, is_trace, new_figure,
+from ._common import (SIMILARITY_CMAP, TokenLayout, colorbar, footnote, is_trace, new_figure,
                       overlay, query_label, resolve_attention, resolve_trace, save_figure, show_image, style,
                       trace_array, trace_image)
 
@@ -31,6 +31,18 @@ def _position_source(model):
                             f"Trace; got {type(model).__name__}")
     layout = TokenLayout(config.grid_size, config.num_prefix_tokens, config.prefix_names, config.patch_size)
     return np.asarray(params["pos_embed"]), layout
+
+
+def position_size(grid):
+    return (15.5, 10.5 * min(1.3, max(0.8, grid[0] / max(grid[1], 1))))
+
+
+DISTANCE_SIZE = (17, 5.4)
+CLS_SIZE = (14, 5.6)
+
+
+def rollout_size(num_fusions):
+    return (3.5 * (num_fusions + 2) + 0.4, 4.3)
 
 
 def similarity_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
@@ -113,9 +125,8 @@ def visualize_position_embedding(model, save_path=None):
     (Dosovitskiy et al. 2021, Fig. 7 centre). ``model`` is a ViT or a Trace (whose ``pos_embed``
     is the one actually used, resampled if the image size differed)."""
     pos_embed, layout = _position_source(model)
-    gh, gw = layout.grid
     with style():
-        fig = new_figure(15.5, 10.5 * min(1.3, max(0.8, gh / max(gw, 1))))
+        fig = new_figure(*position_size(layout.grid))
         draw_position_embedding(fig, pos_embed, layout)
     save_figure(fig, save_path)
     return fig
@@ -231,7 +242,7 @@ def visualize_attention_distance(attention_maps, save_path=None, *, grid=None, p
     """
     layers, layout = _gather_attention(attention_maps, grid, patch_size, num_prefix_tokens)
     with style():
-        fig = new_figure(17, 5.4)
+        fig = new_figure(*DISTANCE_SIZE)
         draw_attention_distance(fig, layers, layout, prefix)
     save_figure(fig, save_path)
     return fig
@@ -305,7 +316,7 @@ def visualize_cls_token_evolution(model, img_tensor=None, save_path=None, *, ima
     to the patch tokens' mean norm. ``img_tensor`` is anything ``model.run`` takes; or pass a Trace."""
     trace = resolve_trace(model, img_tensor, "visualize_cls_token_evolution")
     with style():
-        fig = new_figure(14, 5.6)
+        fig = new_figure(*CLS_SIZE)
         draw_cls_evolution(fig, trace, image_index)
     save_figure(fig, save_path)
     return fig
@@ -383,7 +394,7 @@ def visualize_attention_rollout(attention_maps, save_path=None, *, image=None, h
     else:
         underlay = None if image is None else _display_image(image, layout.image_size)
     with style():
-        fig = new_figure(3.5 * (len(head_fusions) + 2) + 0.4, 4.3)
+        fig = new_figure(*rollout_size(len(head_fusions)))
         draw_attention_rollout(fig, layers, layout, underlay, tuple(head_fusions), discard_ratio, query,
                                interpolation, dino_mask, keep, image_index)
     save_figure(fig, save_path)
@@ -420,4 +431,4 @@ def visualize_patch_embedding_filters(model, save_path=None, n_components=28):
 
 
 __all__ = ["visualize_position_embedding", "visualize_attention_distance", "visualize_cls_token_evolution",
-           "visualize_attention_rollout", "visualize_patch_embedding_filters", "HEAT_CMAP"]
+           "visualize_attention_rollout", "visualize_patch_embedding_filters"]

@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib import patheffects
 from matplotlib.patches import Rectangle
 
-from numpy_vit import analysis
+from numpy_vit import ViTWithAttention, analysis  # the guide imported its model class from this module too
 from numpy_vit.errors import ArgumentError
 
-from ._common import (HEAT_CMAP, TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
+from ._common import (TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
                       overlay, query_label, resolve_trace, save_figure, show_image, style, trace_attention,
                       trace_image)
 
@@ -72,7 +72,7 @@ def visualize_patch_grid(image, save_path=None, *, config=None, show_indices=Tru
     else:
         pixels, layout = _grid_image(image, config)
     with style():
-        fig = new_figure(7.4, 7.4 * pixels.shape[0] / pixels.shape[1] + 0.8)
+        fig = new_figure(*patch_grid_size(layout.grid))
         draw_patch_grid(fig, pixels, layout, show_indices)
     save_figure(fig, save_path)
     return fig
@@ -129,8 +129,18 @@ def draw_attention_layers(fig, trace, layer_indices=None, head_index=0, query=No
     footnote(fig, note)
 
 
-def _layers_size(count):
+def patch_grid_size(grid):
+    return (7.4, 7.4 * grid[0] / grid[1] + 0.8)
+
+
+def layers_size(count):
+    """Inches for the input image plus ``count`` layer panels."""
     return (3.3 * (count + 1) + 0.6, 4.1)
+
+
+def heads_size(num_heads):
+    rows, cols = _head_grid(num_heads)
+    return (2.9 * cols + 1.2, 2.9 * rows + 1.1)
 
 
 def visualize_attention_map(model, image=None, save_path=None, layer_indices=None, head_index=0, *, query=None,
@@ -148,7 +158,7 @@ def visualize_attention_map(model, image=None, save_path=None, layer_indices=Non
     depth = len(trace_attention(trace))
     count = len(check_layers(default_layers(depth) if layer_indices is None else layer_indices, depth))
     with style():
-        fig = new_figure(*_layers_size(count))
+        fig = new_figure(*layers_size(count))
         draw_attention_layers(fig, trace, layer_indices, head_index, query, interpolation, dino_mask, keep,
                               image_index)
     save_figure(fig, save_path)
@@ -205,12 +215,11 @@ def visualize_all_heads(model, image=None, save_path=None, layer_idx=None, *, qu
     ``interpolation`` and ``dino_mask`` as in :func:`visualize_attention_map`.
     """
     trace = resolve_trace(model, image, "visualize_all_heads")
-    rows, cols = _head_grid(trace_attention(trace)[0].shape[1])
     with style():
-        fig = new_figure(2.9 * cols + 1.2, 2.9 * rows + 1.1)
+        fig = new_figure(*heads_size(trace_attention(trace)[0].shape[1]))
         draw_all_heads(fig, trace, layer_idx, query, interpolation, shared_scale, dino_mask, keep, image_index)
     save_figure(fig, save_path)
     return fig
 
 
-__all__ = ["visualize_patch_grid", "visualize_attention_map", "visualize_all_heads", "HEAT_CMAP"]
+__all__ = ["visualize_patch_grid", "visualize_attention_map", "visualize_all_heads", "ViTWithAttention"]
