@@ -10,8 +10,8 @@ Shapes: B batch, N tokens, P patches, D width, C classes; gh x gw the patch grid
 
 import numpy as np
 
-from .config import ViTConfig, param_shapes
-from .errors import ArgumentError, CheckpointError, ConfigError
+from .config import ViTConfig, check_params, param_shapes
+from .errors import ArgumentError, ConfigError
 from .layers import block, layer_norm, linear, patchify
 from .resample import resample_pos_embed
 from .trace import Trace
@@ -34,24 +34,6 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
             value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * 0.02  # clipped at 2 std, like trunc_normal_
         params[name] = value.astype(dtype)
     return params
-
-def _check_params(config, params):
-    expected = param_shapes(config)
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    wrong = [f"{k}: got {tuple(np.shape(params[k]))}, expected {expected[k]}"
-             for k in expected if k in params and tuple(np.shape(params[k])) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} parameter(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected parameter(s): {', '.join(unexpected[:8])}"
-                        f"{' ...' if len(unexpected) > 8 else ''}")
-    if wrong:
-        problems.append("wrong shape(s): " + "; ".join(wrong[:8]))
-    if problems:
-        raise CheckpointError(f"the parameters do not fit the config {config.name or '(unnamed)'} "
-                              f"(depth={config.depth}, embed_dim={config.embed_dim}): " + " | ".join(problems))
 
 def _nest(flat):
     """{"blocks.0.attn.qkv.weight": a} -> {"blocks": {"0": {"attn": {"qkv": {"weight": a}}}}}: keys become the
@@ -83,7 +65,7 @@ class ViT:
         if params is None:
             params = init_params(config, seed)
         else:
-            _check_params(config, params)
+            check_params(config, params)
         self.params = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in params.items()}
         self._tree = _nest(self.params)
         self.attention_maps = []

@@ -99,3 +99,13 @@ def compare_traces(trace, reference, dtype, label, depth):
     MEASURED.append((label, np.dtype(dtype).name, worst))
     assert not failures, f"{label} ({np.dtype(dtype).name}): " + "; ".join(failures)
     return worst
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the worst error of every compared model: the parity table of the README comes from here."""
+    if not MEASURED:
+        return
+    tr = terminalreporter
+    tr.write_sep("-", "parity: worst errors (pattern abs | residual abs / scale | logits or pooled abs)")
+    for label, dtype, worst in MEASURED:
+        tr.write_line(f"{label:<60} {dtype:<8} {worst['pattern']:9.2e} {worst['resid']:9.2e} {worst['logits']:9.2e}")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import Recorder, compare_traces, max_err, random_batch, timm_state_to_params
+from conftest import Recorder, compare_traces, max_err, random_batch, scale_of, timm_state_to_params
 
 import numpy_vit as nv
 
@@ -38,10 +38,11 @@ def _randomise(model, seed=0):
     return model
 
 
-def _pair(name, dtype, **create_kwargs):
-    """(timm model, numpy_vit model) holding the same random weights."""
-    config = nv.ViTConfig.preset(name)
-    tm = _randomise(timm.create_model(name, pretrained=False, **create_kwargs)).eval()
+def _pair(name, dtype, dynamic_img_size=False, **overrides):
+    """(timm model, numpy_vit model) holding the same random weights; ``overrides`` go to both."""
+    config = nv.ViTConfig.preset(name, **overrides)
+    tm = timm.create_model(name, pretrained=False, dynamic_img_size=dynamic_img_size, **overrides)
+    tm = _randomise(tm).eval()
     if dtype == np.float64:
         tm = tm.double()
     model = nv.ViT(config, timm_state_to_params(tm), dtype=dtype)
@@ -59,13 +60,26 @@ def _run_both(tm, model, x):
     return trace, reference
 
 
+# float64 runs of the four heaviest presets use their first 4 blocks (and DINOv2 a 224 input) so that the
+# suite stays within its time budget on 2 cores; every architectural feature is still exercised, and the
+# float32 runs use every block at the native resolution.
+FLOAT64_SHORTENED = {
+    "vit_large_patch16_224": dict(depth=4),
+    "eva_large_patch14_196": dict(depth=4),
+    "vit_base_patch16_384": dict(depth=4),
+    "vit_small_patch14_reg4_dinov2": dict(depth=4, img_size=224),
+}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_matches_timm(name, dtype):
-    tm, model = _pair(name, dtype)
+    overrides = FLOAT64_SHORTENED.get(name, {}) if dtype == np.float64 else {}
+    tm, model = _pair(name, dtype, **overrides)
     x = random_batch(model.config, batch=2, dtype=dtype)
     trace, reference = _run_both(tm, model, x)
-    compare_traces(trace, reference, dtype, f"timm {name}", model.config.depth)
+    label = f"timm {name}" + (f" ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else "")
+    compare_traces(trace, reference, dtype, label, model.config.depth)
     # the recorded probabilities are distributions
     np.testing.assert_allclose(trace["blocks.0.attn.pattern"].sum(-1), 1.0, atol=1e-5 if dtype == np.float32 else 1e-12)
 
@@ -102,13 +116,17 @@ def test_resampled_pos_embed_float64():
                                ("bicubic_hf", dict(mode="bicubic")), ("bilinear", dict(mode="bilinear"))]:
             ref = F.interpolate(t, size=(nh, nw), align_corners=False, **kwargs)[0].permute(1, 2, 0).numpy()
             assert max_err(resample_grid(grid, (nh, nw), method), ref) <= 1e-12, (method, (gh, gw), (nh, nw))
+            # float32: ours is the correctly rounded result; torch sums its 16 taps in float32, so the two differ
+            # by a few ulp of the values (here up to ~4): 1e-5 absolute for timm's method (the target), and
+            # 1e-5 times the values' scale for the others
             ref32 = F.interpolate(t.float(), size=(nh, nw), align_corners=False, **kwargs)[0].permute(1, 2, 0).numpy()
-            assert max_err(resample_grid(grid.astype(np.float32), (nh, nw), method), ref32) <= 1e-5
+            err32 = max_err(resample_grid(grid.astype(np.float32), (nh, nw), method), ref32)
+            limit = 1e-5 if method == "bicubic_antialias" else 1e-5 * scale_of(ref32)
+            assert err32 <= limit, (method, (gh, gw), (nh, nw), err32)
 
 
 def test_guide_model_and_selective_recording():
     """The guide's ViTWithAttention keyword arguments, and recording by glob keeps only what was asked."""
-    model = nv.ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=192, depth=2, num_heads=3)
     tm = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=2).eval()
     _randomise(tm)
     model = nv.ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=192, depth=2, num_heads=3)
