@@ -156,8 +156,11 @@ def resize_and_crop(rgb, size, crop_pct=1.0, interpolation="bicubic"):  # [h, w,
     h, w = rgb.shape[:2]
     if H == W:
         scaled = math.floor(H / crop_pct)
-        ratio = scaled / min(h, w)
-        new_h, new_w = max(H, round(h * ratio)), max(W, round(w * ratio))
+        # the short side becomes `scaled`, the long side is truncated as torchvision's Resize does
+        if h <= w:
+            new_h, new_w = scaled, int(scaled * w / h)
+        else:
+            new_h, new_w = int(scaled * h / w), scaled
     else:
         new_h, new_w = math.floor(H / crop_pct), math.floor(W / crop_pct)
     img = Image.fromarray(rgb)
