@@ -239,3 +239,26 @@ def test_patch_embedding_filters_one_panel_per_component(model, tmp_path):
     assert [t.split(" ·")[0] for t in titles] == [f"PC{i}" for i in range(1, 7)]
     assert titled_axes(fig)[0].images[0].get_array().shape == (16, 16, 3)
     rendered(fig, tmp_path / "f.png", min_ink=0.05)
+
+
+def test_the_guides_calls_verbatim(tmp_path):
+    """The guide's code, as written there (a smaller width so the test stays fast)."""
+    from viz.visualize_advanced import (visualize_attention_distance, visualize_attention_rollout,
+                                        visualize_cls_token_evolution, visualize_position_embedding)
+    from viz.visualize_attention import (ViTWithAttention, visualize_all_heads, visualize_attention_map,
+                                         visualize_patch_grid)
+
+    image = str(tmp_path / "image.jpg")
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(image)
+    model = ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=48, depth=12, num_heads=12)
+    visualize_patch_grid(image, save_path=str(tmp_path / "patch_grid.png"))
+    visualize_attention_map(model, image, save_path=str(tmp_path / "attention_map.png"),
+                            layer_indices=[0, 3, 6, 11], head_index=0)
+    visualize_all_heads(model, image, layer_idx=5)
+    visualize_position_embedding(model, save_path=str(tmp_path / "pos_embed.png"))
+    fig = visualize_attention_distance(model.attention_maps, save_path=str(tmp_path / "attention_distance.png"))
+    assert "14x14" in all_text(fig)                          # the guide's 197 tokens read as CLS + 14x14
+    img_tensor = model.last_trace["input"]                    # a [1, 3, 224, 224] normalised batch
+    visualize_cls_token_evolution(model, img_tensor, save_path=str(tmp_path / "cls_evolution.png"))
+    visualize_attention_rollout(model.attention_maps, save_path=str(tmp_path / "attention_rollout.png"))
+    assert len(list(tmp_path.glob("*.png"))) == 6
