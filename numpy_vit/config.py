@@ -69,8 +69,15 @@ class ViTConfig:
     def __post_init__(self):
         # Normalise the forms a user may type (lists from JSON, an int image size) so that equal configs compare equal.
         object.__setattr__(self, "img_size", _pair(self.img_size, "img_size"))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} must be a sequence of {self.in_chans} numbers (one per channel), "
+                                  f"got {value!r}") from None
+        if isinstance(self.labels, (str, bytes)) or not hasattr(self.labels, "__iter__"):
+            raise ConfigError(f"labels must be a list of class names (one per class), got {self.labels!r}")
         object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
         self._check()
 
@@ -79,10 +86,28 @@ class ViTConfig:
             if not ok:
                 raise ConfigError(message)
 
+        def is_int(value):
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
         for name in ("patch_size", "embed_dim", "depth", "num_heads", "in_chans"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be a positive integer, got {value!r}")
+        # Types first, so that the range checks below compare numbers (a string would raise a bare TypeError).
+        for name in ("mlp_ratio", "layer_norm_eps", "crop_pct", "init_values"):
+            value = getattr(self, name)
+            need((value is None and name == "init_values") or is_int(value) or isinstance(value, (float, np.floating)),
+                 f"{name} must be a number{' or None' if name == 'init_values' else ''}, got {value!r}")
+        for name in ("num_reg_tokens", "num_classes", "representation_size"):
+            value = getattr(self, name)
+            need((value is None and name == "representation_size") or is_int(value),
+                 f"{name} must be an integer{' or None' if name == 'representation_size' else ''}, got {value!r}")
+        for name in ("qkv_bias", "class_token", "distilled", "no_embed_class", "fc_norm"):
+            value = getattr(self, name)
+            need((value is None and name == "fc_norm") or isinstance(value, (bool, np.bool_)),
+                 f"{name} must be True or False{' (or None)' if name == 'fc_norm' else ''}, got {value!r}")
+        need(self.representation_size is None or self.representation_size >= 1,
+             f"representation_size must be >= 1 or None, got {self.representation_size}")
         need(self.embed_dim % self.num_heads == 0,
              f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         h, w = self.img_size
@@ -148,7 +173,7 @@ class ViTConfig:
 
     # --- conversion ---------------------------------------------------------
     def replace(self, **changes) -> "ViTConfig":
-        return dataclasses.replace(self, **changes)
+        return self.from_dict({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes})
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -177,7 +202,7 @@ class ViTConfig:
     def from_json(cls, text: str) -> "ViTConfig":
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, TypeError) as e:  # TypeError: not a str / bytes at all
             raise ConfigError(f"config is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
@@ -188,12 +213,14 @@ class ViTConfig:
         A pretrained tag after the dot is accepted where it changes nothing but the weights
         (``vit_base_patch16_224.augreg2_in21k_ft_in1k``); tags with their own preset (``.dino``) win.
         """
+        if not isinstance(name, str):
+            raise ConfigError(f"a preset name must be a string, got {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         base = name if name in PRESETS else name.split(".")[0]
         if base not in PRESETS:
             close = [p for p in PRESETS if base.split("_")[0] in p]
             raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
                               + (f" (closest: {', '.join(close[:5])})" if close else ""))
-        return cls(**{**PRESETS[base], "name": name, **overrides})
+        return cls.from_dict({**PRESETS[base], "name": name, **overrides})
 
 
 _GOOGLE = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)  # augreg / original Google ViT weights
@@ -299,7 +326,11 @@ def check_params(config: "ViTConfig", params: dict, where: str = "", sources: di
              for k in expected if k in params and tuple(np.shape(params[k])) != expected[k]]
     not_float = [f"{k} has dtype {np.asarray(params[k]).dtype}" for k in expected
                  if k in params and np.asarray(params[k]).dtype.kind != "f"]
-    if not (missing or unexpected or wrong or not_float):
+    # max / min propagate NaN and reach +-inf without allocating a mask: two passes, no copy
+    not_finite = [f"{k} holds {np.count_nonzero(~np.isfinite(params[k]))} NaN or infinite values" for k in expected
+                  if k in params and np.asarray(params[k]).dtype.kind == "f" and np.size(params[k])
+                  and not (np.isfinite(np.max(params[k])) and np.isfinite(np.min(params[k])))]
+    if not (missing or unexpected or wrong or not_float or not_finite):
         return
     sources = sources or {}
     problems = []
@@ -312,6 +343,8 @@ def check_params(config: "ViTConfig", params: dict, where: str = "", sources: di
         problems.append("wrong shapes: " + _listing(wrong, limit=5))
     if not_float:
         problems.append("not floating point: " + _listing(not_float, limit=5))
+    if not_finite:
+        problems.append("not finite (a diverged training run or a corrupt file): " + _listing(not_finite, limit=5))
     summary = (f"{config.name or 'ViT'} (depth {config.depth}, width {config.embed_dim}, {config.num_heads} heads, "
                f"patch {config.patch_size}, img_size {config.img_size}, {config.num_classes} classes)")
     raise CheckpointError(f"{where + ': ' if where else ''}parameters do not fit the config {summary}; "
