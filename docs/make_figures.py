@@ -1,7 +1,7 @@
 """Redraw the README's figures: ``python docs/make_figures.py``.
 
-Runs the demo (the shipped default model on viz/assets/sample.png) at a README-friendly resolution
-and stores each PNG with a 256-colour palette, which keeps it small.
+The demo's seven figures (the shipped default model on viz/assets/sample.png), each at a resolution
+that keeps it about 1,300 pixels wide at most, stored with a 256-colour palette to stay small.
 """
 import os
 import sys
@@ -11,11 +11,22 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from viz.demo import run_demo  # noqa: E402  (after the path set-up, for a checkout that is not installed)
+from numpy_vit.cli import describe_model, load_model  # noqa: E402  (after the path set-up)
+from viz.demo import SAMPLE_IMAGE  # noqa: E402
+from viz.figures import FIGURES, make_figure  # noqa: E402
+
+MAX_WIDTH = 1300  # pixels
 
 
-def main(out=os.path.join(HERE, "figures"), dpi=75):
-    for path in run_demo(out, dpi=dpi):
+def main(out=os.path.join(HERE, "figures")):
+    os.makedirs(out, exist_ok=True)
+    model = load_model(None)
+    trace = model.run(SAMPLE_IMAGE)
+    print(f"{describe_model(model)}; prediction: {trace.top_k(1)[0]}")
+    for name, spec in FIGURES.items():
+        path = os.path.join(out, spec.filename)
+        width = spec.size(trace, {})[0]
+        make_figure(name, trace, save_path=path, dpi=min(100, int(MAX_WIDTH / width)))
         image = Image.open(path).convert("RGB")
         image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
         print(f"{os.path.relpath(path, os.path.dirname(HERE))}: {image.size[0]}x{image.size[1]}, "

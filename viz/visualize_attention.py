@@ -47,7 +47,7 @@ def draw_patch_grid(fig, image, layout: TokenLayout, show_indices=True):
         ax.axvline(col * p - 0.5, color="red", linewidth=1.0)
     ax.add_patch(Rectangle((-0.5, -0.5), gw * p, gh * p, fill=False, edgecolor="red", linewidth=2))
     if show_indices:
-        size = max(4.5, min(11.0, 90.0 / max(gh, gw)))
+        size = max(4.5, min(11.0, 110.0 / max(gh, gw)))   # about a third of a patch wide for "195"
         for index in range(gh * gw):
             row, col = divmod(index, gw)
             ax.text(col * p + p * 0.5, row * p + p * 0.5, str(index), ha="center", va="center",
