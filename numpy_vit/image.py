@@ -83,14 +83,23 @@ def _pil_to_rgb(img, name="image"):
         _warn(f"{name} had mode {mode_note} with transparency; composited it on white to get RGB")
         return img
     _warn(f"{name} had mode {mode_note}; converted to RGB")
-    return img.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as e:  # modes Pillow cannot turn into RGB (LAB, some TIFF layouts)
+        raise ImageError(f"{name} has mode {img.mode}, which Pillow cannot convert to RGB ({e}); "
+                         f"save it as an RGB PNG or JPEG first") from None
 
 
 def _array_to_rgb(a):
     """An HxW or HxWxC array -> HxWx3 uint8 (floats must lie in [0, 1])."""
-    a = np.asarray(a)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ImageError(f"an image array must hold numbers, got dtype {a.dtype}")
+    try:
+        a = np.asarray(a)
+    except ValueError as e:  # a ragged nested list
+        raise ImageError(f"the nested list is not a rectangular HxW or HxWx3 array of numbers ({e})") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) \
+            or np.issubdtype(a.dtype, np.complexfloating):
+        raise ImageError(f"an image array must hold real numbers (uint8 0..255, or floats in [0, 1]), "
+                         f"got dtype {a.dtype}")
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3:
@@ -138,6 +147,10 @@ def to_rgb_array(src):
     if isinstance(src, (str, os.PathLike)):
         return np.asarray(_pil_to_rgb(_open(src), name=repr(os.fspath(src))))
     if type(src).__module__.startswith("PIL."):
+        try:
+            src.load()  # an Image.open() result decodes only now: a truncated file fails here, not inside NumPy
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"the PIL image could not be decoded, it may be truncated or corrupt: {e}") from None
         return np.asarray(_pil_to_rgb(src))
     if isinstance(src, (np.ndarray, list, tuple)):
         return _array_to_rgb(src)
@@ -163,6 +176,9 @@ def resize_and_crop(rgb, size, crop_pct=1.0, interpolation="bicubic"):  # [h, w,
             new_h, new_w = int(scaled * h / w), scaled
     else:
         new_h, new_w = math.floor(H / crop_pct), math.floor(W / crop_pct)
+    if new_h * new_w > (Image.MAX_IMAGE_PIXELS or math.inf):  # a 1-pixel-high strip scaled up to img_size
+        raise ImageError(f"an image of {w}x{h} pixels would be resized to {new_w}x{new_h} before the centre crop, "
+                         f"beyond Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit; crop it closer to square first")
     img = Image.fromarray(rgb)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample=_FILTERS[interpolation])
@@ -184,7 +200,10 @@ def load_image(src, config, img_size=None):
 
 
 def _size(img_size, patch_size):
-    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    pair = (img_size, img_size) if not isinstance(img_size, (tuple, list)) else tuple(img_size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise ImageError(f"img_size must be an int or a pair of ints (height, width), got {img_size!r}")
+    h, w = (int(v) for v in pair)
     if h % patch_size or w % patch_size or h < patch_size or w < patch_size:
         raise ImageError(f"img_size {h}x{w} is not a multiple of the patch size {patch_size}; "
                          f"use e.g. {max(1, h // patch_size) * patch_size}x{max(1, w // patch_size) * patch_size}")
