@@ -262,3 +262,15 @@ def test_the_guides_calls_verbatim(tmp_path):
     visualize_cls_token_evolution(model, img_tensor, save_path=str(tmp_path / "cls_evolution.png"))
     visualize_attention_rollout(model.attention_maps, save_path=str(tmp_path / "attention_rollout.png"))
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+def test_second_image_of_a_batch(model, image, tmp_path):
+    flipped = image[::-1].copy()
+    trace = model.run([image, flipped])
+    fig = viz.visualize_attention_map(trace, layer_indices=[2], image_index=1)
+    underlay, heat = titled_axes(fig)[0].images[0].get_array(), titled_axes(fig)[1].images[1].get_array()
+    np.testing.assert_allclose(underlay, flipped / 255.0, atol=1e-6)    # the second image, not the first
+    expected = trace["blocks.2.attn.pattern"][1, 0, 0, 1:].reshape(3, 5)
+    np.testing.assert_allclose(heat, analysis.upsample_grid(expected, (48, 80), "bilinear"), rtol=1e-6)
+    with pytest.raises(ArgumentError, match="image_index 2 is out of range"):
+        viz.visualize_attention_map(trace, image_index=2)

@@ -91,14 +91,21 @@ def trace_attention(trace) -> list:
 
 
 def trace_image(trace, image_index: int = 0):
-    """The preprocessed image as HxWx3 floats in [0, 1], or None if the trace has none."""
+    """Image ``image_index`` of the batch as the model saw it, HxWx3 floats in [0, 1], or None.
+
+    The Trace keeps the first image for overlays; any other is recovered from the normalised
+    ``input`` with the config's mean and std.
+    """
     image = getattr(trace, "image", None)
-    if image is None:
+    if image_index == 0 and image is not None:
+        return np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    if "input" not in set(trace.keys()) or getattr(trace, "config", None) is None:
         return None
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim == 4:
-        image = image[analysis.check_index(image_index, image.shape[0], "image_index")]
-    return np.clip(image, 0.0, 1.0)
+    pixels = np.asarray(trace["input"], dtype=np.float64)                      # [B, 3, H, W]
+    pixels = pixels[analysis.check_index(image_index, pixels.shape[0], "image_index")]
+    config = trace.config
+    pixels = pixels * np.asarray(config.std)[:, None, None] + np.asarray(config.mean)[:, None, None]
+    return np.clip(pixels.transpose(1, 2, 0), 0.0, 1.0)                       # [H, W, 3]
 
 
 @dataclass(frozen=True)
