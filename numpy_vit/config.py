@@ -319,6 +319,9 @@ def check_params(config: "ViTConfig", params: dict, where: str = "", sources: di
     shape (both shapes). ``where`` names the file; ``sources`` maps a timm name
     to the key it is read from in the source format, to say what was looked for.
     """
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where + ': ' if where else ''}params must be a dict {{timm name: array}}, "
+                              f"got {type(params).__name__}")
     expected = param_shapes(config)
     missing = [k for k in expected if k not in params]
     unexpected = sorted(k for k in params if k not in expected)

@@ -216,6 +216,8 @@ def prepare(image, config, img_size=None):
         if image.shape[1] != config.in_chans and image.shape[-1] == config.in_chans:
             raise ImageError(f"a batch must be [B, 3, H, W] normalised floats; got shape {image.shape} "
                              f"(channels last): use x.transpose(0, 3, 1, 2)")
+        if image.shape[0] == 0:
+            raise ImageError(f"the batch is empty (shape {image.shape}); pass at least one image")
         if not np.issubdtype(image.dtype, np.floating):
             raise ImageError(f"a [B, 3, H, W] batch must be normalised floats, got dtype {image.dtype}; "
                              f"pass uint8 images one by one (or as a list) to have them normalised")

@@ -58,7 +58,10 @@ class ViT:
             raise ConfigError("pass either a ViTConfig or its fields as keyword arguments, not both")
         if not isinstance(config, ViTConfig):
             raise ConfigError(f"config must be a numpy_vit.ViTConfig, got {type(config).__name__}")
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
         self.config = config
@@ -195,6 +198,8 @@ class ViT:
         if not np.issubdtype(x.dtype, np.floating):
             raise ImageError(f"forward() expects normalised float pixels, got dtype {x.dtype}; "
                              f"use model.run() for uint8 images, which normalises them")
+        if x.shape[0] == 0:
+            raise ImageError(f"the batch is empty (shape {x.shape}); pass at least one image")
         H, W = x.shape[2:]
         p = c.patch_size
         if H < p or W < p or H % p or W % p:

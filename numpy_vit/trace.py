@@ -51,7 +51,11 @@ class Trace(Mapping):
         self.config = config
         self.grid = tuple(grid)
         self.image = image
-        self._patterns = None if record is None else [record] if isinstance(record, str) else list(record)
+        self._patterns = None if record is None else [record] if isinstance(record, str) else \
+            list(record) if isinstance(record, (list, tuple, set)) else [record]
+        if self._patterns is not None and not all(isinstance(p, str) for p in self._patterns):
+            raise ArgumentError(f"record must be None, a glob such as 'blocks.*.attn.pattern', or a list of globs; "
+                                f"got {record!r}")
         self._arrays = {}
 
     # --- writing (used by the forward pass) --------------------------------------------
@@ -140,6 +144,10 @@ class Trace(Mapping):
         if "logits" not in self._arrays:
             raise ArgumentError("this model has no classifier (num_classes=0), so there are no classes to rank; "
                                 "use trace['pooled'] for its features")
+        count = self.logits.shape[0]
+        if isinstance(image, bool) or not isinstance(image, (int, np.integer)) or not -count <= image < count:
+            raise ArgumentError(f"image index {image!r} is out of range: this trace holds {count} image(s), "
+                                f"numbered 0..{count - 1}")
         probs = self.probabilities()[image]
         order = np.argsort(-probs)[: max(1, int(k))]
         labels = self.config.labels or tuple(f"class {i}" for i in range(len(probs)))
