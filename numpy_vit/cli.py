@@ -134,7 +134,7 @@ def cmd_show(args):
         trace = model.run(path)
         for name in names:
             target = os.path.join(args.out, f"{stem}_{name}.png")
-            make_figure(name, trace, save_path=target, **options)
+            make_figure(name, trace, save_path=target, dpi=args.dpi, **options)
             written.append(target)
             progress(len(written), total, os.path.basename(target))
     print(f"wrote {len(written)} figure(s) to {os.path.abspath(args.out)}")
@@ -163,7 +163,7 @@ def cmd_compare(args):
     out = args.out or f"compare_{_figure_list(args.figure)[0]}.png"
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
-    compare_figure(args.figure, traces, labels, save_path=out, **figure_options(args))
+    compare_figure(args.figure, traces, labels, save_path=out, dpi=args.dpi, **figure_options(args))
     for label, trace in zip(labels, traces):
         if "logits" in trace:
             top, prob = trace.top_k(1)[0]
@@ -187,7 +187,12 @@ def cmd_convert(args):
 
 # --- the parser ---------------------------------------------------------------------------
 
+def _add_dpi_option(parser):
+    parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs in dots per inch (default 100)")
+
+
 def _add_figure_options(parser):
+    _add_dpi_option(parser)
     parser.add_argument("--layers", type=int, nargs="+", metavar="L",
                         help="layers to draw (attention_layers; default: 0 3 6 11 for 12 layers) or the layer of "
                              "all_heads (its first value; default: 5 for 12 layers)")
@@ -225,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "model's prediction.")
     demo.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (created if missing; default: .)")
     demo.add_argument("--image", default=None, metavar="PATH", help="image to explain (default: the sample)")
-    demo.add_argument("--dpi", type=int, default=None, help="resolution of the PNGs (default 100)")
+    _add_dpi_option(demo)
     _model_option(demo)
     demo.set_defaults(handler=cmd_demo)
 

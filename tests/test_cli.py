@@ -41,10 +41,10 @@ def images(tmp_path_factory):
 
 def test_demo_writes_the_guides_seven_files(small_npz, tmp_path, capsys):
     out = tmp_path / "figures"                            # created by the demo
-    assert cli.main(["demo", "--out", str(out), "--model", small_npz]) == 0
+    assert cli.main(["demo", "--out", str(out), "--model", small_npz, "--dpi", "40"]) == 0
     assert sorted(os.listdir(out)) == GUIDE_FILES
     for name in GUIDE_FILES:
-        assert Image.open(out / name).size[0] > 500
+        assert Image.open(out / name).size[0] > 250          # figures are 7 to 17 inches wide
     printed = capsys.readouterr().out
     assert "prediction:" in printed and any(label in printed for label in LABELS)
     assert str(out.resolve()) in printed and "vis_7_attention_rollout.png" in printed
@@ -53,7 +53,7 @@ def test_demo_writes_the_guides_seven_files(small_npz, tmp_path, capsys):
 
 def test_python_m_viz_demo_runs_as_a_script(small_npz, tmp_path):
     result = subprocess.run([sys.executable, "-m", "viz.demo", "--out", str(tmp_path), "--model", small_npz,
-                             "--image", SAMPLE_IMAGE], capture_output=True, text=True, timeout=300)
+                             "--image", SAMPLE_IMAGE, "--dpi", "30"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path)) == GUIDE_FILES
 
@@ -61,7 +61,8 @@ def test_python_m_viz_demo_runs_as_a_script(small_npz, tmp_path):
 def test_show_one_figure_per_image_with_progress(small_npz, images, tmp_path, capsys):
     with pytest.warns(ImageConversionWarning, match="mode L"):       # img1 is greyscale
         code = cli.main(["show", *images, "--figure", "attention_map", "--layers", "0", "1", "--head", "1",
-                         "--interpolation", "nearest", "--dino-mask", "--model", small_npz, "-o", str(tmp_path)])
+                         "--interpolation", "nearest", "--dino-mask", "--model", small_npz, "-o", str(tmp_path),
+                         "--dpi", "40"])
     assert code == 0
     assert sorted(os.listdir(tmp_path)) == ["img0_attention_layers.png", "img1_attention_layers.png"]
     captured = capsys.readouterr()
@@ -70,7 +71,7 @@ def test_show_one_figure_per_image_with_progress(small_npz, images, tmp_path, ca
 
 def test_show_all_figures_and_a_patch_query(small_npz, images, tmp_path):
     assert cli.main(["show", images[0], "--figure", "all", "--query", "1,2", "--model", small_npz,
-                     "-o", str(tmp_path)]) == 0
+                     "-o", str(tmp_path), "--dpi", "40"]) == 0
     assert sorted(os.listdir(tmp_path)) == sorted(f"img0_{name}.png" for name in FIGURES)
 
 
@@ -88,7 +89,7 @@ def test_predict_prints_top_k(small_npz, images, capsys):
 def test_compare_before_and_after(small_npz, images, tmp_path, capsys):
     out = tmp_path / "cmp.png"
     assert cli.main(["compare", images[0], "--before", "random", "--after", small_npz, "--figure", "rollout",
-                     "-o", str(out)]) == 0
+                     "-o", str(out), "--dpi", "40"]) == 0
     assert out.is_file()
     printed = capsys.readouterr().out
     assert "Before: random init" in printed and "After: small.npz" in printed

@@ -42,12 +42,12 @@ def rendered(fig, path, min_ink=0.25):
     """Save, read back, and check the PNG is not blank: many colours, and at least ``min_ink`` of the
     pixels not white (image panels cover a quarter or more; line plots leave most of the canvas white,
     and their axes and text alone cover about 2%)."""
-    fig.savefig(path)
+    fig.savefig(path, dpi=50)                                # half the default resolution keeps the tests quick
     pixels = np.asarray(Image.open(path).convert("RGB")).astype(float)
     not_white = (pixels.min(-1) < 245).mean()
     colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
     assert not_white > min_ink, f"{path.name} is {1 - not_white:.0%} white"
-    assert colours > 200, f"{path.name} has only {colours} colours"
+    assert colours > 100, f"{path.name} has only {colours} colours"
     return pixels
 
 
@@ -77,7 +77,7 @@ def test_patch_grid_labels_every_patch(trace, image, tmp_path):
 
 
 def test_attention_map_panels_titles_and_values(model, image, tmp_path):
-    fig = viz.visualize_attention_map(model, image, save_path=tmp_path / "a.png", layer_indices=[0, 2],
+    fig = viz.visualize_attention_map(model, image, layer_indices=[0, 2],
                                       head_index=1, interpolation="nearest")
     panels = titled_axes(fig)
     assert [ax.get_title().split("\n")[0] for ax in panels] == ["Input image", "Layer 0 · head 1",
@@ -105,7 +105,7 @@ def test_attention_map_default_layers_query_patch_and_dino_mask(trace, tmp_path)
 
 
 def test_all_heads_one_panel_per_head(model, image, tmp_path):
-    fig = viz.visualize_all_heads(model, image, save_path=tmp_path / "h.png", layer_idx=2)
+    fig = viz.visualize_all_heads(model, image, layer_idx=2)
     titles = [ax.get_title() for ax in titled_axes(fig)]
     assert [t.split(" ·")[0] for t in titles] == [f"head {h}" for h in range(HEADS)]
     assert "layer 2" in fig._suptitle.get_text()
@@ -113,7 +113,7 @@ def test_all_heads_one_panel_per_head(model, image, tmp_path):
 
 
 def test_position_embedding_four_panels(model, tmp_path):
-    fig = viz.visualize_position_embedding(model, save_path=tmp_path / "p.png")
+    fig = viz.visualize_position_embedding(model)
     titles = [ax.get_title() for ax in titled_axes(fig)]
     assert [t[:3] for t in titles] == ["(a)", "(b)", "(c)", "(d)"]
     matrix = titled_axes(fig)[0].images[0].get_array()
@@ -124,7 +124,7 @@ def test_position_embedding_four_panels(model, tmp_path):
 
 
 def test_attention_distance_numbers_and_prefix_note(trace, tmp_path):
-    fig = viz.visualize_attention_distance(trace, save_path=tmp_path / "d.png")
+    fig = viz.visualize_attention_distance(trace)
     curve, bars, heads = titled_axes(fig)
     distance = analysis.mean_attention_distance(trace.attention, (3, 5), 16, 1)     # [L, H]
     np.testing.assert_allclose(curve.lines[0].get_ydata(), distance.mean(1))
@@ -153,7 +153,7 @@ def test_attention_distance_from_the_guides_list_and_pooled_traces(model, image)
 
 
 def test_cls_evolution_start_square_end_star(model, image, tmp_path):
-    fig = viz.visualize_cls_token_evolution(model, image, save_path=tmp_path / "c.png")
+    fig = viz.visualize_cls_token_evolution(model, image)
     path_ax, norm_ax = titled_axes(fig)
     legend = [t.get_text() for t in path_ax.get_legend().get_texts()]
     assert legend == ["input (embedding + position)", f"output of layer {DEPTH - 1}"]
@@ -166,7 +166,7 @@ def test_cls_evolution_start_square_end_star(model, image, tmp_path):
 
 
 def test_rollout_panels_per_fusion(trace, tmp_path):
-    fig = viz.visualize_attention_rollout(trace, save_path=tmp_path / "r.png", discard_ratio=0.5)
+    fig = viz.visualize_attention_rollout(trace, discard_ratio=0.5)
     titles = [ax.get_title() for ax in titled_axes(fig)]
     assert titles[0] == "Input image" and titles[1].startswith(f"Last layer ({DEPTH - 1}) alone")
     assert [t.split("fusion: ")[1] for t in titles[2:]] == ["mean", "max", "min"]
@@ -197,7 +197,7 @@ def test_figures_registry_and_compare(model, image, tmp_path):
         "vis_5_attention_distance.png", "vis_6_cls_evolution.png", "vis_7_attention_rollout.png"]
     assert figure_name("attention_map") == "attention_layers" == figure_name("vis_3_attention_layers")
     before, after = ViT(model.config, seed=5).run(image), model.run(image)
-    fig = compare_figure("attention_rollout", [before, after], ["before", "after"], save_path=tmp_path / "cmp.png")
+    fig = compare_figure("attention_rollout", [before, after], ["before", "after"])
     assert [sub._suptitle.get_text().split("  |")[0] for sub in fig.subfigs] == ["before", "after"]
     rendered(fig, tmp_path / "cmp.png")
 
@@ -234,7 +234,7 @@ def test_bad_arguments_are_argument_errors(model, image, trace, tmp_path):
 
 
 def test_patch_embedding_filters_one_panel_per_component(model, tmp_path):
-    fig = viz.visualize_patch_embedding_filters(model, save_path=tmp_path / "f.png", n_components=6)
+    fig = viz.visualize_patch_embedding_filters(model, n_components=6)
     titles = [ax.get_title() for ax in titled_axes(fig)]
     assert [t.split(" ·")[0] for t in titles] == [f"PC{i}" for i in range(1, 7)]
     assert titled_axes(fig)[0].images[0].get_array().shape == (16, 16, 3)

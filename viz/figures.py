@@ -126,7 +126,7 @@ def make_figure(name: str, trace, save_path=None, dpi=DPI, **options):
     return fig
 
 
-def compare_figure(name: str, traces, labels, save_path=None, **options):
+def compare_figure(name: str, traces, labels, save_path=None, dpi=DPI, **options):
     """The guide's before/after comparison: the same figure for several Traces, stacked, each row labelled."""
     if len(traces) != len(labels) or not traces:
         raise ArgumentError(f"compare_figure needs one label per trace, got {len(traces)} traces and "
@@ -141,5 +141,5 @@ def compare_figure(name: str, traces, labels, save_path=None, **options):
             title = row._suptitle.get_text() if getattr(row, "_suptitle", None) is not None else ""
             row.suptitle(f"{label}  |  {title}" if title else label, color="#08306b")
             row.set_facecolor("#f4f4f4" if index % 2 else "white")
-    save_figure(fig, save_path)
+    save_figure(fig, save_path, dpi)
     return fig
