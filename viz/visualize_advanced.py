@@ -305,7 +305,7 @@ def draw_cls_evolution(fig, trace, image_index=0):
     ax_norm.set_xticks(steps)
     ax_norm.set_ylim(bottom=0)
     ax_norm.legend(loc="best")
-    fig.suptitle("How the class token is built up, layer by layer, in the residual stream")
+    fig.suptitle(f"How the {name.split(' (')[0]} is built up, layer by layer, in the residual stream")
     footnote(fig, f"Residual stream before the final LayerNorm: depth 0 is the embedded input, depth k the "
                   f"state after layer k-1; PCA fitted on these {depth + 1} points")
 
