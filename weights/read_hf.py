@@ -12,6 +12,7 @@ Linear layers; timm stacks them into one ``qkv`` (rows q | k | v).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -71,12 +72,27 @@ def is_hf_config(cfg: dict) -> bool:
     return "model_type" in cfg or "hidden_size" in cfg
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _pair(value, name, where):
-    if isinstance(value, int):
+    if _is_int(value):
         return value
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return tuple(int(v) for v in value)
-    raise CheckpointError(f"{where}: {name}={value!r} is neither an int nor a pair")
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise CheckpointError(f"{where}: {name}={value!r} is neither an int nor a pair of ints")
+
+
+def _positive(cfg: dict, key: str, default, where: str, kind=int):
+    """``cfg[key]`` (or ``default``) as a positive int (or, with ``kind=float``, a finite number), else an error
+    naming the field: config.json is user input and ``int("vit")`` deep inside would say nothing useful."""
+    value = cfg.get(key, default)
+    ok = _is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
+    if not ok or value <= 0:
+        raise CheckpointError(f"{where}: config.json field {key!r} must be a positive "
+                              f"{'number' if kind is float else 'integer'}, got {value!r}")
+    return kind(value)
 
 
 def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name: str = "") -> ViTConfig:
@@ -90,7 +106,7 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
         raise CheckpointError(f"{where}: model_type {cfg['model_type']!r} is not supported; this reader knows "
                               f"HF 'vit' (ViTModel, ViTForImageClassification)")
     act = cfg.get("hidden_act", "gelu")
-    if act not in _GELU:
+    if not isinstance(act, str) or act not in _GELU:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
     if cfg.get("pooler_act", "tanh") != "tanh":
         raise CheckpointError(f"{where}: pooler_act {cfg['pooler_act']!r} is not supported (only 'tanh')")
@@ -99,25 +115,29 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
         if patch[0] != patch[1]:
             raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
         patch = patch[0]
-    hidden = int(cfg.get("hidden_size", 768))
+    hidden = _positive(cfg, "hidden_size", 768, where)
     id2label = cfg.get("id2label") or {}
+    if not isinstance(id2label, dict):
+        raise CheckpointError(f"{where}: id2label must map class indices to names, got {id2label!r:.80}")
     try:
         labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
     except (TypeError, ValueError):
         raise CheckpointError(f"{where}: id2label keys must be class indices, got {list(id2label)[:5]}") from None
     fields = dict(
-        embed_dim=hidden, depth=int(cfg.get("num_hidden_layers", 12)), num_heads=int(cfg.get("num_attention_heads", 12)),
-        mlp_ratio=int(cfg.get("intermediate_size", 4 * hidden)) / hidden, qkv_bias=bool(cfg.get("qkv_bias", True)),
-        layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)), gelu=_GELU[act],
+        embed_dim=hidden, depth=_positive(cfg, "num_hidden_layers", 12, where),
+        num_heads=_positive(cfg, "num_attention_heads", 12, where),
+        mlp_ratio=_positive(cfg, "intermediate_size", 4 * hidden, where) / hidden, qkv_bias=cfg.get("qkv_bias", True),
+        layer_norm_eps=_positive(cfg, "layer_norm_eps", 1e-12, where, kind=float), gelu=_GELU[act],
         img_size=_pair(cfg.get("image_size", 224), "image_size", where), patch_size=patch,
-        in_chans=int(cfg.get("num_channels", 3)), pos_embed_resample="bicubic_hf",
+        in_chans=_positive(cfg, "num_channels", 3, where), pos_embed_resample="bicubic_hf",
         mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0, interpolation="bilinear",
         num_classes=len(labels), labels=labels, name=name,
     )
     if preprocessor:
-        fields["mean"] = tuple(preprocessor.get("image_mean", fields["mean"]))
-        fields["std"] = tuple(preprocessor.get("image_std", fields["std"]))
-        fields["interpolation"] = _PIL_FILTERS.get(preprocessor.get("resample"), fields["interpolation"])
+        fields["mean"] = preprocessor.get("image_mean", fields["mean"])  # ViTConfig checks they are numbers
+        fields["std"] = preprocessor.get("image_std", fields["std"])
+        resample = preprocessor.get("resample")
+        fields["interpolation"] = _PIL_FILTERS.get(resample if _is_int(resample) else None, fields["interpolation"])
     try:
         return ViTConfig(**fields)
     except ConfigError as e:
