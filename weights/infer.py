@@ -60,11 +60,15 @@ def config_from_timm_json(cfg: dict, where: str, arch=None) -> ViTConfig:
     name = cfg.get("architecture")
     if not name and arch is None:
         raise CheckpointError(f"{where}: timm config.json without an 'architecture' field; pass arch=")
-    pretrained = cfg.get("pretrained_cfg", {})
+    pretrained = cfg.get("pretrained_cfg") or {}
+    model_args = cfg.get("model_args") or {}
+    for key, value in (("pretrained_cfg", pretrained), ("model_args", model_args)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{where}: {key} must be a JSON object, got {value!r:.80}")
     tag = pretrained.get("tag")
     base = config_for_arch(arch if arch is not None else (f"{name}.{tag}" if tag else name))
     fields = {}
-    for key, value in (cfg.get("model_args") or {}).items():
+    for key, value in model_args.items():
         if key in _TIMM_ARGS:
             fields[_TIMM_ARGS[key]] = tuple(value) if isinstance(value, list) else value
         elif key not in ("drop_rate", "drop_path_rate", "attn_drop_rate", "pos_drop_rate", "proj_drop_rate",
@@ -77,7 +81,10 @@ def config_from_timm_json(cfg: dict, where: str, arch=None) -> ViTConfig:
         if pretrained.get(src) is not None:
             fields[dst] = pretrained[src]
     if pretrained.get("input_size"):
-        fields.setdefault("img_size", tuple(pretrained["input_size"][1:]))
+        size = pretrained["input_size"]
+        if not (isinstance(size, list) and len(size) == 3):
+            raise CheckpointError(f"{where}: pretrained_cfg.input_size must be [channels, height, width], got {size!r}")
+        fields.setdefault("img_size", tuple(size[1:]))
     try:
         return base.replace(**fields)
     except ConfigError as e:
