@@ -82,9 +82,10 @@ def _from_state_dict(raw: dict, where: str, arch, folder_cfg: dict | None, name:
         if folder_cfg is not None and "architecture" in folder_cfg:
             base = config_from_timm_json(folder_cfg, where, arch)
         config, params, sources = read_timm_state_dict(raw, where, arch=arch, base=base)
-        labels = (folder_cfg or {}).get("label_names") or (folder_cfg or {}).get("pretrained_cfg", {}).get(
-            "label_names")
-        if labels and len(labels) == config.num_classes:
+        pretrained = (folder_cfg or {}).get("pretrained_cfg")
+        labels = (folder_cfg or {}).get("label_names") or (
+            pretrained.get("label_names") if isinstance(pretrained, dict) else None)
+        if isinstance(labels, list) and len(labels) == config.num_classes:
             config = config.replace(labels=labels_from_synsets(labels))
         check_params(config, params, where, sources)
         return with_imagenet_labels(config), params, sources, f"timm state dict {container}"
