@@ -39,8 +39,9 @@ def _open(path):
         raise ImageError(f"{path!r} is too large to decode safely ({e}); downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path!r} is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP ...)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path!r} could not be decoded, it may be truncated or corrupt: {e}") from None
+    except Exception as e:  # Pillow's decoders meet corrupt data with OSError, but also IndexError, struct.error ...
+        raise ImageError(f"{path!r} could not be decoded, it may be truncated or corrupt "
+                         f"({type(e).__name__}: {e})") from None
     return img
 
 
@@ -48,9 +49,15 @@ def _pil_to_rgb(img, name="image"):
     """Any PIL image -> RGB, with EXIF orientation applied; says what it changed."""
     from PIL import Image, ImageOps
 
-    if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
-        _warn(f"{name} is animated ({img.n_frames} frames); using the first frame")
-        img.seek(0)
+    try:  # counting frames decodes every frame's header: a truncated animation fails here
+        frames = img.n_frames if getattr(img, "is_animated", False) else 1
+        if frames > 1:
+            img.seek(0)
+    except Exception as e:
+        raise ImageError(f"{name} is an animation whose frames cannot be read ({type(e).__name__}: {e}); "
+                         f"it may be truncated") from None
+    if frames > 1:
+        _warn(f"{name} is animated ({frames} frames); using the first frame")
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:  # a malformed EXIF block is not worth failing for; the pixels are still fine
