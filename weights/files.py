@@ -39,8 +39,9 @@ def sniff(path: str) -> str:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except zipfile.BadZipFile as e:
-            raise CheckpointError(f"{path}: a zip archive that cannot be opened (truncated?): {e}") from None
+        except Exception as e:  # BadZipFile, but a corrupt directory also brings NotImplementedError, UnicodeDecodeError
+            raise CheckpointError(f"{path}: a zip archive that cannot be opened (truncated?): "
+                                  f"{type(e).__name__}: {e}") from None
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         if names and all(n.endswith(".npy") for n in names):
@@ -78,12 +79,30 @@ def safetensors_header(path: str) -> dict:
             raise CheckpointError(f"{path}: .safetensors header of {n} bytes but the file has {size}: truncated")
         try:
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise CheckpointError(f"{path}: the .safetensors header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the .safetensors header must be a JSON object, found {type(header).__name__}")
+    for name, info in header.items():
+        if name != "__metadata__":
+            _check_header_entry(path, name, info)
     end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"], default=0)
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: tensors end at byte {8 + n + end} but the file has {size}: truncated")
     return header
+
+
+def _check_header_entry(path: str, name: str, info) -> None:
+    """One tensor's entry: ``{"dtype": str, "shape": [n >= 0, ...], "data_offsets": [begin, end]}``, begin <= end."""
+    def counts(value, length=None):
+        return isinstance(value, list) and (length is None or len(value) == length) and \
+            all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+
+    ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and counts(info.get("shape")) \
+        and counts(info.get("data_offsets"), 2) and info["data_offsets"][0] <= info["data_offsets"][1]
+    if not ok:
+        raise CheckpointError(f"{path}: .safetensors header entry {name!r} is {str(info)[:120]}; each tensor needs "
+                              f'{{"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}} with 0 <= begin <= end')
 
 
 def _read_safetensors_ourselves(path: str, header: dict) -> dict:
