@@ -7,9 +7,7 @@ can run code.
 """
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 
 import numpy as np
 
@@ -42,6 +40,8 @@ def save(path, config: ViTConfig, params: dict) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CheckpointError(f"save({path!r}): folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"save({path!r}): that is a folder; give a file name such as {os.path.join(path, 'model.npz')!r}")
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:  # a file object, so numpy does not append a second ".npz"
         np.savez(f, **arrays)
@@ -60,18 +60,25 @@ def open_npz(path) -> dict:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable .npz (truncated or not a zip archive): {e}") from None
+    except Exception as e:  # zipfile, zlib and numpy's header parser each raise their own errors on corrupt bytes
+        raise CheckpointError(f"{path}: not a readable .npz (truncated or not a zip archive): "
+                              f"{type(e).__name__}: {e}") from None
     arrays = {}
     with archive:
         for name in archive.files:
             try:
                 arrays[name] = archive[name]
-            except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+            except ValueError as e:
+                if "allow_pickle" not in str(e):  # not the refusal: a bad header, too little data ...
+                    raise CheckpointError(f"{path}: entry {name!r} is truncated or corrupt: {e}") from None
                 raise CheckpointError(f"{path}: entry {name!r} holds Python objects that only pickle can read; "
                                       f"refusing to unpickle (numpy said: {e})") from None
-            except (zipfile.BadZipFile, EOFError, OSError, io.UnsupportedOperation) as e:
-                raise CheckpointError(f"{path}: entry {name!r} is truncated or corrupt: {e}") from None
+            except MemoryError:
+                raise CheckpointError(f"{path}: entry {name!r} declares an array too large to allocate; "
+                                      f"the file is corrupt") from None
+            except Exception as e:  # BadZipFile (CRC), zlib.error, EOFError, tokenize errors in the .npy header ...
+                raise CheckpointError(f"{path}: entry {name!r} is truncated or corrupt: "
+                                      f"{type(e).__name__}: {e}") from None
     return arrays
 
 
@@ -97,6 +104,9 @@ def read_native(arrays: dict, where: str):
     if tag != FORMAT_TAG:
         raise CheckpointError(f"{where}: format {tag!r} is not one this version reads ({FORMAT_TAG!r})")
     config = config_from_arrays(arrays, where)
+    odd = [f"{k} ({v.dtype})" for k, v in arrays.items() if k not in (CONFIG_KEY, FORMAT_KEY) and v.dtype.kind != "f"]
+    if odd:
+        raise CheckpointError(f"{where}: parameters must be floating point arrays; these are not: {', '.join(odd[:8])}")
     params = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items() if k not in (CONFIG_KEY, FORMAT_KEY)}
     check_params(config, params, where=where)
     return config, params
