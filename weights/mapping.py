@@ -83,6 +83,9 @@ def apply_table(raw: dict, rules, depth: int, where: str, ignore=()):
             raise CheckpointError(f"{where}: {r.target} is read from {list(r.sources)} but {absent} "
                                   f"{'is' if len(absent) == 1 else 'are'} missing")
         arrays = [np.asarray(raw[s]) for s in r.sources]
+        odd = [f"{s} ({a.dtype})" for s, a in zip(r.sources, arrays) if a.dtype.kind not in "fiub"]
+        if odd:  # strings, complex numbers or Python objects cannot become float32 weights without losing something
+            raise CheckpointError(f"{where}: {', '.join(odd)} should hold real numbers for {r.target}")
         try:
             value = r.transform(*arrays)
         except ValueError as e:
