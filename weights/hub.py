@@ -19,6 +19,9 @@ from numpy_vit.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 OPTIONAL_FILES = ("preprocessor_config.json",)
+# names ending like this are files someone meant to load from disk, never repositories to download
+LOCAL_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".json", ".h5",
+                  ".msgpack", ".onnx", ".zip", ".tar", ".gz")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -44,7 +47,7 @@ def parse_name(name: str):
         if text.startswith(prefix):
             text = text[len(prefix):]
     repo_id, _, revision = text.partition("@")
-    if not _REPO_ID.match(repo_id) or repo_id.endswith((".npz", ".safetensors", ".pth", ".bin", ".json")):
+    if not _REPO_ID.match(repo_id) or repo_id.lower().endswith(LOCAL_SUFFIXES):
         return None
     return HubName(repo_id, revision or "main")
 
