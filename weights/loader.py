@@ -181,12 +181,20 @@ def read_checkpoint(path_or_name=None, arch=None) -> Checkpoint:
             raise CheckpointError(f"there is no shipped default model yet: {DEFAULT_PATH} does not exist (it is "
                                   f"written by weights/train.py); pass a checkpoint path or a hub name instead")
         path_or_name = DEFAULT_PATH
-    path = os.fspath(path_or_name)
+    try:
+        path = os.fspath(path_or_name)
+    except TypeError:
+        raise CheckpointError(f"a checkpoint is given by a path or a hub name, got {type(path_or_name).__name__} "
+                              f"{str(path_or_name)[:60]}") from None
     if not os.path.exists(path):
         name = hub.parse_name(path)
         if name is None:
             raise CheckpointError(f"{path}: no such file or folder, and not a hub name 'owner/name'; accepted: "
                                   f"{ACCEPTED}")
+        owner = str(path).split("/")[0]
+        if os.path.isdir(owner) and not str(path).startswith(("hf-hub:", "hf_hub:")):
+            raise CheckpointError(f"{path}: no such file or folder. The folder {owner!r} exists here, so this is read "
+                                  f"as a local path, not downloaded; write 'hf-hub:{path}' to mean the hub")
         checkpoint = read_folder(hub.fetch(path), arch, name=name.repo_id)
         checkpoint.path = path
     else:
