@@ -287,6 +287,9 @@ def main(argv=None) -> int:
     except NumpyViTError as error:
         print(f"numpy-vit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the file system said no: a file where the output folder should be, no permission
+        print(f"numpy-vit {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
