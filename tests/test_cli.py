@@ -138,3 +138,21 @@ def test_help_explains_each_command(capsys):
             cli.main([command, "--help"])
         assert exit_info.value.code == 0
         assert len(capsys.readouterr().out.splitlines()) > 5
+
+
+def test_demo_pools_the_sample_scenes_for_attention_distance(small_npz, tmp_path, monkeypatch):
+    import viz.figures
+    from viz import demo
+
+    drawn = {}
+
+    def record(name, trace, save_path=None, **options):
+        drawn[name] = trace["blocks.0.attn.pattern"].shape[0]           # images in the trace it was given
+
+    monkeypatch.setattr(viz.figures, "make_figure", record)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)               # in this process, so the record is kept
+    demo.run_demo(str(tmp_path), model=small_npz, echo=lambda *a: None)
+    assert drawn.pop("attention_distance") == 8                           # make_shapes(8, seed=7), the sample's set
+    assert set(drawn.values()) == {1} and len(drawn) == 6
+    scenes = demo.sample_scenes()
+    np.testing.assert_array_equal(scenes[6], np.asarray(Image.open(SAMPLE_IMAGE)))   # the sample is scene 6

@@ -37,8 +37,10 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
         (label, prob), *rest = trace.top_k(5)
         echo(f"prediction: {label} ({prob:.1%}); next: " + ", ".join(f"{l} ({p:.1%})" for l, p in rest[:2]))
     paths = [os.path.join(out_dir, spec.filename) for spec in FIGURES.values()]
+    pool = sample_scenes() if image == SAMPLE_IMAGE else None
     with one_blas_thread():
-        draw_in_parallel(trace, [(name, path, dpi) for name, path in zip(FIGURES, paths)])
+        draw_in_parallel(trace, [(name, path, dpi) for name, path in zip(FIGURES, paths)], model=model,
+                         distance_images=pool)
     echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
     for path in paths:
         echo(f"  {os.path.basename(path)}")
@@ -57,31 +59,46 @@ def one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-_TRACE = None   # the trace the forked workers draw from: inherited through fork, never pickled
+def sample_scenes():
+    """The sample's scene set, ``make_shapes(8, seed=7)`` (the sample is scene 6): the attention distance is
+    an average over images (the ViT paper used 128), so the demo pools these eight."""
+    from weights.shapes import make_shapes
+
+    return list(make_shapes(8, seed=7)["images"])
+
+
+# What the forked workers draw from: inherited through fork, never pickled.
+_SHARED = {"trace": None, "model": None, "distance_images": None}
 
 
 def _draw_one(job):
     from .figures import make_figure
 
     name, path, dpi = job
-    make_figure(name, _TRACE, save_path=path, **({"dpi": dpi} if dpi else {}))
+    trace = _SHARED["trace"]
+    if name == "attention_distance" and _SHARED["distance_images"] is not None:
+        trace = _SHARED["model"].run(_SHARED["distance_images"], record=["blocks.*.attn.pattern"])
+    make_figure(name, trace, save_path=path, **({"dpi": dpi} if dpi else {}))
     return path
 
 
-def draw_in_parallel(trace, jobs, workers=None):
+def draw_in_parallel(trace, jobs, workers=None, model=None, distance_images=None):
     """Draw (figure name, path, dpi or None) jobs from one trace on up to ``workers`` processes (default:
     the CPU count, at most 2). Rendering and PNG encoding hold the GIL, so threads would not help; forked
-    processes share the trace without copying it. Without fork (Windows, macOS' default) they run in turn."""
-    global _TRACE
+    processes share the trace without copying it. Without fork (Windows, macOS' default) they run in turn.
+    With ``model`` and ``distance_images``, the attention-distance figure pools those images instead."""
     workers = min(len(jobs), workers or min(2, os.cpu_count() or 1))
-    _TRACE = trace
+    jobs = sorted(jobs, key=lambda job: job[0] != "attention_distance")   # the slowest job first
+    _SHARED.update(trace=trace, model=model, distance_images=distance_images if model is not None else None)
     try:
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                return pool.map(_draw_one, jobs, chunksize=1)
-        return [_draw_one(job) for job in jobs]
+                pool.map(_draw_one, jobs, chunksize=1)
+        else:
+            for job in jobs:
+                _draw_one(job)
     finally:
-        _TRACE = None
+        _SHARED.update(trace=None, model=None, distance_images=None)
 
 
 def main(argv=None) -> int:
