@@ -92,6 +92,8 @@ def config_from_timm_json(cfg: dict, where: str, arch=None) -> ViTConfig:
 
 
 def _square_grid(n: int):
+    if n <= 0:  # fewer position rows than prefix tokens
+        return None
     g = math.isqrt(n)
     return g if g * g == n and g > 0 else None
 
@@ -127,9 +129,15 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     width, depth, patch or MLP width disagree with the shapes is an error naming
     both: it describes another model.
     """
+    ranks = {"patch_embed.proj.weight": "[D, C, p, p]", "pos_embed": "[1, N, D]", "reg_token": "[1, R, D]",
+             "blocks.0.mlp.fc1.weight": "[M, D]", "pre_logits.fc.weight": "[R, D]", "head.weight": "[C, D]"}
+
     def get(key):
         if key not in params:
             raise CheckpointError(f"{where}: no {key}, so the model's size cannot be read from it")
+        layout = ranks[key]
+        if len(params[key].shape) != layout.count(",") + 1:  # the size is read from these axes: check them first
+            raise CheckpointError(f"{where}: {key} has shape {tuple(params[key].shape)}; expected {layout}")
         return params[key]
 
     D, C, ph, pw = (int(n) for n in get("patch_embed.proj.weight").shape)
@@ -153,7 +161,7 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
             + (f", e.g. arch={matches[0]!r} (presets with these shapes: {', '.join(matches)})" if matches else ""))
 
     class_token, distilled = "cls_token" in params, "dist_token" in params
-    num_reg_tokens = int(params["reg_token"].shape[1]) if "reg_token" in params else 0
+    num_reg_tokens = int(get("reg_token").shape[1]) if "reg_token" in params else 0
     fc_norm = "fc_norm.weight" in params
     img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
                                                      class_token + distilled + num_reg_tokens, ph, base, where)
@@ -172,8 +180,8 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
         num_reg_tokens=num_reg_tokens, qkv_bias="blocks.0.attn.qkv.bias" in params or depth == 0,
         init_values=layer_scale if "blocks.0.ls1.gamma" in params else None,
         fc_norm=fc_norm, global_pool=global_pool,
-        representation_size=int(params["pre_logits.fc.weight"].shape[0]) if "pre_logits.fc.weight" in params else None,
-        num_classes=int(params["head.weight"].shape[0]) if "head.weight" in params else 0,
+        representation_size=int(get("pre_logits.fc.weight").shape[0]) if "pre_logits.fc.weight" in params else None,
+        num_classes=int(get("head.weight").shape[0]) if "head.weight" in params else 0,
     )
     try:
         start = base if base is not None else ViTConfig(**{k: v for k, v in defaults.items() if k != "init_values"},
