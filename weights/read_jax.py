@@ -113,8 +113,8 @@ def unstack_blocks(raw: dict, where: str) -> dict:
     keys = [k for k in raw if k.startswith(stacked)]
     if not keys:
         return raw
-    depths = {raw[k].shape[0] for k in keys}
-    if len(depths) != 1:
+    depths = {raw[k].shape[0] if np.ndim(raw[k]) else None for k in keys}  # None: a scalar cannot be stacked
+    if len(depths) != 1 or None in depths:
         raise CheckpointError(f"{where}: the stacked blocks disagree on the layer axis: "
                               + ", ".join(f"{k} {raw[k].shape}" for k in keys[:6]))
     (depth,) = depths
