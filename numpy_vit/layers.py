@@ -32,9 +32,12 @@ def linear(x, weight, bias=None):  # [..., in] -> [..., out]
 def layer_norm(x, weight, bias, *, eps):  # [..., D] -> [..., D]
     """Ba et al. 2016: normalise each token to zero mean and unit variance (biased), then scale and shift."""
     mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
+    centred = x - mean  # [..., D], a new array: the last three steps reuse it in place
     var = np.mean(centred * centred, axis=-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * weight + bias
+    out = np.divide(centred, np.sqrt(var + eps), out=centred)
+    out *= weight
+    out += bias
+    return out
 
 
 # --- erf and GELU ---------------------------------------------------------------------------
@@ -109,13 +112,62 @@ def gelu(x, approximate="erf"):
         return 0.5 * x * (1.0 + np.tanh(c * (x + x.dtype.type(0.044715) * x * x * x)))
     if x.dtype == np.float64:
         return 0.5 * x * erfc_float64(-x / math.sqrt(2.0))
+    if x.dtype == np.float32:
+        return _gelu_erf_float32_in_cache(x)  # the line below, bit for bit, 3-4x faster
     return x.dtype.type(0.5) * x * _erfc_float32(x * x.dtype.type(-1.0 / math.sqrt(2.0)))
+
+
+def _gelu_erf_float32_in_cache(x, chunk=32768):
+    """``0.5 * x * _erfc_float32(-x / sqrt 2)`` with the same float32 operations in the same order, so the
+    same bits, but evaluated chunk by chunk in place on four scratch buffers.
+
+    Why: the formula is about 30 elementwise passes (10 of them Horner steps of two each). As array
+    expressions over the MLP's [B, N, M] activations each pass allocates a new array and streams it through
+    memory; on chunks of 32k values (128 KiB a buffer) every pass runs on data already in the CPU cache.
+    This made the GELU 3-4x faster (bench/README.md).
+    """
+    f = np.float32
+    coefficients = [f(c) for c in _ERFC_CHEB]
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    size = min(chunk, flat.size)
+    u_buf, t_buf, y_buf, sign_buf = (np.empty(size, f) for _ in range(4))
+    for start in range(0, flat.size, chunk):
+        x_c = flat[start:start + chunk]
+        n = x_c.size
+        u, t, y, sign = u_buf[:n], t_buf[:n], y_buf[:n], sign_buf[:n]
+        np.multiply(x_c, f(-1.0 / math.sqrt(2.0)), out=u)  # u = -x / sqrt 2, the argument of erfc
+        np.copysign(f(1.0), u, out=sign)
+        np.abs(u, out=u)  # a = |u|
+        np.multiply(u, f(0.5), out=t)
+        t += f(1.0)
+        np.divide(f(1.0), t, out=t)  # t = 1 / (1 + a/2)
+        np.multiply(t, coefficients[-1], out=y)
+        y += coefficients[-2]
+        for coefficient in coefficients[-3::-1]:  # Horner's rule: y = c0 + t (c1 + t (c2 + ...))
+            y *= t
+            y += coefficient
+        np.multiply(u, u, out=u)
+        np.subtract(y, u, out=y)
+        np.exp(y, out=y)
+        y *= t  # erfc(a) = t exp(-a^2 + poly(t))
+        # erfc(u) = y for u >= 0, 2 - y for u < 0, without a masked (slow) ufunc: (1 - sign) + sign y is
+        # 0 + y or 2 + (-y), each rounded exactly as y or 2 - y. (At u = -0, i.e. x = +0, the output is 0 anyway.)
+        y *= sign
+        np.subtract(f(1.0), sign, out=sign)
+        y += sign
+        out_c = out[start:start + n]
+        np.multiply(x_c, f(0.5), out=out_c)
+        out_c *= y  # 0.5 x erfc(-x / sqrt 2)
+    return out.reshape(x.shape)
 
 
 def softmax(x, axis=-1):
     """exp(x - max) / sum: subtracting the row maximum changes nothing mathematically and prevents overflow."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e = x - x.max(axis=axis, keepdims=True)  # a new array, then exponentiated and normalised in place
+    np.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 # --- the transformer's pieces -----------------------------------------------------------------
