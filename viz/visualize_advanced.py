@@ -178,8 +178,8 @@ def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalis
     labels = [f"{name}\nlayers {g[0]}-{g[-1]}" if len(g) > 1 else f"{name}\nlayer {g[0]}" for name, g in groups]
     colours = [{"shallow": "#fdae6b", "middle": "#9ecae1", "deep": "#08519c"}[name] for name, _ in groups]
     bars = ax_bars.bar(labels, means, yerr=spreads, capsize=6, color=colours, edgecolor="black", linewidth=0.6)
-    for bar, value in zip(bars, means):
-        ax_bars.annotate(f"{value:.0f} px", (bar.get_x() + bar.get_width() / 2, value), ha="center",
+    for bar, value, spread in zip(bars, means, spreads):
+        ax_bars.annotate(f"{value:.0f} px", (bar.get_x() + bar.get_width() / 2, value + spread), ha="center",
                          va="bottom", xytext=(0, 6), textcoords="offset points", fontsize=10, fontweight="bold")
     ax_bars.axhline(uniform, color="grey", linestyle="--", linewidth=1)
     ax_bars.set_title("(b) Shallow vs deep layers")
