@@ -162,9 +162,10 @@ def _gelu_erf_float32_in_cache(x, chunk=32768):
     return out.reshape(x.shape)
 
 
-def softmax(x, axis=-1):
-    """exp(x - max) / sum: subtracting the row maximum changes nothing mathematically and prevents overflow."""
-    e = x - x.max(axis=axis, keepdims=True)  # a new array, then exponentiated and normalised in place
+def softmax(x, axis=-1, out=None):
+    """exp(x - max) / sum: subtracting the row maximum changes nothing mathematically and prevents overflow.
+    ``out``: the array to write into (may be x itself); by default a new one."""
+    e = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)  # then exponentiated and normalised in place
     np.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
@@ -193,6 +194,30 @@ def merge_heads(x):  # [B, H, N, Dh] -> [B, N, D]
     return x.transpose(0, 2, 1, 3).reshape(B, N, H * Dh)
 
 
+def attend_head_by_head(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, pattern [B, H, N, N], z [B, H, N, Dh]
+    """The three lines of attention (see ``attention``), evaluated one head at a time.
+
+    Why: written over all heads at once, ``softmax(scores)`` makes five passes over a [B, H, N, N] array
+    (15 MB for ViT-B at batch 8) that no longer sits in the CPU cache after the product that wrote it; one
+    head's [N, N] scores (155 KB) do, so here the softmax and the product with v run while they are still
+    there. Each product is the same BLAS call NumPy's stacked ``@`` makes, and the softmax the same
+    operations, so the numbers are the same bits. ``z`` is written token-major ([B, N, H, Dh]) and returned
+    as a [B, H, N, Dh] view of it, so that merging the heads afterwards is a free reshape.
+    """
+    B, H, N, Dh = q.shape
+    scores = np.empty((B, H, N, N), q.dtype)
+    pattern = np.empty((B, H, N, N), q.dtype)
+    z = np.empty((B, N, H, Dh), q.dtype)
+    q_scaled = np.empty((N, Dh), q.dtype)
+    for b in range(B):
+        for h in range(H):
+            np.multiply(q[b, h], scale, out=q_scaled)
+            np.matmul(q_scaled, k[b, h].T, out=scores[b, h])  # [N, Dh] @ [Dh, N] -> [N, N]
+            softmax(scores[b, h], axis=-1, out=pattern[b, h])
+            np.matmul(pattern[b, h], v[b, h], out=z[b, :, h])  # [N, N] @ [N, Dh] -> [N, Dh]
+    return scores, pattern, z.transpose(0, 2, 1, 3)
+
+
 def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B, N, D]
     """Multi-head self-attention (Vaswani et al. 2017, eq. 1): softmax(q k^T / sqrt(Dh)) v, per head.
 
@@ -207,11 +232,12 @@ def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B
     record("q", q)
     record("k", k)
     record("v", v)
-    scores = (q * x.dtype.type(Dh ** -0.5)) @ k.swapaxes(-1, -2)  # [B, H, N, Dh] @ [B, H, Dh, N] -> [B, H, N, N]
+    # scores = (q * Dh^-1/2) @ k^T    [B, H, N, Dh] @ [B, H, Dh, N] -> [B, H, N, N]
+    # pattern = softmax(scores)       [B, H, N, N], each row a distribution over the N keys
+    # z = pattern @ v                 [B, H, N, N] @ [B, H, N, Dh] -> [B, H, N, Dh]
+    scores, pattern, z = attend_head_by_head(q, k, v, scale=x.dtype.type(Dh ** -0.5))
     record("scores", scores)
-    pattern = softmax(scores, axis=-1)  # [B, H, N, N], each row a distribution over the N keys
     record("pattern", pattern)
-    z = pattern @ v  # [B, H, N, N] @ [B, H, N, Dh] -> [B, H, N, Dh]
     record("z", z)
     return linear(merge_heads(z), **proj)  # [B, N, D]
 
