@@ -2,7 +2,7 @@
 before/after comparison use, so a model runs once per image however many figures are drawn.
 
     make_figure("attention_rollout", trace, save_path="rollout.png")
-    compare_figure("attention_layers", trace_before, trace_after, ("random init", "trained"))
+    compare_figure("attention_layers", [trace_before, trace_after], ["random init", "trained"])
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from ._common import (DPI, FIGURE_NAMES, TokenLayout, check_layers, default_laye
 @dataclass(frozen=True)
 class FigureSpec:
     filename: str            # the guide's demo file name
-    title: str               # one line for --help and the README
     draw: Callable           # draw(fig, trace, options)
     size: Callable           # size(trace, options) -> (width, height) in inches
 
@@ -78,23 +77,20 @@ def _draw_attention_rollout(fig, trace, options):
 
 
 FIGURES = {
-    "patch_grid": FigureSpec("vis_1_patch_grid.png", "how the image is cut into patches, each numbered",
+    "patch_grid": FigureSpec("vis_1_patch_grid.png",
                              _draw_patch_grid, lambda t, o: attention.patch_grid_size(t.grid)),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
-                                     "cosine similarity of the position embeddings (ViT Fig. 7 centre)",
                                      _draw_position_embedding, lambda t, o: advanced.position_size(t.grid)),
-    "attention_layers": FigureSpec("vis_3_attention_layers.png", "one head's CLS attention in several layers",
+    "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,
                                    lambda t, o: attention.layers_size(len(_layers_option(t, o)))),
-    "all_heads": FigureSpec("vis_4_all_heads.png", "every head of one layer", _draw_all_heads,
+    "all_heads": FigureSpec("vis_4_all_heads.png", _draw_all_heads,
                             lambda t, o: attention.heads_size(trace_attention(t)[0].shape[1])),
     "attention_distance": FigureSpec("vis_5_attention_distance.png",
-                                     "mean attention distance per layer and head, in pixels (ViT Fig. 7 right)",
                                      _draw_attention_distance, lambda t, o: advanced.DISTANCE_SIZE),
-    "cls_evolution": FigureSpec("vis_6_cls_evolution.png", "the CLS token's path and norm through the layers",
+    "cls_evolution": FigureSpec("vis_6_cls_evolution.png",
                                 _draw_cls_evolution, lambda t, o: advanced.CLS_SIZE),
     "attention_rollout": FigureSpec("vis_7_attention_rollout.png",
-                                    "attention rollout through all layers (Abnar & Zuidema 2020)",
                                     _draw_attention_rollout,
                                     lambda t, o: advanced.rollout_size(len(o.get("head_fusions", "abc")))),
 }
