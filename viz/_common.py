@@ -36,6 +36,7 @@ STYLE = {
 HEAT_CMAP = "inferno"        # perceptually uniform, dark = little attention, bright = much
 SIMILARITY_CMAP = "RdBu_r"   # diverging around 0 for cosine similarities
 DPI = 100
+MIN_DPI, MAX_DPI = 10, 1200
 
 FIGURE_NAMES = ("patch_grid", "position_embedding", "attention_layers", "all_heads",
                 "attention_distance", "cls_evolution", "attention_rollout")
@@ -280,6 +281,9 @@ def save_figure(fig: Figure, save_path, dpi: int = DPI) -> None:
     """Write the figure; a missing folder or an unknown file type is an ArgumentError, not a crash in matplotlib."""
     if save_path is None:
         return
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not MIN_DPI <= dpi <= MAX_DPI:
+        # below ~4 dpi FreeType fails deep inside matplotlib; far above, the canvas alone exhausts memory
+        raise ArgumentError(f"dpi must be a number from {MIN_DPI} to {MAX_DPI}, got {dpi!r}")
     save_path = os.fspath(save_path)
     folder = os.path.dirname(os.path.abspath(save_path))
     if not os.path.isdir(folder):
