@@ -26,12 +26,13 @@ import pytest
 from PIL import Image
 
 import numpy_vit as nv
+import viz
 import weights
-from bad_input_files import (animated_gif, hf_arrays, npz_bytes, pattern_image, safetensors_bytes, tiny_config,
-                             tiny_model, torch_bytes)
+from bad_input_files import animated_gif, hf_arrays, pattern_image, safetensors_bytes, tiny_config, tiny_model
 from numpy_vit import analysis, cli
 from numpy_vit.errors import ArgumentError, CheckpointError, ConfigError, ImageError
 from numpy_vit.image import ImageConversionWarning, load_image, to_rgb_array
+from viz.figures import make_figure
 from weights import files, hub, native
 
 # 12 layers and 12 heads, so that "layer 12 of a 12-layer model" and "head 12 of 12" are the real questions;
@@ -259,32 +260,34 @@ INDICES = [
     Case("layer -13 of 12", ArgumentError, r"layer index -13 is out of range.*or -12\.\.-1 from the end",
          lambda w, t: w.deep.layer_attention(-13)),
     Case("figure layer 12", ArgumentError, r"layer 12 is out of range: there are 12 \(valid: 0\.\.11",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[0, 12])),
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[0, 12])),
     Case("figure layer -13", ArgumentError, r"layer -13 is out of range",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[-13])),
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[-13])),
     Case("an empty layer list", ArgumentError, r"layer_indices is empty; pick layers from 0\.\.11",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[])),
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[])),
     Case("head 12 of 12", ArgumentError, r"head_index 12 is out of range: there are 12 \(valid: 0\.\.11",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[0], head_index=12)),
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[0], head_index=12)),
     Case("all heads of layer 12", ArgumentError, r"layer_idx 12 is out of range: there are 12",
-         lambda w, t: __import__("viz").visualize_all_heads(w.trace, layer_idx=12)),
+         lambda w, t: viz.visualize_all_heads(w.trace, layer_idx=12)),
     Case("head 12 in analysis.attention_map", ArgumentError, r"head 12 is out of range",
          lambda w, t: analysis.attention_map(w.trace["blocks.0.attn.pattern"], (2, 2), 1, head=12)),
     Case("a fractional layer", ArgumentError, r"layer index 1\.5 is out of range",
          lambda w, t: w.trace.layer(1.5)),
     Case("query patch 99 of a 2x2 grid", ArgumentError, r"query patch 99 is out of range: the 2x2 grid has "
                                                         r"patches 0\.\.3",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[0], query=99)),
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[0], query=99)),
     Case("image 3 of a batch of 1", ArgumentError, r"image index 3 is out of range: this trace holds 1 image",
          lambda w, t: w.trace.top_k(3, image=3)),
+    Case("a figure at 0 dpi", ArgumentError, r"dpi must be a number from 10 to 1200, got 0",
+         lambda w, t: make_figure("patch_grid", w.trace, save_path=str(t / "a.png"), dpi=0)),
     Case("record that is no glob", ArgumentError, r"record must be None, a glob .* got 5",
          lambda w, t: w.small.run(w.path("photo.png"), record=5)),
     Case("figure save_path in a missing folder", ArgumentError, r"cannot save to '.*missing_dir/a\.png': the folder "
                                                                 r"'.*missing_dir' does not exist",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[0],
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[0],
                                                                 save_path=str(t / "missing_dir" / "a.png"))),
     Case("figure save_path of an unknown type", ArgumentError, r"unknown file type 'xyz'; use one of .*png",
-         lambda w, t: __import__("viz").visualize_attention_map(w.trace, layer_indices=[0],
+         lambda w, t: viz.visualize_attention_map(w.trace, layer_indices=[0],
                                                                 save_path=str(t / "a.xyz"))),
 ]
 
@@ -336,6 +339,13 @@ def test_bad_input_meets_a_named_error(case, world, tmp_path):
     assert re.search(case.pattern, message), f"{case.name}: {case.pattern!r} not found in {message!r}"
 
 
+def test_a_thin_strip_is_refused_before_it_is_resized_past_the_pixel_limit(world, monkeypatch):
+    """A 1x600 strip would become 18x10800 before the centre crop (short side to 16 / 0.875)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    with pytest.raises(ImageError, match=r"image of 600x1 pixels would be resized to 10800x18 .* crop it closer"):
+        load_image(np.zeros((1, 600, 3), np.uint8), tiny_config(crop_pct=0.875))
+
+
 def test_bomb_limit_is_pillows_own(tmp_path, monkeypatch):
     """An ordinary 64x64 file refused once Pillow's limit is set below it: the limit is not ours to bypass."""
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "small.png")
@@ -361,8 +371,8 @@ def _conversions():
     high = np.arange(60, dtype=np.uint16).reshape(6, 10) * 1110           # up to 65490
     bits = (np.arange(60).reshape(6, 10) % 3 == 0)
     return [
-        ("RGBA", Image.frombytes("RGBA", (10, 6), np.dstack([base, alpha]).tobytes()), "PNG", r"mode RGBA with transparency; "
-         r"composited it on white", _composite_on_white(base, alpha)),
+        ("RGBA", Image.frombytes("RGBA", (10, 6), np.dstack([base, alpha]).tobytes()), "PNG",
+         r"mode RGBA with transparency; composited it on white", _composite_on_white(base, alpha)),
         ("LA", Image.frombytes("LA", (10, 6), np.dstack([grey, alpha]).tobytes()), "PNG", r"mode LA with transparency",
          _composite_on_white(np.repeat(grey[..., None], 3, -1), alpha)),
         ("P", palette, "PNG", r"mode palette \(P\); converted to RGB", lut[np.asarray(palette)]),
@@ -462,7 +472,8 @@ def test_pth_that_would_run_code_is_refused(layout, tmp_path, marker):
     message = str(caught.value)
     assert "evil.pth" in message
     # with torch: its weights_only unpickler names the global it refused; without: torch is required
-    assert re.search(r"weights_only=True\) could not read it .*(system|GLOBAL)|torch is not installed", message), message
+    refused = r"weights_only=True\) could not read it .*(system|GLOBAL)|torch is not installed"
+    assert re.search(refused, message), message
 
 
 def test_torch_files_are_read_only_with_weights_only(tmp_path, monkeypatch):
@@ -571,6 +582,8 @@ CLI_CASES = [
     (["convert", "{deep}", "-o", "{tmp}/missing_dir/out.npz"], r"folder .*missing_dir does not exist"),
     (["convert", "{deep}", "-o", "{tmp}"], r"that is a folder"),
     (["convert", "{deep}", "-o", "{tmp}/x.npz", "--arch", "vit_base_patch16_224"], r"not arch='vit_base_patch16_224'"),
+    (["show", "{photo}", "--model", "{deep}", "--dpi", "3"], r"dpi must be a number from 10 to 1200, got 3"),
+    (["demo", "--model", "{deep}", "--out", "{tmp}", "--dpi", "-5"], r"dpi must be a number from 10 to 1200, got -5"),
     (["explain", "{photo}"], r"invalid choice: 'explain'"),
 ]
 
