@@ -87,7 +87,8 @@ def jax_arrays(params, config):
     out = {"embedding/kernel": params["patch_embed.proj.weight"].transpose(2, 3, 1, 0),   # [D, C, p, p] -> [p, p, C, D]
            "embedding/bias": params["patch_embed.proj.bias"], "cls": params["cls_token"],
            "Transformer/posembed_input/pos_embedding": params["pos_embed"],
-           "Transformer/encoder_norm/scale": params["norm.weight"], "Transformer/encoder_norm/bias": params["norm.bias"],
+           "Transformer/encoder_norm/scale": params["norm.weight"],
+           "Transformer/encoder_norm/bias": params["norm.bias"],
            "head/kernel": params["head.weight"].T, "head/bias": params["head.bias"]}
     for i in range(config.depth):
         b, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
