@@ -84,7 +84,11 @@ def _pil_to_rgb(img, name="image"):
     else:
         mode_note = mode
     if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("RGBa", "La")):
-        rgba = img.convert("RGBA")
+        try:
+            rgba = img.convert("RGBA")
+        except ValueError as e:  # premultiplied "La" has no conversion in Pillow
+            raise ImageError(f"{name} has mode {img.mode}, which Pillow cannot convert to RGBA ({e}); "
+                             f"save it as an RGBA PNG first") from None
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba).convert("RGB")
         _warn(f"{name} had mode {mode_note} with transparency; composited it on white to get RGB")
