@@ -83,17 +83,20 @@ def check_same_numbers(runs):
 
 
 def interleaved_times(runs, rounds):
-    """{name: [seconds per round]}; each round runs every contender once, the starting one rotating."""
+    """({name: [wall seconds per round]}, {name: [CPU seconds per round]}); each round runs every contender
+    once, the starting one rotating. CPU time is the process's (all threads, spin-waiting included)."""
     names = list(runs)
     for name in names:  # warm-up: first-call allocations, oneDNN/BLAS initialisation
         runs[name]()
-    times = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             runs[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def summary(values):
@@ -212,14 +215,18 @@ def main(argv=None):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
         runs = contenders(model, fused, unfused, x, torch)
         check_same_numbers(runs)
-        times = interleaved_times(runs, args.rounds)
-        print(f"\nbatch {batch}: seconds per forward over {args.rounds} interleaved rounds (median [min, max])")
+        times, cpu = interleaved_times(runs, args.rounds)
+        print(f"\nbatch {batch}: seconds per forward over {args.rounds} interleaved rounds (median [min, max]), "
+              f"load average now {os.getloadavg()[0]:.1f}")
+        print(f"  {'':32s} {'wall':>23s}   {'CPU (all threads)':>23s}")
         for name, values in times.items():
-            print(f"  {name:32s} {summary(values)[0]:7.3f} [{min(values):.3f}, {max(values):.3f}]")
+            print(f"  {name:32s} {summary(values)[0]:7.3f} [{min(values):6.3f}, {max(values):6.3f}]   "
+                  f"{summary(cpu[name])[0]:7.3f} [{min(cpu[name]):6.3f}, {max(cpu[name]):6.3f}]")
         for ours in ("numpy_vit (patterns+logits)", "numpy_vit (record everything)"):
             for theirs in ("torch (fused SDPA)", "torch (non-fused)"):
                 ratio = summary([a / b for a, b in zip(times[ours], times[theirs])])
-                rows.append((batch, ours, theirs, ratio))
+                cpu_ratio = summary([a / b for a, b in zip(cpu[ours], cpu[theirs])])
+                rows.append((batch, ours, theirs, ratio, cpu_ratio))
         if not args.skip_extras:
             flops, floor = gemm_floor(matmul_shapes(model.config, batch))
             ours = statistics.median(times["numpy_vit (patterns+logits)"])
@@ -233,9 +240,12 @@ def main(argv=None):
                   f"{trace_megabytes(model.forward(x, record=PATTERNS_AND_LOGITS)):.0f} MiB, "
                   f"everything {trace_megabytes(model.forward(x)):.0f} MiB")
 
-    print("\nratio numpy_vit / torch (median [min, max] of per-round ratios; < 1 means numpy_vit is faster)")
-    for batch, ours, theirs, (med, lo, hi) in rows:
-        print(f"  batch {batch}  {ours:30s} / {theirs:18s} {med:5.2f} [{lo:.2f}, {hi:.2f}]")
+    print(f"\nratio numpy_vit / torch at {threads} thread(s): median [min, max] of the per-round ratios "
+          f"(< 1: numpy_vit is faster)")
+    print(f"  {'':64s} {'wall':>17s}   {'CPU':>17s}")
+    for batch, ours, theirs, (med, lo, hi), (cmed, clo, chi) in rows:
+        print(f"  batch {batch}  {ours:30s} / {theirs:18s} {med:5.2f} [{lo:.2f}, {hi:.2f}]   "
+              f"{cmed:5.2f} [{clo:.2f}, {chi:.2f}]")
 
     if not args.skip_extras:
         seconds, why = demo_seconds()

@@ -1,0 +1,74 @@
+"""The forward pass's speed-ups (bench/README.md) compute the same bits as the plain array expressions they
+replace: the chunked in-place float32 GELU, the head-by-head attention, the in-place softmax and LayerNorm.
+Exact equality (np.array_equal), not a tolerance: each optimisation performs the same float operations in
+the same order."""
+import math
+
+import numpy as np
+import pytest
+
+from numpy_vit import layers
+
+
+def _gelu_expression(x):  # the formula as written in layers.gelu before it was chunked
+    f = x.dtype.type
+    return f(0.5) * x * layers._erfc_float32(x * f(-1.0 / math.sqrt(2.0)))
+
+
+def _softmax_expression(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_chunked_gelu_equals_the_expression_bit_for_bit():
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-45, -1e-45, 0.5, -0.5, 5.0, -5.0, 9.0, -9.0, 13.0,
+                        -13.0, 20.0, -20.0, 1e4, -1e4], np.float32)
+    x = np.concatenate([special, (rng.standard_normal(100_003) * 4).astype(np.float32)])  # not a chunk multiple
+    for chunk in (7, 4096, 1 << 20):  # several chunks, a ragged last one, and a single chunk
+        got = layers._gelu_erf_float32_in_cache(x, chunk=chunk)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        assert np.array_equal(got, _gelu_expression(x))
+        assert np.array_equal(np.signbit(got), np.signbit(_gelu_expression(x)))  # signed zeros too
+    batch = x[:3 * 5 * 64].reshape(3, 5, 64)
+    assert np.array_equal(layers.gelu(batch), _gelu_expression(batch))
+
+
+def test_gelu_float32_close_to_the_exact_function():
+    """Absolute error within ~1 float32 ulp of |x| (what the residual stream sees), float64 math.erfc as truth."""
+    x = np.linspace(-12, 8, 8001).astype(np.float32)
+    exact = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+    got = layers.gelu(x).astype(np.float64)
+    assert np.max(np.abs(got - exact) / np.maximum(1.0, np.abs(x))) < 2e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_by_head_attention_equals_the_stacked_expression(dtype):
+    rng = np.random.default_rng(1)
+    B, N, H, Dh = 2, 11, 3, 8
+    qkv_out = rng.standard_normal((B, N, 3, H, Dh)).astype(dtype).transpose(2, 0, 3, 1, 4)  # views, as in attention
+    q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]
+    scale = np.dtype(dtype).type(Dh ** -0.5)
+    scores, pattern, z = layers.attend_head_by_head(q, k, v, scale)
+    expected_scores = (q * scale) @ k.swapaxes(-1, -2)
+    expected_pattern = _softmax_expression(expected_scores)
+    assert np.array_equal(scores, expected_scores)
+    assert np.array_equal(pattern, expected_pattern)
+    assert np.array_equal(z, expected_pattern @ v)
+    assert z.shape == (B, H, N, Dh)
+    assert layers.merge_heads(z).base is not None  # merging the heads is a view, no copy
+
+
+def test_in_place_softmax_and_layer_norm_equal_the_expressions():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((4, 7, 33)) * 5).astype(np.float32)
+    assert np.array_equal(layers.softmax(x), _softmax_expression(x))
+    out = np.empty_like(x)
+    assert layers.softmax(x, out=out) is out and np.array_equal(out, _softmax_expression(x))
+    weight, bias = rng.standard_normal(33).astype(np.float32), rng.standard_normal(33).astype(np.float32)
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    expected = centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + 1e-6) * weight + bias
+    before = x.copy()
+    assert np.array_equal(layers.layer_norm(x, weight, bias, eps=1e-6), expected)
+    assert np.array_equal(x, before)  # the input is not modified
