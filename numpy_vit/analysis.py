@@ -52,9 +52,9 @@ def as_attention(attention, what: str = "attention") -> np.ndarray:
     a = np.asarray(attention, dtype=np.float64)
     if a.ndim == 3:
         a = a[None]                                                      # [H, N, N] -> [1, H, N, N]
-    if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
-        raise ArgumentError(f"{what} must have shape [B, H, N, N] or [H, N, N] (square over tokens), "
-                            f"got {np.shape(attention)}")
+    if a.ndim != 4 or a.shape[-1] != a.shape[-2] or a.size == 0:
+        raise ArgumentError(f"{what} must have shape [B, H, N, N] or [H, N, N] (square over tokens, none of them "
+                            f"0), got {np.shape(attention)}")
     if not np.all(np.isfinite(a)):
         raise ArgumentError(f"{what} holds NaN or inf values")
     return a
@@ -166,6 +166,9 @@ def upsample_grid(values: np.ndarray, size, interpolation: str = "bilinear") -> 
     """
     values = np.asarray(values, dtype=np.float64)
     out_h, out_w = (int(s) for s in size)
+    if values.ndim < 2 or values.size == 0 or out_h < 1 or out_w < 1:
+        raise ArgumentError(f"upsample_grid needs a non-empty map [..., gh, gw] and a positive size, got shape "
+                            f"{values.shape} and size {tuple(size)}")
     gh, gw = values.shape[-2:]
     if interpolation not in ("nearest", "bilinear"):
         raise ArgumentError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
@@ -433,8 +436,8 @@ def dino_mask(values, keep: float = 0.6) -> np.ndarray:
     if not 0.0 < keep <= 1.0:
         raise ArgumentError(f"keep must be in (0, 1], got {keep!r}")
     v = np.asarray(values, dtype=np.float64)
-    if v.ndim < 2:
-        raise ArgumentError(f"dino_mask needs maps [..., gh, gw], got shape {v.shape}")
+    if v.ndim < 2 or v.size == 0:
+        raise ArgumentError(f"dino_mask needs non-empty maps [..., gh, gw], got shape {v.shape}")
     flat = v.reshape(v.shape[:-2] + (-1,))                               # [..., P]
     order = np.argsort(-flat, axis=-1, kind="stable")                    # largest first
     ranked = np.take_along_axis(flat, order, -1)
