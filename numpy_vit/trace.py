@@ -11,6 +11,13 @@ import numpy as np
 
 from .errors import ArgumentError
 
+
+class TraceKeyError(KeyError, ArgumentError):
+    """A name the trace does not hold: a KeyError (as a Mapping must raise) that is also one of our named errors."""
+
+    def __str__(self):  # KeyError would print the message in quotes
+        return str(self.args[0])
+
 # name pattern -> shape (B batch, N tokens, P patches, D width, H heads, Dh head width, M MLP width)
 TRACE_KEYS = {
     "input": "[B, 3, H_img, W_img] normalised pixels",
@@ -81,7 +88,7 @@ class Trace(Mapping):
             hint = f"it was not recorded (record={self._patterns}); run again with record=None to keep everything"
         else:
             hint = "the recorded names are listed by trace.keys(); the shapes by numpy_vit.trace.TRACE_KEYS"
-        raise KeyError(f"no array {name!r} in this trace: {hint}") from None
+        raise TraceKeyError(f"no array {name!r} in this trace: {hint}") from None
 
     def __iter__(self):
         return iter(self._arrays)
