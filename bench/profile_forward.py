@@ -1,0 +1,187 @@
+"""Where numpy_vit's forward pass spends its time (a benchmark tool, not a test).
+
+    python bench/profile_forward.py                   # ViT-B/16, batch 1, patterns+logits, 1 BLAS thread
+    python bench/profile_forward.py --batch 8 --threads 2 --record all
+    python bench/profile_forward.py --lines           # also line by line
+
+By function (the default): every function of ``numpy_vit.layers`` is wrapped in a timer for the run, and each
+is charged its own time, without the layer functions it calls (``attention`` without ``linear``, and so on).
+A few hundred calls per forward pass, so the timers cost nothing measurable.
+
+By line (``--lines``): ``sys.settrace`` on numpy_vit's files charges the time between two line events to the
+earlier line, so a line's time includes the NumPy and BLAS calls it makes. Each line event costs the tracer a
+microsecond or two, which inflates lines run thousands of times per pass (the GELU's chunk loop): use it to
+find a line, and the function table to weigh it.
+
+Two clocks: wall time, and the process's CPU time (all threads), which a busy neighbour process disturbs less.
+"""
+import argparse
+import functools
+import inspect
+import linecache
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy_vit as nv  # noqa: E402
+import numpy_vit.layers  # noqa: E402
+import numpy_vit.model  # noqa: E402
+
+PACKAGE = str(ROOT / "numpy_vit")
+
+
+def clocks():
+    return time.perf_counter_ns(), time.process_time_ns()
+
+
+class FunctionTimer:
+    """Wraps the functions of ``numpy_vit.layers`` (and the model module's references to them) so that each
+    call's time, minus the time of the wrapped functions it calls, is charged to it."""
+
+    def __init__(self):
+        self.own = defaultdict(lambda: [0, 0, 0])  # name -> [wall ns, cpu ns, calls]
+        self._stack = []  # per active call: [children wall ns, children cpu ns]
+        self._originals = []
+
+    def _wrap(self, name, function):
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            self._stack.append([0, 0])
+            start_wall, start_cpu = clocks()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                end_wall, end_cpu = clocks()
+                children_wall, children_cpu = self._stack.pop()
+                wall, cpu = end_wall - start_wall, end_cpu - start_cpu
+                entry = self.own[name]
+                entry[0] += wall - children_wall
+                entry[1] += cpu - children_cpu
+                entry[2] += 1
+                if self._stack:
+                    self._stack[-1][0] += wall
+                    self._stack[-1][1] += cpu
+        return timed
+
+    def __enter__(self):
+        layers, model = numpy_vit.layers, numpy_vit.model
+        for name, function in inspect.getmembers(layers, inspect.isfunction):
+            if function.__module__ != layers.__name__:
+                continue
+            timed = self._wrap(name, function)
+            for module in (layers, model):
+                if getattr(module, name, None) is function:
+                    self._originals.append((module, name, function))
+                    setattr(module, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for module, name, function in self._originals:
+            setattr(module, name, function)
+
+
+class LineTimer:
+    """Charges the wall and CPU nanoseconds between consecutive line events to the earlier line."""
+
+    def __init__(self):
+        self.wall = defaultdict(int)
+        self.cpu = defaultdict(int)
+        self._last = None
+        self._t = self._c = 0
+
+    def _charge(self, key):
+        t, c = clocks()
+        if self._last is not None:
+            self.wall[self._last] += t - self._t
+            self.cpu[self._last] += c - self._c
+        self._last = key
+        self._t, self._c = clocks()  # read again so this bookkeeping is not charged to the next line
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self._charge((frame.f_code.co_filename, frame.f_lineno))
+        elif event == "return":
+            caller = frame.f_back
+            traced = caller is not None and caller.f_code.co_filename.startswith(PACKAGE)
+            self._charge((caller.f_code.co_filename, caller.f_lineno) if traced else None)
+        return self._local
+
+    def _global(self, frame, event, arg):
+        if frame.f_code.co_filename.startswith(PACKAGE):
+            self._charge((frame.f_code.co_filename, frame.f_lineno))
+            return self._local
+        return None
+
+    def __enter__(self):
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc):
+        sys.settrace(None)
+        self._charge(None)
+
+
+def profile(model, x, record, runs, timer):
+    start_wall, start_cpu = clocks()
+    with timer:
+        for _ in range(runs):
+            model.forward(x, record=record)
+    end_wall, end_cpu = clocks()
+    return (end_wall - start_wall) / runs / 1e6, (end_cpu - start_cpu) / runs / 1e6
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="vit_base_patch16_224")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="numpy BLAS threads (threadpoolctl; default 1)")
+    parser.add_argument("--record", choices=["patterns", "all"], default="patterns",
+                        help='"patterns": ["blocks.*.attn.pattern", "logits"]; "all": everything')
+    parser.add_argument("--runs", type=int, default=3, help="forward passes profiled (after one warm-up)")
+    parser.add_argument("--lines", type=int, nargs="?", const=25, default=0, metavar="TOP",
+                        help="also time line by line and show the TOP lines (default 25)")
+    args = parser.parse_args(argv)
+
+    try:
+        import threadpoolctl
+        _limiter = threadpoolctl.threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (kept alive)
+    except ImportError:
+        print("threadpoolctl is not installed: numpy's BLAS uses its default thread count")
+    record = None if args.record == "all" else ["blocks.*.attn.pattern", "logits"]
+    model = nv.ViT.from_preset(args.arch)
+    x = np.random.default_rng(0).standard_normal((args.batch, 3, *model.config.img_size), dtype=np.float32)
+    model.forward(x, record=record)
+
+    functions = FunctionTimer()
+    wall, cpu = profile(model, x, record, args.runs, functions)
+    print(f"{args.arch}, batch {args.batch}, record={args.record}, {args.threads} BLAS thread(s), "
+          f"load average {os.getloadavg()[0]:.1f}: {wall:.0f} ms wall, {cpu:.0f} ms CPU per forward")
+    print(f"{'wall ms':>8} {'cpu ms':>8} {'share':>6} {'calls':>6}  numpy_vit.layers function (own time)")
+    timed_wall = 0
+    for name, (w, c, n) in sorted(functions.own.items(), key=lambda kv: -kv[1][0]):
+        timed_wall += w
+        print(f"{w / 1e6 / args.runs:8.1f} {c / 1e6 / args.runs:8.1f} {w / 1e6 / args.runs / wall:6.1%} "
+              f"{n // args.runs:6d}  {name}")
+    rest = wall - timed_wall / 1e6 / args.runs
+    print(f"{rest:8.1f} {'':8s} {rest / wall:6.1%} {'':6s}  the rest (model.forward, the trace)")
+
+    if args.lines:
+        lines = LineTimer()
+        profile(model, x, record, args.runs, lines)
+        print(f"\n{'wall ms':>8} {'cpu ms':>8}  line (tracer overhead included: see the module docstring)")
+        for key in sorted(lines.wall, key=lines.wall.get, reverse=True)[: args.lines]:
+            filename, lineno = key
+            source = linecache.getline(filename, lineno).strip()
+            print(f"{lines.wall[key] / 1e6 / args.runs:8.1f} {lines.cpu[key] / 1e6 / args.runs:8.1f}  "
+                  f"{Path(filename).name}:{lineno} {source[:90]}")
+
+
+if __name__ == "__main__":
+    main()
