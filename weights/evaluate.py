@@ -70,12 +70,10 @@ def position_embedding_spearman(pos_embed: np.ndarray, grid: tuple, num_prefix_t
     return float(spearmanr(similarity[upper], -distance[upper]).statistic)
 
 
-def accuracy(model: nv.ViT, images: np.ndarray, labels: np.ndarray, batch: int = 50) -> float:
-    correct = 0
-    for i in range(0, len(images), batch):
-        trace = model.run(list(images[i:i + batch]), record=["logits"])         # preprocessing from the config
-        correct += int((trace.logits.argmax(axis=1) == labels[i:i + batch]).sum())
-    return correct / len(images)
+def predict(model: nv.ViT, images: np.ndarray, batch: int = 50) -> np.ndarray:
+    """Top-1 class index per image: [B, H, W, 3] uint8 -> [B] (preprocessing from the model's config)."""
+    return np.concatenate([model.run(list(images[i:i + batch]), record=["logits"]).logits.argmax(axis=1)
+                           for i in range(0, len(images), batch)])
 
 
 def attention_measures(model: nv.ViT, images: np.ndarray, masks: np.ndarray, batch: int = 20):
@@ -116,8 +114,12 @@ def evaluate(model: nv.ViT, seed: int, n_accuracy: int, n_attention: int) -> dic
     start = time.time()
     data = make_shapes(max(n_accuracy, n_attention), seed, img_size=size)
     result = dict(model=config.name, img_size=size, seed=seed)
-    result["accuracy"] = accuracy(model, data["images"][:n_accuracy], data["labels"][:n_accuracy])
+    labels = data["labels"][:n_accuracy]
+    predicted = predict(model, data["images"][:n_accuracy])
+    result["accuracy"] = float((predicted == labels).mean())
     result["n_accuracy"] = n_accuracy
+    result["class_recall"] = {name: round(float((predicted[labels == c] == c).mean()), 3)
+                              for c, name in enumerate(config.labels) if (labels == c).any()}
     ratios, distance = attention_measures(model, data["images"][:n_attention], data["masks"][:n_attention])
     result["rollout_object_ratio"] = float(ratios.mean())
     result["rollout_object_ratio_median"] = float(np.median(ratios))
@@ -144,6 +146,7 @@ def report(result: dict) -> str:
             f"{result['rollout_images_over_1']:.0%} of images > 1)" if key.startswith("rollout") else
             " over all pairs of patches")
         lines.append(f"  {key:<22} {result[key]:.4f}{extra}  [target >= {target}: {verdict}]")
+    lines.append("  recall per class: " + ", ".join(f"{k} {v:.2f}" for k, v in result["class_recall"].items()))
     lines.append(f"  mean attention distance per layer (px, mean over heads; uniform = "
                  f"{result['uniform_attention_distance_px']}):")
     for i, (mean, lo, hi) in enumerate(zip(result["mean_attention_distance_px"],
