@@ -23,7 +23,10 @@ def _no_record(name, array):
 def linear(x, weight, bias=None):  # [..., in] -> [..., out]
     """``x @ weight.T + bias`` as one matrix multiply over all leading axes (one BLAS call, not one per image)."""
     lead = x.shape[:-1]
-    y = x.reshape(-1, x.shape[-1]) @ weight.T  # [B*N, in] @ [in, out] -> [B*N, out]
+    x = x.reshape(-1, x.shape[-1])  # [B*N, in]
+    if x.shape[0] == 1:  # one row: NumPy calls gemv, whose summation order depends on the weight's memory order
+        weight = np.ascontiguousarray(weight)  # (the model keeps some weights column-major: model._stored)
+    y = x @ weight.T  # [B*N, in] @ [in, out] -> [B*N, out]
     if bias is not None:
         y += bias
     return y.reshape(*lead, weight.shape[0])

@@ -72,3 +72,20 @@ def test_in_place_softmax_and_layer_norm_equal_the_expressions():
     before = x.copy()
     assert np.array_equal(layers.layer_norm(x, weight, bias, eps=1e-6), expected)
     assert np.array_equal(x, before)  # the input is not modified
+
+
+@pytest.mark.parametrize("rows", [1, 2, 197])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_same_bits_for_a_column_major_weight(rows, dtype):
+    """The model keeps the blocks' linear weights column-major (model._stored): same products, bit for bit,
+    including one row, where NumPy switches to gemv."""
+    from numpy_vit.model import _stored
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((48, 64)).astype(dtype)
+    bias = rng.standard_normal(48).astype(dtype)
+    x = rng.standard_normal((rows, 64)).astype(dtype)
+    stored = _stored("blocks.0.mlp.fc1.weight", weight, dtype)
+    assert stored.flags.f_contiguous and np.array_equal(stored, weight)
+    assert _stored("head.weight", weight, dtype).flags.c_contiguous
+    assert np.array_equal(layers.linear(x, stored, bias), layers.linear(x, weight, bias))
