@@ -34,6 +34,7 @@ import numpy_vit as nv  # noqa: E402
 
 ARCH = "vit_base_patch16_224"
 PATTERNS_AND_LOGITS = ["blocks.*.attn.pattern", "logits"]
+EXPERIMENT = "experiment: heads on 1 BLAS thread"
 
 
 # --- the contenders -----------------------------------------------------------------------------------
@@ -56,7 +57,30 @@ def make_models(torch, timm):
     return fused, unfused, nv.ViT(nv.ViTConfig.preset(ARCH), params)
 
 
-def contenders(model, fused, unfused, x, torch):
+def heads_on_one_blas_thread(model):
+    """An experiment, not numpy_vit's behaviour: a forward pass whose per-head products run on one BLAS thread
+    (threadpoolctl around ``attend_head_by_head``) while the linear layers keep every thread. OpenBLAS threads
+    each small [N, N] product on its own, and on a busy machine every threaded call waits for a core."""
+    import threadpoolctl
+
+    from numpy_vit import layers
+
+    def run(x, record):
+        original = layers.attend_head_by_head
+
+        def one_thread(*args, **kwargs):
+            with threadpoolctl.threadpool_limits(1, user_api="blas"):
+                return original(*args, **kwargs)
+
+        layers.attend_head_by_head = one_thread
+        try:
+            return model.forward(x, record=record)
+        finally:
+            layers.attend_head_by_head = original
+    return run
+
+
+def contenders(model, fused, unfused, x, torch, experiment=False):
     xt = torch.from_numpy(x)
 
     def torch_forward(module):
@@ -65,12 +89,16 @@ def contenders(model, fused, unfused, x, torch):
                 return module(xt)
         return run
 
-    return {
+    runs = {
         "numpy_vit (patterns+logits)": lambda: model.forward(x, record=PATTERNS_AND_LOGITS),
         "numpy_vit (record everything)": lambda: model.forward(x),
         "torch (fused SDPA)": torch_forward(fused),
         "torch (non-fused)": torch_forward(unfused),
     }
+    if experiment:
+        heads = heads_on_one_blas_thread(model)
+        runs[EXPERIMENT] = lambda: heads(x, PATTERNS_AND_LOGITS)
+    return runs
 
 
 def check_same_numbers(runs):
@@ -194,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and numpy's BLAS "
                         "(default: torch's default)")
     parser.add_argument("--skip-extras", action="store_true", help="only the timings (no GEMM floor, demo, import)")
+    parser.add_argument("--experiment", action="store_true", help="also time numpy_vit with its per-head products "
+                        "on one BLAS thread (threadpoolctl; see heads_on_one_blas_thread)")
     args = parser.parse_args(argv)
 
     import torch
@@ -213,16 +243,17 @@ def main(argv=None):
     rows = []
     for batch in args.batch:
         x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-        runs = contenders(model, fused, unfused, x, torch)
+        runs = contenders(model, fused, unfused, x, torch, experiment=args.experiment)
         check_same_numbers(runs)
         times, cpu = interleaved_times(runs, args.rounds)
         print(f"\nbatch {batch}: seconds per forward over {args.rounds} interleaved rounds (median [min, max]), "
               f"load average now {os.getloadavg()[0]:.1f}")
-        print(f"  {'':32s} {'wall':>23s}   {'CPU (all threads)':>23s}")
+        print(f"  {'':36s} {'wall':>23s}   {'CPU (all threads)':>23s}")
         for name, values in times.items():
-            print(f"  {name:32s} {summary(values)[0]:7.3f} [{min(values):6.3f}, {max(values):6.3f}]   "
+            print(f"  {name:36s} {summary(values)[0]:7.3f} [{min(values):6.3f}, {max(values):6.3f}]   "
                   f"{summary(cpu[name])[0]:7.3f} [{min(cpu[name]):6.3f}, {max(cpu[name]):6.3f}]")
-        for ours in ("numpy_vit (patterns+logits)", "numpy_vit (record everything)"):
+        ours_names = ["numpy_vit (patterns+logits)", "numpy_vit (record everything)"] + [EXPERIMENT] * args.experiment
+        for ours in ours_names:
             for theirs in ("torch (fused SDPA)", "torch (non-fused)"):
                 ratio = summary([a / b for a, b in zip(times[ours], times[theirs])])
                 cpu_ratio = summary([a / b for a, b in zip(cpu[ours], cpu[theirs])])
@@ -242,9 +273,9 @@ def main(argv=None):
 
     print(f"\nratio numpy_vit / torch at {threads} thread(s): median [min, max] of the per-round ratios "
           f"(< 1: numpy_vit is faster)")
-    print(f"  {'':64s} {'wall':>17s}   {'CPU':>17s}")
+    print(f"  {'':68s} {'wall':>17s}   {'CPU':>17s}")
     for batch, ours, theirs, (med, lo, hi), (cmed, clo, chi) in rows:
-        print(f"  batch {batch}  {ours:30s} / {theirs:18s} {med:5.2f} [{lo:.2f}, {hi:.2f}]   "
+        print(f"  batch {batch}  {ours:34s} / {theirs:18s} {med:5.2f} [{lo:.2f}, {hi:.2f}]   "
               f"{cmed:5.2f} [{clo:.2f}, {chi:.2f}]")
 
     if not args.skip_extras:
