@@ -7,7 +7,7 @@ it when given ``save_path``. The numbers come from :mod:`numpy_vit.analysis`.
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
+from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, TwoSlopeNorm
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
@@ -45,6 +45,16 @@ def rollout_size(num_fusions):
     return (3.5 * (num_fusions + 2) + 0.4, 4.3)
 
 
+def similarity_scale(matrix):
+    """(norm, cmap) for cosine similarities: the data's own range up to 1, so a model whose similarities
+    all lie in [0.5, 1] still shows its structure. Diverging around 0 (blue < 0 < red) when some pairs
+    are negative, a sequential map when none is; the colour bar gives the numbers."""
+    low = float(np.min(matrix))
+    if low < 0:
+        return TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=1.0), SIMILARITY_CMAP
+    return Normalize(min(low, 0.999), 1.0), "magma"
+
+
 def similarity_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
     """The ViT paper's Fig. 7 (centre) as one image: [gh, gw, gh, gw] tiles -> [gh*(gh+gap), gw*(gw+gap)], NaN gaps."""
     gh, gw = tiles.shape[:2]
@@ -60,20 +70,20 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
     gh, gw = layout.grid
     tiles = analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens)  # [gh,gw,gh,gw]
     matrix = tiles.reshape(gh * gw, gh * gw)
-    norm = Normalize(-1, 1)
+    norm, cmap = similarity_scale(matrix)
     left, right = fig.subfigures(1, 2, width_ratios=[1, 1.85])
     ax_matrix, ax_centre, ax_pca = left.subplots(3, 1)
 
-    ax_matrix.imshow(matrix, cmap=SIMILARITY_CMAP, norm=norm, interpolation="nearest")
+    ax_matrix.imshow(matrix, cmap=cmap, norm=norm, interpolation="nearest")
     ax_matrix.set_title("(a) Cosine similarity, all pairs")
     ax_matrix.set_xlabel("patch index")
     ax_matrix.set_ylabel("patch index")
     ax_matrix.xaxis.set_major_locator(MaxNLocator(5, integer=True))
     ax_matrix.yaxis.set_major_locator(MaxNLocator(5, integer=True))
-    colorbar(left, ax_matrix, norm, SIMILARITY_CMAP, "cosine sim.", shrink=0.9)
+    colorbar(left, ax_matrix, norm, cmap, "cosine sim.", shrink=0.9)
 
     centre = (gh // 2, gw // 2)
-    ax_centre.imshow(tiles[centre], cmap=SIMILARITY_CMAP, norm=norm, interpolation="nearest")
+    ax_centre.imshow(tiles[centre], cmap=cmap, norm=norm, interpolation="nearest")
     ax_centre.add_patch(Rectangle((centre[1] - 0.5, centre[0] - 0.5), 1, 1, fill=False, edgecolor="black", lw=2))
     ax_centre.set_title(f"(b) Centre patch {centre[0] * gw + centre[1]} (row {centre[0]}, col {centre[1]}) "
                         f"vs all")
@@ -81,7 +91,7 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
     ax_centre.set_ylabel("patch row")
     ax_centre.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_centre.yaxis.set_major_locator(MaxNLocator(integer=True))
-    colorbar(left, ax_centre, norm, SIMILARITY_CMAP, "cosine sim.", shrink=0.9)
+    colorbar(left, ax_centre, norm, cmap, "cosine sim.", shrink=0.9)
 
     patch_embed = analysis.patch_position_embeddings(pos_embed, layout.grid, layout.num_prefix_tokens)  # [P, D]
     scores, _, ratio = analysis.pca(patch_embed, 2)                                                      # [P, 2]
@@ -102,7 +112,7 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
     left.colorbar(dots, ax=ax_pca, shrink=0.9, pad=0.02).set_label("patch column")
 
     ax_tiles = right.subplots(1, 1)
-    ax_tiles.imshow(similarity_mosaic(tiles), cmap=SIMILARITY_CMAP, norm=norm, interpolation="nearest")
+    ax_tiles.imshow(similarity_mosaic(tiles), cmap=cmap, norm=norm, interpolation="nearest")
     step_h, step_w = gh + 1, gw + 1
     ax_tiles.set_xticks(np.arange(gw) * step_w + (gw - 1) / 2, [str(c + 1) for c in range(gw)])
     ax_tiles.set_yticks(np.arange(gh) * step_h + (gh - 1) / 2, [str(r + 1) for r in range(gh)])
@@ -113,10 +123,10 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
     ax_tiles.set_ylabel("input patch row")
     ax_tiles.set_title("(d) Tile at (row, col): that position's similarity to every position\n"
                        "(ViT paper, Fig. 7 centre)")
-    colorbar(right, ax_tiles, norm, SIMILARITY_CMAP, "cosine similarity", shrink=0.8)
+    colorbar(right, ax_tiles, norm, cmap, "cosine similarity", shrink=0.8)
     fig.suptitle("What the position embeddings learned: nearby patches get similar vectors if the grid was learned")
     footnote(fig, f"{gh}x{gw} patch positions only ({layout.num_prefix_tokens} prefix token row(s) excluded); "
-                  f"cosine similarity in [-1, 1]")
+                  f"colours span the similarities present, from {matrix.min():.2f} to 1")
 
 
 def visualize_position_embedding(model, save_path=None):
