@@ -99,7 +99,7 @@ def model_from_checkpoint(path: Path) -> nv.ViT:
     from weights.train import ARCH, MEAN, NAME, STD
     from weights.shapes import CLASSES
 
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     state = state.get("model", state)
     params = {k: v.numpy().astype(np.float32) for k, v in state.items()}
     grid = int(round(np.sqrt(params["pos_embed"].shape[1] - 1)))

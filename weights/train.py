@@ -258,7 +258,7 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     token_head = make_token_head()
     optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
         stage_index, step, elapsed = state["stage"], state["step"], state["elapsed"]
         model = build_model(STAGES[stage_index]["img_size"])
         model.load_state_dict(state["model"])
