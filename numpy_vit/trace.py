@@ -6,10 +6,17 @@ keep only what they need: ``model.run(x, record=["blocks.*.attn.pattern"])``.
 """
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 import numpy as np
 
 from .errors import ArgumentError
+
+
+@lru_cache(maxsize=4096)
+def _matches(name, patterns):
+    """Whether a trace name matches any glob; cached, since every run asks the same questions again."""
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
 class TraceKeyError(KeyError, ArgumentError):
@@ -67,7 +74,7 @@ class Trace(Mapping):
 
     # --- writing (used by the forward pass) --------------------------------------------
     def wants(self, name):
-        return self._patterns is None or any(fnmatchcase(name, pattern) for pattern in self._patterns)
+        return self._patterns is None or _matches(name, tuple(self._patterns))
 
     def add(self, name, array):
         if self.wants(name):
