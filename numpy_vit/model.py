@@ -18,6 +18,7 @@ from .trace import Trace
 
 __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
 
+
 def init_params(config: ViTConfig, seed=0, dtype=np.float32):
     """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens,
     zeros for biases, ones for LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
@@ -35,6 +36,7 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
         params[name] = value.astype(dtype)
     return params
 
+
 def _nest(flat):
     """{"blocks.0.attn.qkv.weight": a} -> {"blocks": {"0": {"attn": {"qkv": {"weight": a}}}}}: keys become the
     argument names of the layer functions, so ``block(x, **params["blocks"]["0"])`` wires the weights in."""
@@ -47,6 +49,7 @@ def _nest(flat):
         node[leaf] = value
     return tree
 
+
 def _stored(name, value, dtype):
     """A parameter as the model keeps it: timm's shape and values, in C order, except the [out, in] weights of
     the blocks' linear layers (qkv, proj, fc1, fc2), kept column-major. Why: ``linear`` computes
@@ -56,6 +59,7 @@ def _stored(name, value, dtype):
     if name.startswith("blocks.") and name.endswith(".weight") and np.ndim(value) == 2:
         return np.asfortranarray(value, dtype=dtype)
     return np.ascontiguousarray(value, dtype=dtype)
+
 
 class ViT:
     """A Vision Transformer in NumPy. ``run`` takes an image (or a batch) and returns a Trace of every
@@ -226,6 +230,7 @@ class ViT:
         if self.last_trace is not None:
             layer = self.last_trace.layer(layer)
         return self.attention_maps[layer]
+
 
 class ViTWithAttention(ViT):
     """The guide's class name: ``ViTWithAttention(img_size=224, patch_size=16, num_classes=10, embed_dim=768,
