@@ -245,7 +245,7 @@ def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B
     return linear(merge_heads(z), **proj)  # [B, N, D]
 
 
-def mlp(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B, N, D] -> [B, N, D]
+def mlp_block(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B, N, D] -> [B, N, D]
     h = linear(x, **fc1)  # [B, N, M]
     record("pre", h)
     h = gelu(h, gelu_approximate)  # [B, N, M]
@@ -256,7 +256,6 @@ def mlp(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B, N, D]
 def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
           record=_no_record):  # [B, N, D] -> [B, N, D]
     """One pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x)); optional layer scale (CaiT)."""
-    mlp_fn = globals()["mlp"]  # the argument named ``mlp`` (the weights) shadows the function
     record("resid_pre", x)
     h = layer_norm(x, **norm1, eps=eps)
     record("ln1", h)
@@ -268,7 +267,7 @@ def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gel
     record("resid_mid", x)
     h = layer_norm(x, **norm2, eps=eps)
     record("ln2", h)
-    h = mlp_fn(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
+    h = mlp_block(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
     if ls2 is not None:
         h = h * ls2["gamma"]
     record("mlp_out", h)
