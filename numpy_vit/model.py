@@ -11,7 +11,8 @@ Shapes: B batch, N tokens, P patches, D width, C classes; gh x gw the patch grid
 import numpy as np
 
 from .config import ViTConfig, check_params, param_shapes
-from .errors import ArgumentError, ConfigError
+from . import image as image_module
+from .errors import ArgumentError, ConfigError, ImageError
 from .layers import block, layer_norm, linear, patchify
 from .resample import resample_pos_embed
 from .trace import Trace
@@ -190,16 +191,12 @@ class ViT:
         """Image(s) in, Trace out. ``image``: a path, a PIL image, an HxWx3 uint8 array, a list of those, or a
         [B, 3, H, W] float array already normalised. ``img_size`` (int or (h, w)) overrides the input size for
         images (the position embedding is resampled)."""
-        from . import image as image_module
-
         batch, overlay = image_module.prepare(image, self.config, img_size=img_size)
         return self.forward(batch.astype(self.dtype, copy=False), record=record, image_for_overlay=overlay)
 
     __call__ = run
 
     def _check_input(self, images):
-        from .errors import ImageError
-
         c = self.config
         x = np.asarray(images)
         if x.ndim != 4 or x.shape[1] != c.in_chans:
