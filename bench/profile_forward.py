@@ -141,7 +141,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="vit_base_patch16_224")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="numpy BLAS threads (threadpoolctl; default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="numpy BLAS threads (threadpoolctl) and numpy_vit's "
+                        "GELU threads (default 1)")
     parser.add_argument("--record", choices=["patterns", "all"], default="patterns",
                         help='"patterns": ["blocks.*.attn.pattern", "logits"]; "all": everything')
     parser.add_argument("--runs", type=int, default=3, help="forward passes profiled (after one warm-up)")
@@ -154,6 +155,7 @@ def main(argv=None):
         _limiter = threadpoolctl.threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (kept alive)
     except ImportError:
         print("threadpoolctl is not installed: numpy's BLAS uses its default thread count")
+    nv.set_num_threads(args.threads)  # the GELU's own threads; their time shows up as the caller's wall time
     record = None if args.record == "all" else ["blocks.*.attn.pattern", "logits"]
     model = nv.ViT.from_preset(args.arch)
     x = np.random.default_rng(0).standard_normal((args.batch, 3, *model.config.img_size), dtype=np.float32)

@@ -11,9 +11,14 @@ its input (float32 by default, float64 on request) and never upcasts.
 intermediates the forward pass computes anyway (lucidrains/vit-pytorch makes the softmax
 its own step for the same reason).
 """
+import concurrent.futures
 import math
+import os
+import threading
 
 import numpy as np
+
+from .errors import ArgumentError
 
 
 def _no_record(name, array):
@@ -120,22 +125,42 @@ def gelu(x, approximate="erf"):
     return x.dtype.type(0.5) * x * _erfc_float32(x * x.dtype.type(-1.0 / math.sqrt(2.0)))
 
 
-def _gelu_erf_float32_in_cache(x, chunk=32768):
+def _gelu_erf_float32_in_cache(x, chunk=32768, threads=None):
     """``0.5 * x * _erfc_float32(-x / sqrt 2)`` with the same float32 operations in the same order, so the
-    same bits, but evaluated chunk by chunk in place on four scratch buffers.
+    same bits, but evaluated chunk by chunk in place on four scratch buffers, on ``threads`` threads
+    (default: ``get_num_threads()``).
 
     Why: the formula is about 30 elementwise passes (10 of them Horner steps of two each). As array
     expressions over the MLP's [B, N, M] activations each pass allocates a new array and streams it through
     memory; on chunks of 32k values (128 KiB a buffer) every pass runs on data already in the CPU cache.
-    This made the GELU 1.9x faster at batch 1, 3.4x at batch 8 (bench/README.md).
+    This made the GELU 1.9x faster at batch 1, 3.4x at batch 8 (bench/README.md). NumPy's ufuncs release
+    the GIL, so the chunks can be shared between threads as torch shares its GELU between its threads.
     """
-    f = np.float32
-    coefficients = [f(c) for c in _ERFC_CHEB]
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
+    starts = range(0, flat.size, chunk)
+    threads = min(get_num_threads() if threads is None else threads, len(starts))
+    if threads <= 1:
+        _gelu_float32_chunks(flat, out, iter(starts), chunk)
+    else:  # this thread and threads - 1 helpers take the next chunk from one queue until it is empty, so a
+        # helper that waits for a busy core delays nothing: the others take its share
+        queue = _LockedIterator(starts)
+        helpers = [_thread_pool(threads - 1).submit(_gelu_float32_chunks, flat, out, queue, chunk)
+                   for _ in range(threads - 1)]
+        _gelu_float32_chunks(flat, out, queue, chunk)
+        for helper in helpers:
+            helper.result()  # waits for the chunk it is on; re-raises its exception here
+    return out.reshape(x.shape)
+
+
+def _gelu_float32_chunks(flat, out, starts, chunk):
+    """The body of ``_gelu_erf_float32_in_cache`` for the chunks beginning at each of ``starts`` (an
+    iterator, maybe shared with other threads): flat -> out, each chunk written by the one thread that took it."""
+    f = np.float32
+    coefficients = [f(c) for c in _ERFC_CHEB]
     size = min(chunk, flat.size)
     u_buf, t_buf, y_buf, sign_buf = (np.empty(size, f) for _ in range(4))
-    for start in range(0, flat.size, chunk):
+    for start in starts:
         x_c = flat[start:start + chunk]
         n = x_c.size
         u, t, y, sign = u_buf[:n], t_buf[:n], y_buf[:n], sign_buf[:n]
@@ -162,7 +187,61 @@ def _gelu_erf_float32_in_cache(x, chunk=32768):
         out_c = out[start:start + n]
         np.multiply(x_c, f(0.5), out=out_c)
         out_c *= y  # 0.5 x erfc(-x / sqrt 2)
-    return out.reshape(x.shape)
+
+
+# --- threads for the elementwise work ----------------------------------------------------------
+# BLAS spreads every matrix multiply over its threads; NumPy runs each elementwise ufunc on one. The GELU is
+# the one elementwise step big enough to matter (bench/README.md), so it is shared between threads here.
+# The count follows the usual environment variables, as BLAS and torch do, or set_num_threads().
+
+_num_threads = None
+_pools = {}
+
+
+def _threads_from_environment():
+    for name in ("NUMPY_VIT_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def get_num_threads():
+    """Threads numpy_vit's GELU uses: set_num_threads(n), else NUMPY_VIT_NUM_THREADS, OMP_NUM_THREADS,
+    OPENBLAS_NUM_THREADS or MKL_NUM_THREADS, else the number of cores this process may use."""
+    return _num_threads if _num_threads is not None else _threads_from_environment()
+
+
+def set_num_threads(n):
+    """Like torch.set_num_threads: how many threads numpy_vit's elementwise work may use (BLAS has its own
+    setting: OPENBLAS_NUM_THREADS, or threadpoolctl). On a machine whose cores are busy, 1 is faster."""
+    global _num_threads
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ArgumentError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    _num_threads = int(n)
+
+
+class _LockedIterator:
+    """An iterator several threads can draw from: each item goes to exactly one of them."""
+
+    def __init__(self, items):
+        self._items, self._lock = iter(items), threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._items)
+
+
+def _thread_pool(threads):
+    if threads not in _pools:
+        _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="numpy_vit")
+    return _pools[threads]
 
 
 def softmax(x, axis=-1, out=None):

@@ -34,6 +34,34 @@ def test_chunked_gelu_equals_the_expression_bit_for_bit():
     assert np.array_equal(layers.gelu(batch), _gelu_expression(batch))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_gelu_shared_between_threads_equals_one_thread_bit_for_bit(threads):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, 197, 1000)) * 4).astype(np.float32)  # 591,000 values: 19 chunks, the last ragged
+    one = layers._gelu_erf_float32_in_cache(x, threads=1)
+    assert np.array_equal(one, _gelu_expression(x))
+    for _ in range(3):  # which thread takes which chunk varies from call to call; the bits may not
+        assert np.array_equal(layers._gelu_erf_float32_in_cache(x, chunk=4096, threads=threads), one)
+        assert np.array_equal(layers._gelu_erf_float32_in_cache(x, threads=threads), one)
+
+
+def test_num_threads_setting(monkeypatch):
+    import numpy_vit as nv
+
+    monkeypatch.setattr(layers, "_num_threads", None)
+    monkeypatch.setenv("NUMPY_VIT_NUM_THREADS", "3")
+    assert nv.get_num_threads() == 3
+    monkeypatch.delenv("NUMPY_VIT_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert nv.get_num_threads() == 1
+    nv.set_num_threads(2)
+    assert nv.get_num_threads() == 2
+    for bad in (0, -1, 1.5, "2", True, None):
+        with pytest.raises(nv.ArgumentError, match="set_num_threads: n must be an integer >= 1"):
+            nv.set_num_threads(bad)
+    assert nv.get_num_threads() == 2
+
+
 def test_gelu_float32_close_to_the_exact_function():
     """Absolute error within ~1 float32 ulp of |x| (what the residual stream sees), float64 math.erfc as truth."""
     x = np.linspace(-12, 8, 8001).astype(np.float32)
