@@ -65,6 +65,9 @@ MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
     dict(name="low", img_size=112, steps=2100, batch=32, lr=1e-3, warmup=50, eval_every=150, eval_images=512),
     dict(name="high", img_size=224, steps=40, batch=32, lr=2e-4, warmup=4, eval_every=20, eval_images=256),
+    dict(name="low-restart", img_size=112, steps=3000, batch=32, lr=5e-4, warmup=50, eval_every=300, eval_images=512),
+    dict(name="mid", img_size=160, steps=800, batch=32, lr=3e-4, warmup=20, eval_every=200, eval_images=512),
+    dict(name="final", img_size=224, steps=500, batch=32, lr=2e-4, warmup=20, eval_every=250, eval_images=256),
 )
 TOKEN_LOSS_WEIGHT = 0.5               # LV-ViT's weight for the token-labeling loss
 TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
@@ -167,18 +170,19 @@ def patch_targets(masks: np.ndarray, labels: np.ndarray, patch_size: int) -> np.
 
 
 class ShapeBatches(torch.utils.data.IterableDataset):
-    """Batches ``start .. stop-1`` of a stage; batch ``step`` is ``make_shapes(batch, batch_seed(stage, step))``."""
+    """Batches ``start .. steps-1`` of a stage; batch ``step`` is ``make_shapes(batch, batch_seed(stage, step))``.
+    It carries its stage and patch size, so a worker process started any way sees the recipe of the run."""
 
-    def __init__(self, stage_index: int, start: int):
-        self.stage_index, self.start = stage_index, start
+    def __init__(self, stage_index: int, stage: dict, start: int, patch_size: int):
+        self.stage_index, self.stage, self.start, self.patch_size = stage_index, dict(stage), start, patch_size
 
     def __iter__(self):
         torch.set_num_threads(1)
         blas_one_thread()
-        stage = STAGES[self.stage_index]
+        stage = self.stage
         for step in range(self.start, stage["steps"]):
             data = make_shapes(stage["batch"], batch_seed(self.stage_index, step), img_size=stage["img_size"])
-            tokens = patch_targets(data["masks"], data["labels"], ARCH["patch_size"])
+            tokens = patch_targets(data["masks"], data["labels"], self.patch_size)
             yield step, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), torch.from_numpy(tokens)
 
 
@@ -260,11 +264,22 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
         stage_index, step, elapsed = state["stage"], state["step"], state["elapsed"]
-        model = build_model(STAGES[stage_index]["img_size"])
+        if stage_index >= len(STAGES):
+            raise SystemExit(f"{ckpt_path} is past the last stage ({stage_index} of {len(STAGES)}): nothing to resume; "
+                             f"add a stage to STAGES or run --export-only")
+        saved_grid = int(round(math.sqrt(state["model"]["pos_embed"].shape[1] - 1)))
+        model = build_model(saved_grid * ARCH["patch_size"])
         model.load_state_dict(state["model"])
         token_head.load_state_dict(state["token_head"])
         optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
-        optimizer.load_state_dict(state["optimizer"])
+        if saved_grid * ARCH["patch_size"] == STAGES[stage_index]["img_size"]:
+            optimizer.load_state_dict(state["optimizer"])
+        else:   # a checkpoint written at the end of the stage list before it grew: the stage change the loop makes
+            model = grow_to(model, STAGES[stage_index]["img_size"])
+            optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
+            log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
+                f"{STAGES[stage_index]['img_size']} px for stage {STAGES[stage_index]['name']}; optimiser restarts",
+                log_path)
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {ckpt_path}: stage {STAGES[stage_index]['name']} step {step}, {elapsed/60:.1f} min so far",
             log_path)
@@ -280,7 +295,8 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
         stage = STAGES[stage_index]
         val = make_shapes(stage["eval_images"], VAL_SEED, img_size=stage["img_size"])
         val_images, val_labels = torch.from_numpy(val["images"]), torch.from_numpy(val["labels"])
-        loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, step), batch_size=None, num_workers=1,
+        loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, stage, step, ARCH["patch_size"]),
+                                             batch_size=None, num_workers=1,
                                              prefetch_factor=4, persistent_workers=False)
         seen, correct, loss_sum, token_sum, window_start = 0, 0, 0.0, 0.0, time.time()
         for step, images, labels, token_labels in loader:

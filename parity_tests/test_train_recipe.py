@@ -1,0 +1,92 @@
+"""weights/train.py, the recipe of the shipped model, on a tiny model and tiny stages (seconds, not an hour):
+its targets, its position-embedding start, the export our NumPy model reads, and resuming, both in the middle
+of a stage and after the list of stages grew (how the shipped model was trained)."""
+import numpy as np
+import pytest
+import torch
+
+import numpy_vit as nv
+from weights import train as T
+
+TINY_ARCH = dict(patch_size=16, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+STAGE_A = dict(name="a", img_size=32, steps=4, batch=3, lr=1e-3, warmup=1, eval_every=2, eval_images=4)
+STAGE_B = dict(name="b", img_size=48, steps=2, batch=2, lr=1e-3, warmup=1, eval_every=2, eval_images=4)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(T, "ARCH", TINY_ARCH)
+    monkeypatch.setattr(T, "CHECKPOINT_EVERY_S", 0)  # a checkpoint after every step
+
+    def run(tmp, stages, resume=False):
+        monkeypatch.setattr(T, "STAGES", tuple(stages))
+        T.train(tmp, resume=resume, out=tmp / "model.npz", threads=1)
+        return torch.load(tmp / "final.pt", weights_only=True)
+    return run
+
+
+def test_patch_targets_mark_the_patches_the_object_covers():
+    masks = np.zeros((1, 32, 32), bool)
+    masks[0, 2:14, 18:30] = True        # 144 pixels of the top-right patch (256): covered
+    masks[0, 16:19, 0:5] = True         # 15 pixels of the bottom-left patch: under 1/16, background
+    targets = T.patch_targets(masks, np.array([7]), patch_size=16)
+    assert targets.tolist() == [[10, 7, 10, 10]]   # 10 = background, rows of the 2 x 2 grid in order
+
+
+def test_sincos_start_encodes_the_grid():
+    table = T.sincos_pos_embed((7, 7), 128)
+    assert table.shape == (1, 50, 128) and torch.all(table[0, 0] == 0)   # the CLS row is zero
+    assert T.position_embedding_spearman(table.numpy(), (7, 7)) > 0.9
+
+
+def test_tiny_run_exports_a_model_numpy_vit_reads(tmp_path, tiny):
+    state = tiny(tmp_path, [STAGE_A, STAGE_B])
+    model = nv.ViT.from_pretrained(str(tmp_path / "model.npz"))
+    assert model.config.img_size == (48, 48) and model.config.depth == 2 and model.config.labels == T.CLASSES
+    timm_model = T.build_model(48)
+    timm_model.load_state_dict(state)
+    timm_model.eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = timm_model(T.to_input(torch.from_numpy(images))).numpy()
+    got = model.forward(images.transpose(0, 3, 1, 2) / np.float32(255) * 2 - 1, record=["logits"])["logits"]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)   # float32, two layers of width 16
+    log = (tmp_path / "train.log").read_text()
+    assert "stage=a step=4/4" in log and "grew model to 48 px" in log and "eval stage=b step=2" in log
+
+
+def test_resume_in_the_middle_of_a_stage_gives_the_same_weights(tmp_path, tiny, monkeypatch):
+    straight = tiny(tmp_path / "straight", [STAGE_A])
+
+    calls = []
+    real_save = T.save_checkpoint
+
+    def save_then_stop(path, **state):
+        real_save(path, **state)
+        calls.append(state["step"])
+        if len(calls) == 2:                     # stop after the checkpoint of step 2 of 4, as a killed run would
+            raise KeyboardInterrupt
+    monkeypatch.setattr(T, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        tiny(tmp_path / "resumed", [STAGE_A])
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    resumed = tiny(tmp_path / "resumed", [STAGE_A], resume=True)
+    assert "resumed from" in (tmp_path / "resumed" / "train.log").read_text()
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name   # same batches, same optimiser state: the same bits
+
+
+def test_resume_after_the_stage_list_grew_resamples_the_position_embedding(tmp_path, tiny):
+    first = tiny(tmp_path, [STAGE_A])
+    assert first["pos_embed"].shape == (1, 1 + 2 * 2, 16)
+    grown = tiny(tmp_path, [STAGE_A, STAGE_B], resume=True)
+    assert grown["pos_embed"].shape == (1, 1 + 3 * 3, 16)
+    assert "resampled the checkpoint's 2x2 position embedding to 48 px for stage b" in \
+        (tmp_path / "train.log").read_text()
+    assert nv.ViT.from_pretrained(str(tmp_path / "model.npz")).config.img_size == (48, 48)
+
+
+def test_resume_past_the_last_stage_says_what_to_do(tmp_path, tiny):
+    tiny(tmp_path, [STAGE_A])
+    with pytest.raises(SystemExit, match="past the last stage"):
+        tiny(tmp_path, [STAGE_A], resume=True)
