@@ -198,6 +198,13 @@ _num_threads = None
 _pools = {}
 
 
+def _forget_pools():
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _threads_from_environment():
     for name in ("NUMPY_VIT_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
@@ -239,6 +246,8 @@ class _LockedIterator:
 
 
 def _thread_pool(threads):
+    """One pool per size, made on first use. A forked child process (multiprocessing, as the demo uses)
+    inherits the dict but not the threads: ``_forget_pools`` empties it there, so the child makes its own."""
     if threads not in _pools:
         _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="numpy_vit")
     return _pools[threads]

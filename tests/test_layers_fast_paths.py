@@ -3,6 +3,7 @@ replace: the chunked in-place float32 GELU, the head-by-head attention, the in-p
 Exact equality (np.array_equal), not a tolerance: each optimisation performs the same float operations in
 the same order."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -117,3 +118,28 @@ def test_linear_same_bits_for_a_column_major_weight(rows, dtype):
     assert stored.flags.f_contiguous and np.array_equal(stored, weight)
     assert _stored("head.weight", weight, dtype).flags.c_contiguous
     assert np.array_equal(layers.linear(x, stored, bias), layers.linear(x, weight, bias))
+
+
+def _gelu_sum_in_child(queue):
+    x = np.linspace(-6, 6, 200_000, dtype=np.float32)
+    queue.put(float(layers._gelu_erf_float32_in_cache(x, chunk=4096, threads=2).sum()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is a POSIX call")
+def test_gelu_threads_work_in_a_forked_child():
+    """A child forked after the pool exists inherits no pool threads; it must make its own, not wait on the
+    parent's forever (the demo draws its figures in forked processes: it hung here once)."""
+    import multiprocessing
+
+    x = np.linspace(-6, 6, 200_000, dtype=np.float32)
+    expected = float(layers._gelu_erf_float32_in_cache(x, chunk=4096, threads=2).sum())  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_gelu_sum_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung, "the GELU in a forked child did not finish in 60 s"
+    assert queue.get(timeout=5) == expected
