@@ -1,24 +1,30 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and about an hour of two CPU cores):
+Run by hand, never by the tests (it needs torch and about 85 minutes of two quiet CPU cores):
 
-    python -m weights.train                       # trains, checkpoints, exports weights/default.npz
+    python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m weights.train --resume              # after an interruption: continues from the last checkpoint
     python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
 
-The recipe (see weights/MODEL_CARD.md for the numbers it reaches):
+The recipe (see weights/MODEL_CARD.md for the numbers it reaches), five stages in ``STAGES``:
 
-1. Stage ``low``: most of the steps at 112 x 112 (a 7 x 7 grid, 50 tokens, about
-   5x cheaper per image than 224), each batch a fresh ``make_shapes`` draw whose
-   seed is a function of the step, so no image is seen twice and a resumed run
-   sees exactly the batches it would have seen.
+1. Stage ``low``: 112 x 112 (a 7 x 7 grid, 50 tokens, about 5x cheaper per
+   image than 224), each batch a fresh ``make_shapes`` draw whose seed is a
+   function of the step, so no image is seen twice and a resumed run sees
+   exactly the batches it would have seen.
 2. Stage ``high``: a short fine-tune at 224 x 224 (the 14 x 14 grid the model
    ships with). The 7 x 7 position embedding is resampled to 14 x 14 with timm's
    ``resample_abs_pos_embed`` (bicubic, antialiased), as in ViT paper section 3.2
    and "FixRes" (Touvron et al. 2019): the same scenes at twice the pixels are
    twice as many patches, so the model must adapt to the new scale.
+3. Stages ``low-restart``, ``mid``, ``final``: back to 112 px with a warm restart
+   of the learning rate (SGDR, Loshchilov & Hutter 2017), then 160 px and 224 px
+   (progressive resizing). These were added after the first two had shipped a
+   24.6 % model; ``--resume`` on that run's final checkpoint resampled its
+   position embedding to the new stage and went on, which is how the shipped
+   weights were made.
 
-Both stages: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
+Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
 decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0,
 and token labeling (Jiang et al. 2021, "All Tokens Matter", LV-ViT): a linear
 head on every patch token of the last layer predicts the object's class for
