@@ -59,6 +59,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from numpy_vit.config import ViTConfig
+from weights import save
+from weights.evaluate import position_embedding_spearman
 from weights.shapes import CLASSES, make_shapes
 
 HERE = Path(__file__).resolve().parent
@@ -149,11 +151,19 @@ def forward_with_tokens(model: VisionTransformer, token_head, x):  # -> [B, C] c
     return model.forward_head(features), token_head(features[:, model.num_prefix_tokens:])
 
 
-def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
+def make_optimizer(*modules: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the modules' parameters (the model and the token head), weight decay on matrices only."""
+    named = list(torch.nn.ModuleList(modules).named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "pos_embed" not in n)]
     return torch.optim.AdamW([dict(params=decay, weight_decay=WEIGHT_DECAY),
                               dict(params=no_decay, weight_decay=0.0)], lr=0.0, betas=(0.9, 0.999))
+
+
+def start_stage(model: VisionTransformer, token_head, img_size: int):
+    """The change between stages: the model resampled to img_size and a fresh optimiser. -> (model, optimizer)"""
+    model = grow_to(model, img_size)
+    return model, make_optimizer(model, token_head)
 
 
 def grow_to(model: VisionTransformer, img_size: int) -> VisionTransformer:
@@ -194,22 +204,6 @@ class ShapeBatches(torch.utils.data.IterableDataset):
 
 # --- monitoring -------------------------------------------------------------------
 
-def position_embedding_spearman(pos_embed: np.ndarray, grid: tuple) -> float:
-    """Spearman rho between cos(pos_i, pos_j) and -||grid_i - grid_j|| over all pairs i < j of patches.
-
-    pos_embed: [1, 1 + P, D] with the CLS entry first (timm layout).
-    """
-    from scipy.stats import spearmanr
-
-    patches = pos_embed[0, 1:]                                                    # [P, D]
-    unit = patches / np.linalg.norm(patches, axis=1, keepdims=True)
-    cosine = unit @ unit.T                                                        # [P, P]
-    rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
-    distance = np.hypot(rows[:, None] - rows[None], cols[:, None] - cols[None])    # [P, P]
-    upper = np.triu_indices(len(patches), k=1)
-    return float(spearmanr(cosine[upper], -distance[upper]).statistic)
-
-
 @torch.no_grad()
 def accuracy(model, images, labels, batch=128) -> float:
     model.eval()
@@ -236,19 +230,12 @@ def save_checkpoint(path: Path, **state):
     os.replace(tmp, path)     # never leave a half-written checkpoint behind
 
 
-def export(model: VisionTransformer, out: Path, extra: dict | None = None) -> ViTConfig:
+def export(model: VisionTransformer, out: Path) -> ViTConfig:
     """Write our .npz: the flat timm state dict as float32 plus the ViTConfig that reads it."""
     config = ViTConfig(name=NAME, img_size=model.patch_embed.img_size[0], mean=MEAN, std=STD, crop_pct=1.0,
                        labels=CLASSES, **ARCH)
     params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    try:
-        from weights import save
-    except ImportError:
-        save = None
-    if save is not None:
-        save(out, config, params)
-    else:   # until weights.save lands: the same layout, written by hand
-        np.savez(out, __config__=np.array(config.to_json()), **params)
+    save(out, config, params)
     return config
 
 
@@ -266,7 +253,7 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     with torch.no_grad():
         model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
     token_head = make_token_head()
-    optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
+    optimizer = make_optimizer(model, token_head)
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
         stage_index, step, elapsed = state["stage"], state["step"], state["elapsed"]
@@ -277,12 +264,11 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
         model = build_model(saved_grid * ARCH["patch_size"])
         model.load_state_dict(state["model"])
         token_head.load_state_dict(state["token_head"])
-        optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
         if saved_grid * ARCH["patch_size"] == STAGES[stage_index]["img_size"]:
+            optimizer = make_optimizer(model, token_head)
             optimizer.load_state_dict(state["optimizer"])
         else:   # a checkpoint written at the end of the stage list before it grew: the stage change the loop makes
-            model = grow_to(model, STAGES[stage_index]["img_size"])
-            optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
+            model, optimizer = start_stage(model, token_head, STAGES[stage_index]["img_size"])
             log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
                 f"{STAGES[stage_index]['img_size']} px for stage {STAGES[stage_index]['name']}; optimiser restarts",
                 log_path)
@@ -334,14 +320,15 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
                 seen, correct, loss_sum, token_sum, window_start = 0, 0, 0.0, 0.0, time.time()
             if done % stage["eval_every"] == 0 or done == stage["steps"]:
                 acc = accuracy(model, val_images, val_labels)
-                rho = position_embedding_spearman(model.pos_embed.detach().numpy(), model.patch_embed.grid_size)
+                rho = position_embedding_spearman(model.pos_embed.detach().numpy(), model.patch_embed.grid_size,
+                                                  model.num_prefix_tokens)
                 log(f"eval stage={stage['name']} step={done} val_acc={acc:.4f} (n={len(val_labels)}, "
                     f"seed {VAL_SEED}) pos_embed_spearman={rho:.3f}", log_path)
             if time.time() - last_save > CHECKPOINT_EVERY_S or done == stage["steps"]:
                 next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
                 if next_stage < len(STAGES) and next_stage != stage_index:
-                    model = grow_to(model, STAGES[next_stage]["img_size"])   # the checkpoint holds the grown model
-                    optimizer = make_optimizer(torch.nn.ModuleList([model, token_head]))
+                    # the checkpoint holds the grown model
+                    model, optimizer = start_stage(model, token_head, STAGES[next_stage]["img_size"])
                     log(f"grew model to {STAGES[next_stage]['img_size']} px, pos_embed "
                         f"{tuple(model.pos_embed.shape)} (bicubic, antialias)", log_path)
                 save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed,
