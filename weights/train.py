@@ -1,28 +1,25 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and about 85 minutes of two quiet CPU cores):
+Run by hand, never by the tests (it needs torch and 75 minutes of two quiet CPU cores, measured from scratch):
 
     python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m weights.train --resume              # after an interruption: continues from the last checkpoint
     python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
 
-The recipe (see weights/MODEL_CARD.md for the numbers it reaches), five stages in ``STAGES``:
+The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages in ``STAGES``:
 
 1. Stage ``low``: 112 x 112 (a 7 x 7 grid, 50 tokens, about 5x cheaper per
    image than 224), each batch a fresh ``make_shapes`` draw whose seed is a
    function of the step, so no image is seen twice and a resumed run sees
    exactly the batches it would have seen.
-2. Stage ``high``: a short fine-tune at 224 x 224 (the 14 x 14 grid the model
-   ships with). The 7 x 7 position embedding is resampled to 14 x 14 with timm's
-   ``resample_abs_pos_embed`` (bicubic, antialiased), as in ViT paper section 3.2
-   and "FixRes" (Touvron et al. 2019): the same scenes at twice the pixels are
-   twice as many patches, so the model must adapt to the new scale.
-3. Stages ``low-restart``, ``mid``, ``final``: back to 112 px with a warm restart
-   of the learning rate (SGDR, Loshchilov & Hutter 2017), then 160 px and 224 px
-   (progressive resizing). These were added after the first two had shipped a
-   24.6 % model; ``--resume`` on that run's final checkpoint resampled its
-   position embedding to the new stage and went on, which is how the shipped
-   weights were made.
+2. Stages ``mid`` and ``final``: 160 x 160 then 224 x 224, the 14 x 14 grid the
+   model ships with (progressive resizing). Between stages the position
+   embedding is resampled to the new grid with timm's ``resample_abs_pos_embed``
+   (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
+   al. 2019): the same scenes at more pixels are more patches, so the model must
+   adapt to the new scale. Accuracy rose faster per image at 160 px than at
+   112 px (the objects are 20-60 px at 112), so the last 40% of the time (31 of 75 minutes)
+   goes to the larger sizes.
 
 Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
 decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0,
@@ -71,9 +68,7 @@ DEFAULT_OUT = HERE / "default.npz"
 ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
 MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
-    dict(name="low", img_size=112, steps=2100, batch=32, lr=1e-3, warmup=50, eval_every=150, eval_images=512),
-    dict(name="high", img_size=224, steps=40, batch=32, lr=2e-4, warmup=4, eval_every=20, eval_images=256),
-    dict(name="low-restart", img_size=112, steps=3000, batch=32, lr=5e-4, warmup=50, eval_every=300, eval_images=512),
+    dict(name="low", img_size=112, steps=4500, batch=32, lr=1e-3, warmup=50, eval_every=600, eval_images=512),
     dict(name="mid", img_size=160, steps=800, batch=32, lr=3e-4, warmup=20, eval_every=200, eval_images=512),
     dict(name="final", img_size=224, steps=500, batch=32, lr=2e-4, warmup=20, eval_every=250, eval_images=256),
 )
