@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from numpy_vit import layers  # noqa: E402
+from numpy_vit.config import ViTConfig  # noqa: E402
 
-TOKENS, WIDTH, HEADS, HIDDEN, DEPTH = 197, 768, 12, 3072, 12  # ViT-B/16 at 224
+CONFIG = ViTConfig.preset("vit_base_patch16_224")  # the model bench/forward.py times
 
 
 def seconds(function, repeats=3):
@@ -39,31 +40,33 @@ def seconds(function, repeats=3):
 
 def cases(batch, torch):
     """(name, numpy function, torch function, values per call, calls per forward pass)."""
+    c = CONFIG
+    tokens, width = c.num_prefix_tokens + c.num_patches, c.embed_dim
     rng = np.random.default_rng(0)
-    scores = (rng.standard_normal((TOKENS, TOKENS), dtype=np.float32) * 3)  # one head's scores
+    scores = (rng.standard_normal((tokens, tokens), dtype=np.float32) * 3)  # one head's scores
     shifted = scores - scores.max(axis=-1, keepdims=True)                   # what the softmax exponentiates
-    hidden = rng.standard_normal((batch, TOKENS, HIDDEN), dtype=np.float32)
-    stream = rng.standard_normal((batch, TOKENS, WIDTH), dtype=np.float32)
-    gamma, beta = rng.standard_normal(WIDTH, dtype=np.float32), rng.standard_normal(WIDTH, dtype=np.float32)
+    hidden = rng.standard_normal((batch, tokens, c.mlp_dim), dtype=np.float32)
+    stream = rng.standard_normal((batch, tokens, width), dtype=np.float32)
+    gamma, beta = rng.standard_normal(width, dtype=np.float32), rng.standard_normal(width, dtype=np.float32)
     out_head, out_hidden = np.empty_like(scores), np.empty_like(hidden)
     t_shifted, t_scores, t_hidden, t_stream = (torch.from_numpy(a) for a in (shifted, scores, hidden, stream))
     t_out_head, t_out_hidden = torch.from_numpy(np.empty_like(scores)), torch.from_numpy(np.empty_like(hidden))
     t_gamma, t_beta = torch.from_numpy(gamma), torch.from_numpy(beta)
-    heads = batch * HEADS * DEPTH
+    heads, eps = batch * c.num_heads * c.depth, c.layer_norm_eps
     return [
-        ("exp, one head's shifted scores", lambda: np.exp(shifted, out=out_head), lambda: torch.exp(t_shifted, out=t_out_head),
-         shifted.size, heads),
+        ("exp, one head's shifted scores", lambda: np.exp(shifted, out=out_head),
+         lambda: torch.exp(t_shifted, out=t_out_head), shifted.size, heads),
         ("multiply, the same array", lambda: np.multiply(shifted, shifted, out=out_head),
          lambda: torch.mul(t_shifted, t_shifted, out=t_out_head), shifted.size, heads),
         ("softmax, one head [N, N]", lambda: layers.softmax(scores, out=out_head),
          lambda: torch.softmax(t_scores, dim=-1), scores.size, heads),
         ("GELU (erf), the MLP's hidden layer", lambda: layers.gelu(hidden),
-         lambda: torch.nn.functional.gelu(t_hidden), hidden.size, DEPTH),
-        ("exp alone, on the same hidden layer", lambda: np.exp(hidden, out=out_hidden), lambda: torch.exp(t_hidden, out=t_out_hidden),
-         hidden.size, DEPTH),
-        ("LayerNorm, the residual stream", lambda: layers.layer_norm(stream, gamma, beta, eps=1e-6),
-         lambda: torch.nn.functional.layer_norm(t_stream, (WIDTH,), t_gamma, t_beta, eps=1e-6),
-         stream.size, 2 * DEPTH + 1),
+         lambda: torch.nn.functional.gelu(t_hidden), hidden.size, c.depth),
+        ("exp alone, on the same hidden layer", lambda: np.exp(hidden, out=out_hidden),
+         lambda: torch.exp(t_hidden, out=t_out_hidden), hidden.size, c.depth),
+        ("LayerNorm, the residual stream", lambda: layers.layer_norm(stream, gamma, beta, eps=eps),
+         lambda: torch.nn.functional.layer_norm(t_stream, (width,), t_gamma, t_beta, eps=eps),
+         stream.size, 2 * c.depth + 1),
     ]
 
 
