@@ -12,6 +12,7 @@ intermediates the forward pass computes anyway (lucidrains/vit-pytorch makes the
 its own step for the same reason).
 """
 import concurrent.futures
+import contextlib
 import math
 import os
 import threading
@@ -189,13 +190,16 @@ def _gelu_float32_chunks(flat, out, starts, chunk):
         out_c *= y  # 0.5 x erfc(-x / sqrt 2)
 
 
-# --- threads for the elementwise work ----------------------------------------------------------
-# BLAS spreads every matrix multiply over its threads; NumPy runs each elementwise ufunc on one. The GELU is
-# the one elementwise step big enough to matter (bench/README.md), so it is shared between threads here.
+# --- threads -------------------------------------------------------------------------------------
+# BLAS spreads every matrix multiply over its threads; NumPy runs each elementwise ufunc on one. Two ways
+# around that: a batch of several images is cut into one shard per thread, each shard a whole forward pass
+# on one BLAS thread (model.py, ``ViT.forward``); a single image shares its GELU between the threads here.
 # The count follows the usual environment variables, as BLAS and torch do, or set_num_threads().
 
 _num_threads = None
 _pools = {}
+_in_shard = threading.local()  # .active is True in a thread that runs one shard of a batch: it stays on one thread
+_blas_handle = []  # [threadpoolctl's handle on the loaded BLAS libraries, or None], filled on first use
 
 
 def _forget_pools():
@@ -217,18 +221,56 @@ def _threads_from_environment():
 
 
 def get_num_threads():
-    """Threads numpy_vit's GELU uses: set_num_threads(n), else NUMPY_VIT_NUM_THREADS, OMP_NUM_THREADS,
-    OPENBLAS_NUM_THREADS or MKL_NUM_THREADS, else the number of cores this process may use."""
+    """Threads numpy_vit uses (shards of a batch, or the GELU of one image): set_num_threads(n), else
+    NUMPY_VIT_NUM_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS, else the number of cores
+    this process may use. 1 inside a shard, which is already one of the threads."""
+    if getattr(_in_shard, "active", False):
+        return 1
     return _num_threads if _num_threads is not None else _threads_from_environment()
 
 
 def set_num_threads(n):
-    """Like torch.set_num_threads: how many threads numpy_vit's elementwise work may use (BLAS has its own
-    setting: OPENBLAS_NUM_THREADS, or threadpoolctl). On a machine whose cores are busy, 1 is faster."""
+    """Like torch.set_num_threads: how many threads numpy_vit may use. 1 keeps every step on the calling
+    thread except the matrix multiplies, which BLAS spreads over its own threads (OPENBLAS_NUM_THREADS, or
+    threadpoolctl). On a machine whose cores are busy, 1 is faster."""
     global _num_threads
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ArgumentError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
     _num_threads = int(n)
+
+
+def _blas_threads():
+    """threadpoolctl's handle on the BLAS libraries loaded in this process, or None where threadpoolctl
+    (installed with scikit-learn) is missing or finds no BLAS whose thread count it can set."""
+    if not _blas_handle:
+        try:
+            import threadpoolctl
+
+            handle = threadpoolctl.ThreadpoolController().select(user_api="blas")
+            _blas_handle.append(handle if len(handle) else None)
+        except Exception:  # not installed, or a platform it does not know: ViT.forward makes one pass
+            _blas_handle.append(None)
+    return _blas_handle[0]
+
+
+def can_put_blas_on_one_thread():
+    return _blas_threads() is not None
+
+
+@contextlib.contextmanager
+def blas_on_one_thread():
+    """Within the block, every BLAS call (from any thread) runs on the calling thread alone."""
+    with _blas_threads().limit(limits=1):
+        yield
+
+
+def run_in_shard(function, *args):
+    """``function(*args)`` with numpy_vit's own threading off in this thread (it is one of the threads already)."""
+    _in_shard.active = True
+    try:
+        return function(*args)
+    finally:
+        _in_shard.active = False
 
 
 class _LockedIterator:

@@ -13,7 +13,8 @@ import numpy as np
 from .config import ViTConfig, check_params, param_shapes
 from . import image as image_module
 from .errors import ArgumentError, ConfigError, ImageError
-from .layers import block, layer_norm, linear, patchify
+from .layers import (block, blas_on_one_thread, can_put_blas_on_one_thread, get_num_threads, layer_norm, linear,
+                     patchify, run_in_shard, _thread_pool)
 from .resample import resample_pos_embed
 from .trace import Trace
 
@@ -134,12 +135,51 @@ class ViT:
     # --- forward --------------------------------------------------------------------------
     def forward(self, images, record=None, image_for_overlay=None):  # [B, 3, H, W] -> Trace
         """Run normalised images through the model. ``record``: None keeps every intermediate, or a glob
-        (or list of globs) of trace names to keep, e.g. ``["blocks.*.attn.pattern", "logits"]``."""
-        c, P = self.config, self._tree
+        (or list of globs) of trace names to keep, e.g. ``["blocks.*.attn.pattern", "logits"]``.
+
+        With several threads (``numpy_vit.get_num_threads()``) a batch of several images runs as one shard of
+        images per thread (``_forward_in_shards``); one image, or one thread, is a single pass (``_forward``)."""
+        c = self.config
         x = self._check_input(images)
         B, _, H, W = x.shape
+        trace = Trace(c, (H // c.patch_size, W // c.patch_size), record=record, image=image_for_overlay)
+        shards = min(B, get_num_threads())
+        if shards > 1 and can_put_blas_on_one_thread():
+            self._forward_in_shards(x, trace, shards)
+        else:
+            self._forward(x, trace)
+        self.attention_maps = [trace[k] for k in
+                               (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
+        self.last_trace = trace
+        return trace
+
+    def _forward_in_shards(self, x, trace, shards):
+        """``_forward`` of a batch as ``shards`` forward passes over consecutive images, one per thread, each on
+        one BLAS thread, each recording its rows into ``trace``.
+
+        Why: BLAS spreads a matrix multiply over the threads, but NumPy runs every other step (GELU, softmax,
+        LayerNorm, the bias adds) on one, so on two cores a single pass over a batch of 8 leaves one core idle
+        about a third of the time (bench/README.md). Whole passes side by side keep both busy. The math per
+        image is unchanged; BLAS may block a product differently for a different number of rows or threads,
+        which moves the last bits (well within the parity tolerances, as it does between batch sizes).
+        """
+        bounds = np.linspace(0, len(x), shards + 1).astype(int)
+        jobs = [(x[a:b], trace.shard(slice(a, b), len(x))) for a, b in zip(bounds[:-1], bounds[1:])]
+        with blas_on_one_thread():
+            helpers = [_thread_pool(shards - 1).submit(run_in_shard, self._forward, *job) for job in jobs[1:]]
+            try:
+                run_in_shard(self._forward, *jobs[0])
+            finally:
+                for helper in helpers:  # wait for every shard before the BLAS gets its threads back
+                    helper.exception()
+            for helper in helpers:
+                helper.result()  # re-raises a shard's exception here
+
+    def _forward(self, x, trace):
+        """The forward pass proper, recording into ``trace`` (a Trace, or a TraceShard of one)."""
+        c, P = self.config, self._tree
+        B, _, H, W = x.shape
         grid = (H // c.patch_size, W // c.patch_size)
-        trace = Trace(c, grid, record=record, image=image_for_overlay)
         trace.add("input", x)
 
         patches = trace.add("patches", patchify(x, c.patch_size))  # [B, P, C*p*p]
@@ -181,11 +221,6 @@ class ViT:
                 if c.distilled:  # DeiT at inference: average the class-token head and the distillation-token head
                     logits = (logits + linear(x[:, 1], **P["head_dist"])) / 2
                 trace.add("logits", logits)
-
-        self.attention_maps = [trace[k] for k in
-                               (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
-        self.last_trace = trace
-        return trace
 
     def run(self, image, record=None, img_size=None):
         """Image(s) in, Trace out. ``image``: a path, a PIL image, an HxWx3 uint8 array, a list of those, or a

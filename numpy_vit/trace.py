@@ -4,6 +4,7 @@ Names follow TransformerLens's hook names (``blocks.3.attn.pattern``); the shape
 in ``TRACE_KEYS`` below. Recording is selected by glob patterns so that statistics over many images
 keep only what they need: ``model.run(x, record=["blocks.*.attn.pattern"])``.
 """
+import threading
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -17,6 +18,9 @@ from .errors import ArgumentError
 def _matches(name, patterns):
     """Whether a trace name matches any glob; cached, since every run asks the same questions again."""
     return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+UNBATCHED = {"pos_embed"}  # the trace's only array without a batch axis
 
 
 class TraceKeyError(KeyError, ArgumentError):
@@ -53,6 +57,35 @@ TRACE_KEYS = {
 }
 
 
+class TraceShard:
+    """What a forward pass over some of a batch's images records into the whole batch's Trace: its rows of
+    every array, copied into place. The first shard to record a name allocates the batch's array. Arrays
+    without a batch axis (the position embedding) are the same for every shard and kept once."""
+
+    def __init__(self, trace, rows, batch_size):
+        self.trace, self.rows, self.batch_size = trace, rows, batch_size
+
+    def wants(self, name):
+        return self.trace.wants(name)
+
+    def add(self, name, array):
+        if not self.trace.wants(name):
+            return array
+        arrays = self.trace._arrays
+        with self.trace._lock:
+            if name in UNBATCHED:
+                arrays.setdefault(name, array)
+                return array
+            if name not in arrays:
+                arrays[name] = np.empty((self.batch_size, *array.shape[1:]), array.dtype)
+            whole = arrays[name]
+        whole[self.rows] = array
+        return array
+
+    def recorder(self, prefix):
+        return lambda name, array: self.add(f"{prefix}.{name}", array)
+
+
 class Trace(Mapping):
     """A read-only mapping name -> array from one forward pass, with the metadata to interpret it.
 
@@ -71,6 +104,7 @@ class Trace(Mapping):
             raise ArgumentError(f"record must be None, a glob such as 'blocks.*.attn.pattern', or a list of globs; "
                                 f"got {record!r}")
         self._arrays = {}
+        self._lock = threading.Lock()  # shards of one batch may record the same name at once
 
     # --- writing (used by the forward pass) --------------------------------------------
     def wants(self, name):
@@ -84,6 +118,10 @@ class Trace(Mapping):
     def recorder(self, prefix):
         """A ``record(name, array)`` callback that files arrays under ``prefix.name``."""
         return lambda name, array: self.add(f"{prefix}.{name}", array)
+
+    def shard(self, rows, batch_size):
+        """A writer for one shard of a batch (images ``rows``, a slice, of ``batch_size``): see TraceShard."""
+        return TraceShard(self, rows, batch_size)
 
     # --- reading ---------------------------------------------------------------------
     def __getitem__(self, name):

@@ -138,3 +138,21 @@ def test_guide_model_and_selective_recording():
         ref = tm(torch.from_numpy(x)).numpy()
     assert max_err(trace.logits, ref) <= 1e-4
     assert len(model.attention_maps) == 2 and model.attention_maps[1].shape == (2, 3, 197, 197)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_batch_in_shards_matches_timm(monkeypatch, threads, dtype):
+    """A batch of 3 as one pass (one thread) and as shards of images, one per thread on one BLAS thread each
+    (``ViT._forward_in_shards``, the path a multi-core machine takes for a batch): both match timm."""
+    monkeypatch.setattr(nv.layers, "_num_threads", threads)
+    shards = []
+    original = nv.ViT._forward_in_shards
+    monkeypatch.setattr(nv.ViT, "_forward_in_shards", lambda self, *a: shards.append(a[-1]) or original(self, *a))
+    overrides = dict(depth=4) if dtype == np.float64 else {}
+    tm, model = _pair("vit_small_patch16_224", dtype, **overrides)
+    x = random_batch(model.config, batch=3, seed=5, dtype=dtype)
+    trace, reference = _run_both(tm, model, x)
+    assert shards == ([] if threads == 1 else [threads])
+    compare_traces(trace, reference, dtype, f"timm vit_small_patch16_224, batch 3 on {threads} thread(s)",
+                   model.config.depth)

@@ -143,3 +143,83 @@ def test_gelu_threads_work_in_a_forked_child():
         child.kill()
     assert not hung, "the GELU in a forked child did not finish in 60 s"
     assert queue.get(timeout=5) == expected
+
+
+# --- a batch in shards, one per thread (ViT._forward_in_shards) ---------------------------------------------
+
+def _small_model(dtype=np.float32):
+    import numpy_vit as nv
+
+    return nv.ViT(nv.ViTConfig(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5),
+                  seed=1, dtype=dtype)
+
+
+def _blas_threads():
+    import threadpoolctl
+
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch,threads", [(2, 2), (3, 2), (5, 3), (2, 4)])
+def test_batch_in_shards_equals_one_pass(monkeypatch, batch, threads, dtype):
+    """Same names in the same order, same shapes and dtypes, and the same numbers up to BLAS's blocking of a
+    product (the last bits). The parity tests check the sharded pass against timm as well."""
+    import numpy_vit as nv
+
+    model = _small_model(dtype)
+    x = np.random.default_rng(4).standard_normal((batch, 3, 32, 32)).astype(dtype)
+    monkeypatch.setattr(nv.layers, "_num_threads", 1)
+    one_pass = model.forward(x)
+    calls = []
+    original = type(model)._forward_in_shards
+    monkeypatch.setattr(type(model), "_forward_in_shards",
+                        lambda self, *args: calls.append(args[-1]) or original(self, *args))
+    monkeypatch.setattr(nv.layers, "_num_threads", threads)
+    blas_before = _blas_threads()
+    sharded = model.forward(x)
+    assert calls == [min(batch, threads)]  # the shards really ran
+    assert _blas_threads() == blas_before  # and BLAS got its threads back
+    assert list(sharded) == list(one_pass)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for name in one_pass:
+        a, b = sharded[name], one_pass[name]
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert np.max(np.abs(a - b)) <= tol * max(1.0, float(np.max(np.abs(b)))), name
+    assert model.last_trace is sharded and len(model.attention_maps) == 2
+    assert model.attention_maps[1].shape == (batch, 3, 17, 17)
+    only = model.forward(x, record=["blocks.1.attn.pattern", "logits"])
+    assert list(only) == ["blocks.1.attn.pattern", "logits"]
+    np.testing.assert_allclose(only["logits"], one_pass["logits"], rtol=0, atol=tol)
+
+
+def test_a_failing_shard_raises_and_gives_blas_its_threads_back(monkeypatch):
+    import numpy_vit as nv
+
+    model = _small_model()
+    x = np.random.default_rng(5).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setattr(nv.layers, "_num_threads", 2)
+    original = type(model)._forward
+
+    def failing(self, images, trace):
+        if trace.rows.start > 0:  # the helper thread's shard
+            raise RuntimeError("shard failed")
+        return original(self, images, trace)
+
+    monkeypatch.setattr(type(model), "_forward", failing)
+    blas_before = _blas_threads()
+    with pytest.raises(RuntimeError, match="shard failed"):
+        model.forward(x)
+    assert _blas_threads() == blas_before
+
+
+def test_one_pass_when_blas_threads_cannot_be_set(monkeypatch):
+    """Without threadpoolctl (or with a BLAS it does not know) a batch runs as one pass, as before."""
+    import numpy_vit as nv
+
+    model = _small_model()
+    x = np.random.default_rng(6).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setattr(nv.layers, "_num_threads", 2)
+    monkeypatch.setattr(nv.layers, "_blas_handle", [None])
+    monkeypatch.setattr(type(model), "_forward_in_shards", lambda *args: pytest.fail("no shards without BLAS control"))
+    assert model.forward(x)["logits"].shape == (3, 5)
