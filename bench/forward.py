@@ -11,7 +11,7 @@ rotating order so that a busy neighbour process hurts every contender alike:
   timm's non-fused path (``timm.layers.set_fused_attn(False)``, which materialises the softmax as we do).
 Ratios are taken within a round (numpy_vit time / torch time of the same round), then the median, min and max
 over the rounds are printed. numpy's BLAS is limited to torch's thread count through threadpoolctl, and
-numpy_vit's GELU threads through ``numpy_vit.set_num_threads``.
+numpy_vit's own threads (a batch's shards, a single image's GELU) through ``numpy_vit.set_num_threads``.
 
 Also printed: the achieved GFLOP/s against this machine's own float32 GEMM rate on the same matrix sizes, the
 trace's memory at batch 8, the demo's wall time and ``import numpy_vit``'s time (fresh interpreters).
@@ -35,7 +35,6 @@ import numpy_vit as nv  # noqa: E402
 
 ARCH = "vit_base_patch16_224"
 PATTERNS_AND_LOGITS = ["blocks.*.attn.pattern", "logits"]
-EXPERIMENT = "experiment: heads on 1 BLAS thread"
 
 
 # --- the contenders -----------------------------------------------------------------------------------
@@ -58,30 +57,7 @@ def make_models(torch, timm):
     return fused, unfused, nv.ViT(nv.ViTConfig.preset(ARCH), params)
 
 
-def heads_on_one_blas_thread(model):
-    """An experiment, not numpy_vit's behaviour: a forward pass whose per-head products run on one BLAS thread
-    (threadpoolctl around ``attend_head_by_head``) while the linear layers keep every thread. OpenBLAS threads
-    each small [N, N] product on its own, and on a busy machine every threaded call waits for a core."""
-    import threadpoolctl
-
-    from numpy_vit import layers
-
-    def run(x, record):
-        original = layers.attend_head_by_head
-
-        def one_thread(*args, **kwargs):
-            with threadpoolctl.threadpool_limits(1, user_api="blas"):
-                return original(*args, **kwargs)
-
-        layers.attend_head_by_head = one_thread
-        try:
-            return model.forward(x, record=record)
-        finally:
-            layers.attend_head_by_head = original
-    return run
-
-
-def contenders(model, fused, unfused, x, torch, experiment=False):
+def contenders(model, fused, unfused, x, torch):
     xt = torch.from_numpy(x)
 
     def torch_forward(module):
@@ -96,9 +72,6 @@ def contenders(model, fused, unfused, x, torch, experiment=False):
         "torch (fused SDPA)": torch_forward(fused),
         "torch (non-fused)": torch_forward(unfused),
     }
-    if experiment:
-        heads = heads_on_one_blas_thread(model)
-        runs[EXPERIMENT] = lambda: heads(x, PATTERNS_AND_LOGITS)
     return runs
 
 
@@ -223,8 +196,6 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and numpy's BLAS "
                         "(default: torch's default)")
     parser.add_argument("--skip-extras", action="store_true", help="only the timings (no GEMM floor, demo, import)")
-    parser.add_argument("--experiment", action="store_true", help="also time numpy_vit with its per-head products "
-                        "on one BLAS thread (threadpoolctl; see heads_on_one_blas_thread)")
     args = parser.parse_args(argv)
 
     import torch
@@ -234,9 +205,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     _limiter, blas = limit_blas_threads(threads)  # kept alive for the whole run
-    nv.set_num_threads(threads)  # numpy_vit's own elementwise threads (the GELU), as torch's intra-op threads
+    nv.set_num_threads(threads)  # numpy_vit's own threads (batch shards, the GELU), as torch's intra-op threads
     print(f"{ARCH}, float32, {threads} thread(s) for torch {torch.__version__}, for numpy {np.__version__}'s "
-          f"BLAS ({blas}) and for numpy_vit's GELU; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+          f"BLAS ({blas}) and for numpy_vit (batch shards, GELU); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS"):
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
@@ -245,7 +216,7 @@ def main(argv=None):
     rows = []
     for batch in args.batch:
         x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-        runs = contenders(model, fused, unfused, x, torch, experiment=args.experiment)
+        runs = contenders(model, fused, unfused, x, torch)
         check_same_numbers(runs)
         times, cpu = interleaved_times(runs, args.rounds)
         print(f"\nbatch {batch}: seconds per forward over {args.rounds} interleaved rounds (median [min, max]), "
@@ -254,7 +225,7 @@ def main(argv=None):
         for name, values in times.items():
             print(f"  {name:36s} {summary(values)[0]:7.3f} [{min(values):6.3f}, {max(values):6.3f}]   "
                   f"{summary(cpu[name])[0]:7.3f} [{min(cpu[name]):6.3f}, {max(cpu[name]):6.3f}]")
-        ours_names = ["numpy_vit (patterns+logits)", "numpy_vit (record everything)"] + [EXPERIMENT] * args.experiment
+        ours_names = ["numpy_vit (patterns+logits)", "numpy_vit (record everything)"]
         for ours in ours_names:
             for theirs in ("torch (fused SDPA)", "torch (non-fused)"):
                 ratio = summary([a / b for a, b in zip(times[ours], times[theirs])])

@@ -6,12 +6,16 @@
 
 By function (the default): every function of ``numpy_vit.layers`` is wrapped in a timer for the run, and each
 is charged its own time, without the layer functions it calls (``attention`` without ``linear``, and so on).
-A few hundred calls per forward pass, so the timers cost nothing measurable.
+A few hundred calls per forward pass, so the timers cost nothing measurable. With --threads > 1 numpy_vit
+holds BLAS to one thread and splits the work itself. A batch cut into shards (one whole pass per thread,
+``ViT._forward_in_shards``) is timed in every shard's thread and the times are summed over the threads: the
+shares are then of wall time x threads. A single image's layers share their rows, heads and GELU chunks with
+helper threads: only the calling thread is timed, so a function's wall time is its step's, helpers included.
 
 By line (``--lines``): ``sys.settrace`` on numpy_vit's files charges the time between two line events to the
 earlier line, so a line's time includes the NumPy and BLAS calls it makes. Each line event costs the tracer a
 microsecond or two, which inflates lines run thousands of times per pass (the GELU's chunk loop): use it to
-find a line, and the function table to weigh it.
+find a line, and the function table to weigh it. With shards only the calling thread's shard is traced.
 
 Two clocks: wall time, and the process's CPU time (all threads), which a busy neighbour process disturbs less.
 """
@@ -21,6 +25,7 @@ import inspect
 import linecache
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,33 +46,44 @@ def clocks():
     return time.perf_counter_ns(), time.process_time_ns()
 
 
+def thread_clocks():  # for shards: each thread on one BLAS thread, so its own CPU time is its shard's
+    return time.perf_counter_ns(), time.thread_time_ns()
+
+
 class FunctionTimer:
     """Wraps the functions of ``numpy_vit.layers`` (and the model module's references to them) so that each
     call's time, minus the time of the wrapped functions it calls, is charged to it."""
 
-    def __init__(self):
+    def __init__(self, clocks=clocks, calling_thread_only=False):
         self.own = defaultdict(lambda: [0, 0, 0])  # name -> [wall ns, cpu ns, calls]
-        self._stack = []  # per active call: [children wall ns, children cpu ns]
+        self._clocks = clocks
+        self._only = threading.get_ident() if calling_thread_only else None
+        self._local = threading.local()  # .stack, per thread: [children wall ns, children cpu ns] per active call
+        self._lock = threading.Lock()  # shard threads add to self.own at the same time
         self._originals = []
 
     def _wrap(self, name, function):
         @functools.wraps(function)
         def timed(*args, **kwargs):
-            self._stack.append([0, 0])
-            start_wall, start_cpu = clocks()
+            if self._only is not None and threading.get_ident() != self._only:
+                return function(*args, **kwargs)
+            stack = self._local.__dict__.setdefault("stack", [])
+            stack.append([0, 0])
+            start_wall, start_cpu = self._clocks()
             try:
                 return function(*args, **kwargs)
             finally:
-                end_wall, end_cpu = clocks()
-                children_wall, children_cpu = self._stack.pop()
+                end_wall, end_cpu = self._clocks()
+                children_wall, children_cpu = stack.pop()
                 wall, cpu = end_wall - start_wall, end_cpu - start_cpu
-                entry = self.own[name]
-                entry[0] += wall - children_wall
-                entry[1] += cpu - children_cpu
-                entry[2] += 1
-                if self._stack:
-                    self._stack[-1][0] += wall
-                    self._stack[-1][1] += cpu
+                with self._lock:
+                    entry = self.own[name]
+                    entry[0] += wall - children_wall
+                    entry[1] += cpu - children_cpu
+                    entry[2] += 1
+                if stack:
+                    stack[-1][0] += wall
+                    stack[-1][1] += cpu
         return timed
 
     def __enter__(self):
@@ -141,8 +157,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="vit_base_patch16_224")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="numpy BLAS threads (threadpoolctl) and numpy_vit's "
-                        "GELU threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="numpy_vit's threads "
+                        "(numpy_vit.set_num_threads; BLAS gets as many through threadpoolctl; default 1)")
     parser.add_argument("--record", choices=["patterns", "all"], default="patterns",
                         help='"patterns": ["blocks.*.attn.pattern", "logits"]; "all": everything')
     parser.add_argument("--runs", type=int, default=3, help="forward passes profiled (after one warm-up)")
@@ -155,24 +171,33 @@ def main(argv=None):
         _limiter = threadpoolctl.threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (kept alive)
     except ImportError:
         print("threadpoolctl is not installed: numpy's BLAS uses its default thread count")
-    nv.set_num_threads(args.threads)  # the GELU's own threads; their time shows up as the caller's wall time
+    nv.set_num_threads(args.threads)  # numpy_vit's own threads (see the module docstring)
     record = None if args.record == "all" else ["blocks.*.attn.pattern", "logits"]
     model = nv.ViT.from_preset(args.arch)
     x = np.random.default_rng(0).standard_normal((args.batch, 3, *model.config.img_size), dtype=np.float32)
     model.forward(x, record=record)
 
-    functions = FunctionTimer()
+    split = args.threads > 1 and numpy_vit.layers.can_put_blas_on_one_thread()  # numpy_vit splits the work
+    shards = min(args.batch, args.threads) if split and args.batch > 1 else 1
+    functions = FunctionTimer(thread_clocks if shards > 1 else clocks, calling_thread_only=split and shards == 1)
     wall, cpu = profile(model, x, record, args.runs, functions)
     print(f"{args.arch}, batch {args.batch}, record={args.record}, {args.threads} BLAS thread(s), "
           f"load average {os.getloadavg()[0]:.1f}: {wall:.0f} ms wall, {cpu:.0f} ms CPU per forward")
+    if shards > 1:
+        print(f"the batch runs as {shards} shards, one per thread on one BLAS thread: times are summed over the "
+              f"{shards} threads, CPU is each thread's own, shares are of {shards} x wall")
+    elif split:
+        print(f"one image, its layers split between {args.threads} threads on one BLAS thread each: times are "
+              f"the calling thread's (a step's wall time, helpers included); CPU is the process's")
     print(f"{'wall ms':>8} {'cpu ms':>8} {'share':>6} {'calls':>6}  numpy_vit.layers function (own time)")
     timed_wall = 0
     for name, (w, c, n) in sorted(functions.own.items(), key=lambda kv: -kv[1][0]):
         timed_wall += w
-        print(f"{w / 1e6 / args.runs:8.1f} {c / 1e6 / args.runs:8.1f} {w / 1e6 / args.runs / wall:6.1%} "
+        print(f"{w / 1e6 / args.runs:8.1f} {c / 1e6 / args.runs:8.1f} {w / 1e6 / args.runs / (wall * shards):6.1%} "
               f"{n // args.runs:6d}  {name}")
-    rest = wall - timed_wall / 1e6 / args.runs
-    print(f"{rest:8.1f} {'':8s} {rest / wall:6.1%} {'':6s}  the rest (model.forward, the trace)")
+    rest = wall * shards - timed_wall / 1e6 / args.runs
+    print(f"{rest:8.1f} {'':8s} {rest / (wall * shards):6.1%} {'':6s}  the rest (model.forward, the trace"
+          f"{', threads waiting' if shards > 1 else ''})")
 
     if args.lines:
         lines = LineTimer()

@@ -32,10 +32,37 @@ def linear(x, weight, bias=None):  # [..., in] -> [..., out]
     x = x.reshape(-1, x.shape[-1])  # [B*N, in]
     if x.shape[0] == 1:  # one row: NumPy calls gemv, whose summation order depends on the weight's memory order
         weight = np.ascontiguousarray(weight)  # (the model keeps some weights column-major: model._stored)
+    threads = min(matmul_threads(), x.shape[0] // _MIN_ROWS_PER_THREAD)
+    if threads > 1:
+        return _linear_rows_between_threads(x, weight, bias, threads).reshape(*lead, weight.shape[0])
     y = x @ weight.T  # [B*N, in] @ [in, out] -> [B*N, out]
     if bias is not None:
         y += bias
     return y.reshape(*lead, weight.shape[0])
+
+
+_MIN_ROWS_PER_THREAD = 16
+
+
+def _linear_rows_between_threads(x, weight, bias, threads):  # x [R, in] -> [R, out]
+    """``x @ weight.T + bias`` with the rows of x cut into one block per thread, each block one BLAS call on
+    one BLAS thread (``blas_on_one_thread``, which ``ViT.forward`` holds for a single image on several cores).
+
+    Why: with BLAS's own threads, every step between two matrix multiplies (GELU, softmax) had one core to
+    itself while the other BLAS thread spun, waiting for the next product; our threads could not use that
+    core. With BLAS on one thread, the products and everything else are split between the same threads.
+    """
+    y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
+    bounds = np.linspace(0, x.shape[0], threads + 1).astype(int)
+
+    def multiply(queue):
+        for a, b in queue:
+            np.matmul(x[a:b], weight.T, out=y[a:b])
+            if bias is not None:
+                y[a:b] += bias
+
+    _share_between_threads(multiply, list(zip(bounds[:-1], bounds[1:])), threads)
+    return y
 
 
 def layer_norm(x, weight, bias, *, eps):  # [..., D] -> [..., D]
@@ -126,16 +153,19 @@ def gelu(x, approximate="erf"):
     return x.dtype.type(0.5) * x * _erfc_float32(x * x.dtype.type(-1.0 / math.sqrt(2.0)))
 
 
-def _gelu_erf_float32_in_cache(x, chunk=32768, threads=None):
+def _gelu_erf_float32_in_cache(x, chunk=131072, threads=None):
     """``0.5 * x * _erfc_float32(-x / sqrt 2)`` with the same float32 operations in the same order, so the
     same bits, but evaluated chunk by chunk in place on four scratch buffers, on ``threads`` threads
     (default: ``get_num_threads()``).
 
     Why: the formula is about 30 elementwise passes (10 of them Horner steps of two each). As array
     expressions over the MLP's [B, N, M] activations each pass allocates a new array and streams it through
-    memory; on chunks of 32k values (128 KiB a buffer) every pass runs on data already in the CPU cache.
+    memory; on chunks of 128k values (512 KiB a buffer) every pass runs on data already in the CPU cache.
     This made the GELU 1.9x faster at batch 1, 3.4x at batch 8 (bench/README.md). NumPy's ufuncs release
-    the GIL, so the chunks can be shared between threads as torch shares its GELU between its threads.
+    the GIL, so the chunks can be shared between threads as torch shares its GELU between its threads. Each
+    ufunc call takes the GIL back when it returns, and a thread that finds it held waits to be woken: with
+    32k-value chunks two threads spent that long waiting that the GELU of one image ran only 1.2x faster
+    than on one thread; 128k-value chunks make 4x fewer calls (1.65x; one thread: as fast as 32k).
     """
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
@@ -143,14 +173,8 @@ def _gelu_erf_float32_in_cache(x, chunk=32768, threads=None):
     threads = min(get_num_threads() if threads is None else threads, len(starts))
     if threads <= 1:
         _gelu_float32_chunks(flat, out, iter(starts), chunk)
-    else:  # this thread and threads - 1 helpers take the next chunk from one queue until it is empty, so a
-        # helper that waits for a busy core delays nothing: the others take its share
-        queue = _LockedIterator(starts)
-        helpers = [_thread_pool(threads - 1).submit(_gelu_float32_chunks, flat, out, queue, chunk)
-                   for _ in range(threads - 1)]
-        _gelu_float32_chunks(flat, out, queue, chunk)
-        for helper in helpers:
-            helper.result()  # waits for the chunk it is on; re-raises its exception here
+    else:
+        _share_between_threads(lambda queue: _gelu_float32_chunks(flat, out, queue, chunk), starts, threads)
     return out.reshape(x.shape)
 
 
@@ -191,15 +215,18 @@ def _gelu_float32_chunks(flat, out, starts, chunk):
 
 
 # --- threads -------------------------------------------------------------------------------------
-# BLAS spreads every matrix multiply over its threads; NumPy runs each elementwise ufunc on one. Two ways
-# around that: a batch of several images is cut into one shard per thread, each shard a whole forward pass
-# on one BLAS thread (model.py, ``ViT.forward``); a single image shares its GELU between the threads here.
+# BLAS spreads every matrix multiply over its threads; NumPy runs each elementwise ufunc on one. So with
+# several threads ``ViT.forward`` holds BLAS to one thread (``blas_on_one_thread``) and splits the work
+# itself, as torch does: a batch of several images is cut into one shard per thread, each shard a whole
+# forward pass (model.py); a single image's layers split their rows (``linear``), groups of heads
+# (``attend_in_head_groups``) and GELU chunks between the threads.
 # The count follows the usual environment variables, as BLAS and torch do, or set_num_threads().
 
 _num_threads = None
 _pools = {}
 _in_shard = threading.local()  # .active is True in a thread that runs one shard of a batch: it stays on one thread
 _blas_handle = []  # [threadpoolctl's handle on the loaded BLAS libraries, or None], filled on first use
+_blas_held = [False]  # True while blas_on_one_thread() holds BLAS to one thread
 
 
 def _forget_pools():
@@ -221,7 +248,7 @@ def _threads_from_environment():
 
 
 def get_num_threads():
-    """Threads numpy_vit uses (shards of a batch, or the GELU of one image): set_num_threads(n), else
+    """Threads numpy_vit uses (shards of a batch, or the GELU and attention heads of one image): set_num_threads(n), else
     NUMPY_VIT_NUM_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS, else the number of cores
     this process may use. 1 inside a shard, which is already one of the threads."""
     if getattr(_in_shard, "active", False):
@@ -259,9 +286,21 @@ def can_put_blas_on_one_thread():
 
 @contextlib.contextmanager
 def blas_on_one_thread():
-    """Within the block, every BLAS call (from any thread) runs on the calling thread alone."""
+    """Within the block, every BLAS call (from any thread) runs on the calling thread alone, so the layers
+    split their matrix multiplies between numpy_vit's threads instead (``matmul_threads``)."""
+    held = _blas_held[0]
     with _blas_threads().limit(limits=1):
-        yield
+        _blas_held[0] = True
+        try:
+            yield
+        finally:
+            _blas_held[0] = held
+
+
+def matmul_threads():
+    """Threads a layer may split its matrix multiplies between: get_num_threads() while BLAS is held to one
+    thread (``blas_on_one_thread``), else 1, because BLAS spreads each product over its own threads."""
+    return get_num_threads() if _blas_held[0] else 1
 
 
 def run_in_shard(function, *args):
@@ -285,6 +324,21 @@ class _LockedIterator:
     def __next__(self):
         with self._lock:
             return next(self._items)
+
+
+def _share_between_threads(work, jobs, threads):
+    """``work(queue)`` on this thread and on ``threads - 1`` helpers, all taking the next job from one queue
+    until it is empty, so a thread that waits for a busy core delays nothing: the others take its share.
+    Returns when every thread is done; re-raises a helper's exception here."""
+    queue = _LockedIterator(jobs)
+    helpers = [_thread_pool(threads - 1).submit(work, queue) for _ in range(threads - 1)]
+    try:
+        work(queue)
+    finally:
+        for helper in helpers:
+            helper.exception()  # waits for it, whatever happened here
+    for helper in helpers:
+        helper.result()
 
 
 def _thread_pool(threads):
@@ -327,27 +381,49 @@ def merge_heads(x):  # [B, H, N, Dh] -> [B, N, D]
     return x.transpose(0, 2, 1, 3).reshape(B, N, H * Dh)
 
 
-def attend_head_by_head(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, pattern [B, H, N, N], z [B, H, N, Dh]
-    """The three lines of attention (see ``attention``), evaluated one head at a time.
+_SCORES_IN_CACHE = 1 << 20  # bytes of [N, N] scores in one group of heads: about one core's L2 cache
+
+
+def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh] -> scores, pattern [B, H, N, N], z [B, H, N, Dh]
+    """The three lines of attention (see ``attention``), evaluated a group of heads of one image at a time,
+    the groups shared between ``threads`` threads (default: ``matmul_threads()``).
 
     Why: written over all heads at once, ``softmax(scores)`` makes five passes over a [B, H, N, N] array
-    (15 MB for ViT-B at batch 8) that no longer sits in the CPU cache after the product that wrote it; one
-    head's [N, N] scores (155 KB) do, so here the softmax and the product with v run while they are still
-    there. Each product is the same BLAS call NumPy's stacked ``@`` makes, and the softmax the same
-    operations, so the numbers are the same bits. ``z`` is written token-major ([B, N, H, Dh]) and returned
-    as a [B, H, N, Dh] view of it, so that merging the heads afterwards is a free reshape.
+    (15 MB for ViT-B at batch 8) that no longer sits in the CPU cache after the product that wrote it; a
+    group's scores (at most ``_SCORES_IN_CACHE`` bytes: 6 heads of ViT-B, 930 KB) do, so the softmax and
+    the product with v run while they are still there. Each product is the same BLAS call per head that
+    NumPy's stacked ``@`` makes, and the softmax the same operations, so the numbers are the same bits.
+    With several threads (one image on a multi-core machine) each thread takes whole groups on one BLAS
+    thread: BLAS would otherwise split every small [N, Dh] x [Dh, N] product between its threads, and the
+    softmax would run on one (2.9 against 4.9 ms a ViT-B layer at batch 1 on two cores, bench/README.md).
+    ``z`` is written token-major ([B, N, H, Dh]) and returned as a [B, H, N, Dh] view of it, so that
+    merging the heads afterwards is a free reshape.
     """
     B, H, N, Dh = q.shape
     scores = np.empty((B, H, N, N), q.dtype)
     pattern = np.empty((B, H, N, N), q.dtype)
     z = np.empty((B, N, H, Dh), q.dtype)
-    q_scaled = np.empty((N, Dh), q.dtype)
-    for b in range(B):
-        for h in range(H):
-            np.multiply(q[b, h], scale, out=q_scaled)
-            np.matmul(q_scaled, k[b, h].T, out=scores[b, h])  # [N, Dh] @ [Dh, N] -> [N, N]
-            softmax(scores[b, h], axis=-1, out=pattern[b, h])
-            np.matmul(pattern[b, h], v[b, h], out=z[b, :, h])  # [N, N] @ [N, Dh] -> [N, Dh]
+    threads = matmul_threads() if threads is None else threads
+    if threads > 1 and not can_put_blas_on_one_thread():
+        threads = 1  # without control of BLAS's threads, threads of our own would oversubscribe the cores
+    group = max(1, min(_SCORES_IN_CACHE // (N * N * q.itemsize), -(-H // threads)))  # heads per group
+    jobs = [(b, slice(h, min(h + group, H))) for b in range(B) for h in range(0, H, group)]  # (image, heads)
+    threads = min(threads, len(jobs))
+
+    def attend(queue):
+        q_scaled = np.empty((group, N, Dh), q.dtype)  # one per thread
+        for b, heads in queue:
+            qs = q_scaled[:heads.stop - heads.start]
+            np.multiply(q[b, heads], scale, out=qs)
+            np.matmul(qs, k[b, heads].transpose(0, 2, 1), out=scores[b, heads])  # [G, N, Dh] @ [G, Dh, N] -> [G, N, N]
+            softmax(scores[b, heads], axis=-1, out=pattern[b, heads])
+            np.matmul(pattern[b, heads], v[b, heads], out=z[b, :, heads].transpose(1, 0, 2))  # [G, N, N] @ [G, N, Dh]
+
+    if threads == 1:
+        attend(iter(jobs))
+    else:
+        with blas_on_one_thread():  # (ViT.forward holds it already)
+            _share_between_threads(attend, jobs, threads)
     return scores, pattern, z.transpose(0, 2, 1, 3)
 
 
@@ -368,7 +444,7 @@ def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B
     # scores = (q * Dh^-1/2) @ k^T    [B, H, N, Dh] @ [B, H, Dh, N] -> [B, H, N, N]
     # pattern = softmax(scores)       [B, H, N, N], each row a distribution over the N keys
     # z = pattern @ v                 [B, H, N, N] @ [B, H, N, Dh] -> [B, H, N, Dh]
-    scores, pattern, z = attend_head_by_head(q, k, v, scale=x.dtype.type(Dh ** -0.5))
+    scores, pattern, z = attend_in_head_groups(q, k, v, scale=x.dtype.type(Dh ** -0.5))
     record("scores", scores)
     record("pattern", pattern)
     record("z", z)

@@ -137,15 +137,21 @@ class ViT:
         """Run normalised images through the model. ``record``: None keeps every intermediate, or a glob
         (or list of globs) of trace names to keep, e.g. ``["blocks.*.attn.pattern", "logits"]``.
 
-        With several threads (``numpy_vit.get_num_threads()``) a batch of several images runs as one shard of
-        images per thread (``_forward_in_shards``); one image, or one thread, is a single pass (``_forward``)."""
+        With several threads (``numpy_vit.get_num_threads()``) BLAS is held to one thread and numpy_vit splits
+        the work: a batch of several images runs as one shard of images per thread (``_forward_in_shards``),
+        one image as a single pass (``_forward``) whose layers split their rows and heads between the threads.
+        One thread, or no control of BLAS's threads (no threadpoolctl): a single pass on BLAS's threads."""
         c = self.config
         x = self._check_input(images)
         B, _, H, W = x.shape
         trace = Trace(c, (H // c.patch_size, W // c.patch_size), record=record, image=image_for_overlay)
-        shards = min(B, get_num_threads())
-        if shards > 1 and can_put_blas_on_one_thread():
-            self._forward_in_shards(x, trace, shards)
+        threads = get_num_threads()
+        if threads > 1 and can_put_blas_on_one_thread():
+            with blas_on_one_thread():
+                if B > 1:
+                    self._forward_in_shards(x, trace, min(B, threads))
+                else:
+                    self._forward(x, trace)
         else:
             self._forward(x, trace)
         self.attention_maps = [trace[k] for k in
@@ -155,7 +161,7 @@ class ViT:
 
     def _forward_in_shards(self, x, trace, shards):
         """``_forward`` of a batch as ``shards`` forward passes over consecutive images, one per thread, each on
-        one BLAS thread, each recording its rows into ``trace``.
+        one BLAS thread (the caller holds ``blas_on_one_thread``), each recording its rows into ``trace``.
 
         Why: BLAS spreads a matrix multiply over the threads, but NumPy runs every other step (GELU, softmax,
         LayerNorm, the bias adds) on one, so on two cores a single pass over a batch of 8 leaves one core idle
@@ -165,15 +171,14 @@ class ViT:
         """
         bounds = np.linspace(0, len(x), shards + 1).astype(int)
         jobs = [(x[a:b], trace.shard(slice(a, b), len(x))) for a, b in zip(bounds[:-1], bounds[1:])]
-        with blas_on_one_thread():
-            helpers = [_thread_pool(shards - 1).submit(run_in_shard, self._forward, *job) for job in jobs[1:]]
-            try:
-                run_in_shard(self._forward, *jobs[0])
-            finally:
-                for helper in helpers:  # wait for every shard before the BLAS gets its threads back
-                    helper.exception()
-            for helper in helpers:
-                helper.result()  # re-raises a shard's exception here
+        helpers = [_thread_pool(shards - 1).submit(run_in_shard, self._forward, *job) for job in jobs[1:]]
+        try:
+            run_in_shard(self._forward, *jobs[0])
+        finally:
+            for helper in helpers:  # wait for every shard before the BLAS gets its threads back
+                helper.exception()
+        for helper in helpers:
+            helper.result()  # re-raises a shard's exception here
 
     def _forward(self, x, trace):
         """The forward pass proper, recording into ``trace`` (a Trace, or a TraceShard of one)."""

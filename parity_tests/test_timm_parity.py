@@ -141,18 +141,22 @@ def test_guide_model_and_selective_recording():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_batch_in_shards_matches_timm(monkeypatch, threads, dtype):
-    """A batch of 3 as one pass (one thread) and as shards of images, one per thread on one BLAS thread each
-    (``ViT._forward_in_shards``, the path a multi-core machine takes for a batch): both match timm."""
+@pytest.mark.parametrize("batch, threads", [(3, 1), (3, 2), (3, 3), (1, 2), (1, 3)])
+def test_threaded_paths_match_timm(monkeypatch, batch, threads, dtype):
+    """The paths a multi-core machine takes, with BLAS on one thread: a batch of 3 as shards of images, one per
+    thread (``ViT._forward_in_shards``), and one image whose layers split their rows and heads between the
+    threads; and one thread, a single pass. All match timm."""
     monkeypatch.setattr(nv.layers, "_num_threads", threads)
-    shards = []
+    shards, row_splits = [], []
     original = nv.ViT._forward_in_shards
     monkeypatch.setattr(nv.ViT, "_forward_in_shards", lambda self, *a: shards.append(a[-1]) or original(self, *a))
+    split = nv.layers._linear_rows_between_threads
+    monkeypatch.setattr(nv.layers, "_linear_rows_between_threads", lambda *a: row_splits.append(a[-1]) or split(*a))
     overrides = dict(depth=4) if dtype == np.float64 else {}
     tm, model = _pair("vit_small_patch16_224", dtype, **overrides)
-    x = random_batch(model.config, batch=3, seed=5, dtype=dtype)
+    x = random_batch(model.config, batch=batch, seed=5, dtype=dtype)
     trace, reference = _run_both(tm, model, x)
-    assert shards == ([] if threads == 1 else [threads])
-    compare_traces(trace, reference, dtype, f"timm vit_small_patch16_224, batch 3 on {threads} thread(s)",
+    assert shards == ([threads] if batch > 1 and threads > 1 else [])
+    assert set(row_splits) == ({threads} if batch == 1 and threads > 1 else set())
+    compare_traces(trace, reference, dtype, f"timm vit_small_patch16_224, batch {batch} on {threads} thread(s)",
                    model.config.depth)

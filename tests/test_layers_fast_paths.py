@@ -1,9 +1,11 @@
 """The forward pass's speed-ups (bench/README.md) compute the same bits as the plain array expressions they
-replace: the chunked in-place float32 GELU, the head-by-head attention, the in-place softmax and LayerNorm.
+replace: the chunked in-place float32 GELU, the attention in groups of heads, the in-place softmax and LayerNorm.
 Exact equality (np.array_equal), not a tolerance: each optimisation performs the same float operations in
 the same order."""
+import contextlib
 import math
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -72,20 +74,56 @@ def test_gelu_float32_close_to_the_exact_function():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_head_by_head_attention_equals_the_stacked_expression(dtype):
+@pytest.mark.parametrize("threads, heads, cache_bytes", [
+    (1, 3, None),  # one group of all heads, this thread
+    (1, 5, 2 * 11 * 11 * 4),  # groups of 2 heads (1 in float64): the cache size sets the group
+    (2, 3, None),  # groups of 2 and 1 heads shared between two threads
+    (3, 5, None),
+    (2, 7, 3 * 11 * 11 * 4),  # both limits at once, a last group smaller than the others
+])
+def test_attention_in_head_groups_equals_the_stacked_expression(monkeypatch, dtype, threads, heads, cache_bytes):
+    if cache_bytes is not None:
+        monkeypatch.setattr(layers, "_SCORES_IN_CACHE", cache_bytes)
     rng = np.random.default_rng(1)
-    B, N, H, Dh = 2, 11, 3, 8
+    B, N, H, Dh = 2, 11, heads, 8
     qkv_out = rng.standard_normal((B, N, 3, H, Dh)).astype(dtype).transpose(2, 0, 3, 1, 4)  # views, as in attention
     q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]
     scale = np.dtype(dtype).type(Dh ** -0.5)
-    scores, pattern, z = layers.attend_head_by_head(q, k, v, scale)
-    expected_scores = (q * scale) @ k.swapaxes(-1, -2)
-    expected_pattern = _softmax_expression(expected_scores)
+    blas_before = layers._blas_threads().info()[0]["num_threads"] if layers.can_put_blas_on_one_thread() else None
+    scores, pattern, z = layers.attend_in_head_groups(q, k, v, scale, threads=threads)
+    if blas_before is not None:
+        assert layers._blas_threads().info()[0]["num_threads"] == blas_before  # given back after the heads
+    # with several threads, each product runs on one BLAS thread: so does the reference
+    blas = layers.blas_on_one_thread() if threads > 1 and blas_before is not None else contextlib.nullcontext()
+    with blas:
+        expected_scores = (q * scale) @ k.swapaxes(-1, -2)
+        expected_pattern = _softmax_expression(expected_scores)
+        expected_z = expected_pattern @ v
     assert np.array_equal(scores, expected_scores)
     assert np.array_equal(pattern, expected_pattern)
-    assert np.array_equal(z, expected_pattern @ v)
+    assert np.array_equal(z, expected_z)
     assert z.shape == (B, H, N, Dh)
     assert layers.merge_heads(z).base is not None  # merging the heads is a view, no copy
+
+
+def test_work_shared_between_threads_takes_every_job_once_and_reraises():
+    done, lock = [], threading.Lock()
+
+    def work(queue):
+        for job in queue:
+            with lock:
+                done.append(job)
+
+    layers._share_between_threads(work, range(50), threads=3)
+    assert sorted(done) == list(range(50))
+
+    def failing(queue):
+        for job in queue:
+            if job == 7:
+                raise ValueError("job 7")
+
+    with pytest.raises(ValueError, match="job 7"):
+        layers._share_between_threads(failing, range(20), threads=2)
 
 
 def test_in_place_softmax_and_layer_norm_equal_the_expressions():
@@ -160,6 +198,18 @@ def _blas_threads():
     return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
 
 
+def _assert_same_trace(got, expected, dtype):
+    """Same names in the same order, shapes and dtypes; numbers within 1e-5 (float32) or 1e-12 (float64) of
+    each array's scale: BLAS may block a product differently for another number of rows or threads."""
+    assert list(got) == list(expected)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for name in expected:
+        a, b = got[name], expected[name]
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert np.max(np.abs(a - b)) <= tol * max(1.0, float(np.max(np.abs(b)))), name
+    return tol
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch,threads", [(2, 2), (3, 2), (5, 3), (2, 4)])
 def test_batch_in_shards_equals_one_pass(monkeypatch, batch, threads, dtype):
@@ -180,12 +230,7 @@ def test_batch_in_shards_equals_one_pass(monkeypatch, batch, threads, dtype):
     sharded = model.forward(x)
     assert calls == [min(batch, threads)]  # the shards really ran
     assert _blas_threads() == blas_before  # and BLAS got its threads back
-    assert list(sharded) == list(one_pass)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    for name in one_pass:
-        a, b = sharded[name], one_pass[name]
-        assert a.shape == b.shape and a.dtype == b.dtype, name
-        assert np.max(np.abs(a - b)) <= tol * max(1.0, float(np.max(np.abs(b)))), name
+    tol = _assert_same_trace(sharded, one_pass, dtype)
     assert model.last_trace is sharded and len(model.attention_maps) == 2
     assert model.attention_maps[1].shape == (batch, 3, 17, 17)
     only = model.forward(x, record=["blocks.1.attn.pattern", "logits"])
@@ -223,3 +268,55 @@ def test_one_pass_when_blas_threads_cannot_be_set(monkeypatch):
     monkeypatch.setattr(nv.layers, "_blas_handle", [None])
     monkeypatch.setattr(type(model), "_forward_in_shards", lambda *args: pytest.fail("no shards without BLAS control"))
     assert model.forward(x)["logits"].shape == (3, 5)
+
+
+# --- one image on several threads: the layers split their work (BLAS held to one thread) -------------------
+
+def test_linear_split_by_rows_between_threads():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 37, 24)).astype(np.float32)
+    weight = np.asfortranarray(rng.standard_normal((40, 24)).astype(np.float32))
+    bias = rng.standard_normal(40).astype(np.float32)
+    expected = x @ weight.T + bias
+    assert layers.matmul_threads() == 1  # outside blas_on_one_thread, BLAS spreads each product itself
+    for threads in (2, 3, 4):
+        got = layers._linear_rows_between_threads(x.reshape(-1, 24), weight, bias, threads).reshape(2, 37, 40)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert np.array_equal(layers._linear_rows_between_threads(x.reshape(-1, 24), weight, None, 1),
+                          x.reshape(-1, 24) @ weight.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_one_image_split_between_threads_equals_one_thread(monkeypatch, threads, dtype):
+    """A single image on several threads: BLAS on one thread, each layer splits its rows (37 tokens: 2 blocks
+    of at least 16 rows) and its heads between the threads. The same trace as one thread, up to BLAS's
+    blocking of a product."""
+    import numpy_vit as nv
+
+    model = nv.ViT(nv.ViTConfig(img_size=48, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5),
+                   seed=2, dtype=dtype)
+    x = np.random.default_rng(8).standard_normal((1, 3, 48, 48)).astype(dtype)
+    monkeypatch.setattr(nv.layers, "_num_threads", 1)
+    one_thread = model.forward(x)
+    splits = []
+    for name in ("_linear_rows_between_threads", "_share_between_threads"):
+        original = getattr(nv.layers, name)
+        monkeypatch.setattr(nv.layers, name, lambda *a, _name=name, _f=original: splits.append(_name) or _f(*a))
+    monkeypatch.setattr(nv.layers, "_num_threads", threads)
+    blas_before = _blas_threads()
+    split = model.forward(x)
+    assert _blas_threads() == blas_before and not nv.layers._blas_held[0]
+    assert splits.count("_linear_rows_between_threads") == 1 + 2 * 4  # patch embedding; qkv, proj, fc1, fc2 x 2
+    assert splits.count("_share_between_threads") >= 9 + 2  # those, and both layers' attention heads
+    _assert_same_trace(split, one_thread, dtype)
+
+
+def test_one_image_on_blas_threads_when_they_cannot_be_set(monkeypatch):
+    import numpy_vit as nv
+
+    model = nv.ViT(nv.ViTConfig(img_size=48, patch_size=8, embed_dim=48, depth=1, num_heads=3, num_classes=5))
+    monkeypatch.setattr(nv.layers, "_num_threads", 2)
+    monkeypatch.setattr(nv.layers, "_blas_handle", [None])
+    monkeypatch.setattr(nv.layers, "_linear_rows_between_threads", lambda *a: pytest.fail("BLAS has its threads"))
+    assert model.forward(np.zeros((1, 3, 48, 48), np.float32))["logits"].shape == (1, 5)
