@@ -139,7 +139,7 @@ class ViT:
 
         With several threads (``numpy_vit.get_num_threads()``) BLAS is held to one thread and numpy_vit splits
         the work: a batch of several images runs as one shard of images per thread (``_forward_in_shards``),
-        one image as a single pass (``_forward``) whose layers split their rows and heads between the threads.
+        one image as a single pass (``_forward``) whose layers split their work between the threads.
         One thread, or no control of BLAS's threads (no threadpoolctl): a single pass on BLAS's threads."""
         c = self.config
         x = self._check_input(images)

@@ -272,7 +272,7 @@ def test_one_pass_when_blas_threads_cannot_be_set(monkeypatch):
 
 # --- one image on several threads: the layers split their work (BLAS held to one thread) -------------------
 
-def test_linear_split_by_rows_between_threads():
+def test_linear_split_between_threads():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 37, 24)).astype(np.float32)
     weight = np.asfortranarray(rng.standard_normal((40, 24)).astype(np.float32))
@@ -280,17 +280,24 @@ def test_linear_split_by_rows_between_threads():
     expected = x @ weight.T + bias
     assert layers.matmul_threads() == 1  # outside blas_on_one_thread, BLAS spreads each product itself
     for threads in (2, 3, 4):
-        got = layers._linear_rows_between_threads(x.reshape(-1, 24), weight, bias, threads).reshape(2, 37, 40)
+        got = layers._linear_split_between_threads(x.reshape(-1, 24), weight, bias, threads).reshape(2, 37, 40)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    assert np.array_equal(layers._linear_rows_between_threads(x.reshape(-1, 24), weight, None, 1),
+    assert np.array_equal(layers._linear_split_between_threads(x.reshape(-1, 24), weight, None, 1),
                           x.reshape(-1, 24) @ weight.T)
+    with layers.blas_on_one_thread():  # as ViT.forward holds it for one image on several threads
+        assert layers.matmul_threads() == layers.get_num_threads()
+        for out_features in (1, 2, 40):  # fewer features than threads, too
+            w = weight[:out_features]
+            got = layers.linear(x, w, bias[:out_features])
+            np.testing.assert_allclose(got, x @ w.T + bias[:out_features], rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert layers.matmul_threads() == 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [2, 3])
 def test_one_image_split_between_threads_equals_one_thread(monkeypatch, threads, dtype):
-    """A single image on several threads: BLAS on one thread, each layer splits its rows (37 tokens: 2 blocks
-    of at least 16 rows) and its heads between the threads. The same trace as one thread, up to BLAS's
+    """A single image on several threads: BLAS on one thread, each layer splits its output features (37
+    tokens: enough rows to split) and its heads between the threads. The same trace as one thread, up to BLAS's
     blocking of a product."""
     import numpy_vit as nv
 
@@ -300,14 +307,14 @@ def test_one_image_split_between_threads_equals_one_thread(monkeypatch, threads,
     monkeypatch.setattr(nv.layers, "_num_threads", 1)
     one_thread = model.forward(x)
     splits = []
-    for name in ("_linear_rows_between_threads", "_share_between_threads"):
+    for name in ("_linear_split_between_threads", "_share_between_threads"):
         original = getattr(nv.layers, name)
         monkeypatch.setattr(nv.layers, name, lambda *a, _name=name, _f=original: splits.append(_name) or _f(*a))
     monkeypatch.setattr(nv.layers, "_num_threads", threads)
     blas_before = _blas_threads()
     split = model.forward(x)
     assert _blas_threads() == blas_before and not nv.layers._blas_held[0]
-    assert splits.count("_linear_rows_between_threads") == 1 + 2 * 4  # patch embedding; qkv, proj, fc1, fc2 x 2
+    assert splits.count("_linear_split_between_threads") == 1 + 2 * 4  # patch embedding; qkv, proj, fc1, fc2 x 2
     assert splits.count("_share_between_threads") >= 9 + 2  # those, and both layers' attention heads
     _assert_same_trace(split, one_thread, dtype)
 
@@ -318,5 +325,5 @@ def test_one_image_on_blas_threads_when_they_cannot_be_set(monkeypatch):
     model = nv.ViT(nv.ViTConfig(img_size=48, patch_size=8, embed_dim=48, depth=1, num_heads=3, num_classes=5))
     monkeypatch.setattr(nv.layers, "_num_threads", 2)
     monkeypatch.setattr(nv.layers, "_blas_handle", [None])
-    monkeypatch.setattr(nv.layers, "_linear_rows_between_threads", lambda *a: pytest.fail("BLAS has its threads"))
+    monkeypatch.setattr(nv.layers, "_linear_split_between_threads", lambda *a: pytest.fail("BLAS has its threads"))
     assert model.forward(np.zeros((1, 3, 48, 48), np.float32))["logits"].shape == (1, 5)
