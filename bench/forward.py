@@ -11,7 +11,8 @@ rotating order so that a busy neighbour process hurts every contender alike:
   timm's non-fused path (``timm.layers.set_fused_attn(False)``, which materialises the softmax as we do).
 Ratios are taken within a round (numpy_vit time / torch time of the same round), then the median, min and max
 over the rounds are printed. numpy's BLAS is limited to torch's thread count through threadpoolctl, and
-numpy_vit's own threads (a batch's shards, a single image's GELU) through ``numpy_vit.set_num_threads``.
+numpy_vit's own threads (a batch's shards, or a single image's split layers) through
+``numpy_vit.set_num_threads``.
 
 Also printed: the achieved GFLOP/s against this machine's own float32 GEMM rate on the same matrix sizes, the
 trace's memory at batch 8, the demo's wall time and ``import numpy_vit``'s time (fresh interpreters).
@@ -205,9 +206,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     _limiter, blas = limit_blas_threads(threads)  # kept alive for the whole run
-    nv.set_num_threads(threads)  # numpy_vit's own threads (batch shards, the GELU), as torch's intra-op threads
+    nv.set_num_threads(threads)  # numpy_vit's own threads (shards, split layers), as torch's intra-op threads
     print(f"{ARCH}, float32, {threads} thread(s) for torch {torch.__version__}, for numpy {np.__version__}'s "
-          f"BLAS ({blas}) and for numpy_vit (batch shards, GELU); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+          f"BLAS ({blas}) and for numpy_vit's own; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS"):
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
