@@ -32,9 +32,8 @@ def linear(x, weight, bias=None):  # [..., in] -> [..., out]
     x = x.reshape(-1, x.shape[-1])  # [B*N, in]
     if x.shape[0] == 1:  # one row: NumPy calls gemv, whose summation order depends on the weight's memory order
         weight = np.ascontiguousarray(weight)  # (the model keeps some weights column-major: model._stored)
-    threads = min(matmul_threads(), weight.shape[0]) if x.shape[0] >= _MIN_ROWS_TO_SPLIT else 1  # (a few rows
-    # are not worth a thread)
-    if threads > 1:
+    threads = matmul_threads() if x.shape[0] >= _MIN_ROWS_TO_SPLIT else 1  # a few rows are not worth a thread
+    if 1 < threads <= weight.shape[0]:  # several threads, each with at least one output feature
         return _linear_split_between_threads(x, weight, bias, threads).reshape(*lead, weight.shape[0])
     y = x @ weight.T  # [B*N, in] @ [in, out] -> [B*N, out]
     if bias is not None:
