@@ -252,9 +252,9 @@ def _threads_from_environment():
 
 
 def get_num_threads():
-    """Threads numpy_vit uses (shards of a batch, or the GELU and attention heads of one image): set_num_threads(n), else
-    NUMPY_VIT_NUM_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS, else the number of cores
-    this process may use. 1 inside a shard, which is already one of the threads."""
+    """Threads numpy_vit uses (shards of a batch, or the split layers of one image): set_num_threads(n),
+    else NUMPY_VIT_NUM_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS, else the number of
+    cores this process may use. 1 inside a shard, which is already one of the threads."""
     if getattr(_in_shard, "active", False):
         return 1
     return _num_threads if _num_threads is not None else _threads_from_environment()
@@ -388,7 +388,7 @@ def merge_heads(x):  # [B, H, N, Dh] -> [B, N, D]
 _SCORES_IN_CACHE = 1 << 20  # bytes of [N, N] scores in one group of heads: about one core's L2 cache
 
 
-def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh] -> scores, pattern [B, H, N, N], z [B, H, N, Dh]
+def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh] -> scores, pattern, z
     """The three lines of attention (see ``attention``), evaluated a group of heads of one image at a time,
     the groups shared between ``threads`` threads (default: ``matmul_threads()``).
 
@@ -401,7 +401,7 @@ def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh
     thread: BLAS would otherwise split every small [N, Dh] x [Dh, N] product between its threads, and the
     softmax would run on one (2.9 against 4.9 ms a ViT-B layer at batch 1 on two cores, bench/README.md).
     ``z`` is written token-major ([B, N, H, Dh]) and returned as a [B, H, N, Dh] view of it, so that
-    merging the heads afterwards is a free reshape.
+    merging the heads afterwards is a free reshape. Returns scores, pattern [B, H, N, N] and z [B, H, N, Dh].
     """
     B, H, N, Dh = q.shape
     scores = np.empty((B, H, N, N), q.dtype)
@@ -419,9 +419,10 @@ def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh
         for b, heads in queue:
             qs = q_scaled[:heads.stop - heads.start]
             np.multiply(q[b, heads], scale, out=qs)
-            np.matmul(qs, k[b, heads].transpose(0, 2, 1), out=scores[b, heads])  # [G, N, Dh] @ [G, Dh, N] -> [G, N, N]
+            # [G, N, Dh] @ [G, Dh, N] -> [G, N, N]; softmax; [G, N, N] @ [G, N, Dh] -> [G, N, Dh] (token-major)
+            np.matmul(qs, k[b, heads].transpose(0, 2, 1), out=scores[b, heads])
             softmax(scores[b, heads], axis=-1, out=pattern[b, heads])
-            np.matmul(pattern[b, heads], v[b, heads], out=z[b, :, heads].transpose(1, 0, 2))  # [G, N, N] @ [G, N, Dh]
+            np.matmul(pattern[b, heads], v[b, heads], out=z[b, :, heads].transpose(1, 0, 2))
 
     if threads == 1:
         attend(iter(jobs))

@@ -14,7 +14,7 @@ from .config import ViTConfig, check_params, param_shapes
 from . import image as image_module
 from .errors import ArgumentError, ConfigError, ImageError
 from .layers import (block, blas_on_one_thread, can_put_blas_on_one_thread, get_num_threads, layer_norm, linear,
-                     patchify, run_in_shard, _thread_pool)
+                     patchify, run_in_shard, _share_between_threads)
 from .resample import resample_pos_embed
 from .trace import Trace
 
@@ -171,14 +171,12 @@ class ViT:
         """
         bounds = np.linspace(0, len(x), shards + 1).astype(int)
         jobs = [(x[a:b], trace.shard(slice(a, b), len(x))) for a, b in zip(bounds[:-1], bounds[1:])]
-        helpers = [_thread_pool(shards - 1).submit(run_in_shard, self._forward, *job) for job in jobs[1:]]
-        try:
-            run_in_shard(self._forward, *jobs[0])
-        finally:
-            for helper in helpers:  # wait for every shard before the BLAS gets its threads back
-                helper.exception()
-        for helper in helpers:
-            helper.result()  # re-raises a shard's exception here
+
+        def run_shards(queue):
+            for images, rows in queue:
+                run_in_shard(self._forward, images, rows)
+
+        _share_between_threads(run_shards, jobs, shards)  # returns when every shard is done
 
     def _forward(self, x, trace):
         """The forward pass proper, recording into ``trace`` (a Trace, or a TraceShard of one)."""
