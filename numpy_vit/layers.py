@@ -230,7 +230,7 @@ _num_threads = None
 _pools = {}
 _in_shard = threading.local()  # .active is True in a thread that runs one shard of a batch: it stays on one thread
 _blas_handle = []  # [threadpoolctl's handle on the loaded BLAS libraries, or None], filled on first use
-_blas_held = [False]  # True while blas_on_one_thread() holds BLAS to one thread
+_blas_hold = {"holders": 0, "limiter": None, "lock": threading.Lock()}  # see blas_on_one_thread
 
 
 def _forget_pools():
@@ -291,20 +291,47 @@ def can_put_blas_on_one_thread():
 @contextlib.contextmanager
 def blas_on_one_thread():
     """Within the block, every BLAS call (from any thread) runs on the calling thread alone, so the layers
-    split their matrix multiplies between numpy_vit's threads instead (``matmul_threads``)."""
-    held = _blas_held[0]
-    with _blas_threads().limit(limits=1):
-        _blas_held[0] = True
-        try:
-            yield
-        finally:
-            _blas_held[0] = held
+    split their matrix multiplies between numpy_vit's threads instead (``matmul_threads``). BLAS's thread
+    count is one setting for the whole process: the first block to enter sets it to 1 and the last to leave
+    gives BLAS its threads back, so forward passes running at once in several threads of a program do not
+    undo each other's setting."""
+    with _blas_hold["lock"]:
+        if _blas_hold["holders"] == 0:
+            _release_openblas_control()
+            _blas_hold["limiter"] = _blas_threads().limit(limits=1)
+            _release_openblas_control()
+        _blas_hold["holders"] += 1
+    try:
+        yield
+    finally:
+        with _blas_hold["lock"]:
+            _blas_hold["holders"] -= 1
+            if _blas_hold["holders"] == 0:
+                _release_openblas_control()
+                _blas_hold["limiter"].restore_original_limits()
+                _release_openblas_control()
+
+
+def _release_openblas_control():
+    """threadpoolctl (3.6 and later) lets one Python thread at a time set OpenBLAS's process-wide thread count
+    and ignores the others; the last pass to leave ``blas_on_one_thread`` may run in another thread than the
+    first, so numpy_vit, which counts its holders itself, hands that control back around each change."""
+    try:
+        from threadpoolctl import OpenBLASController
+
+        OpenBLASController.clear_controlling_thread(force=True)
+    except (ImportError, AttributeError):  # an older threadpoolctl: any thread may set the count
+        pass
+
+
+def blas_is_held():
+    return _blas_hold["holders"] > 0
 
 
 def matmul_threads():
     """Threads a layer may split its matrix multiplies between: get_num_threads() while BLAS is held to one
     thread (``blas_on_one_thread``), else 1, because BLAS spreads each product over its own threads."""
-    return get_num_threads() if _blas_held[0] else 1
+    return get_num_threads() if blas_is_held() else 1
 
 
 def run_in_shard(function, *args):

@@ -286,7 +286,7 @@ def test_linear_split_between_threads():
                           x.reshape(-1, 24) @ weight.T)
     blas = layers.blas_on_one_thread() if layers.can_put_blas_on_one_thread() else contextlib.nullcontext()
     with blas:  # as ViT.forward holds it for one image on several threads (where BLAS's threads can be set)
-        assert layers.matmul_threads() == (layers.get_num_threads() if layers._blas_held[0] else 1)
+        assert layers.matmul_threads() == (layers.get_num_threads() if layers.blas_is_held() else 1)
         for out_features in (1, 2, 40):  # fewer features than threads, too
             w = weight[:out_features]
             got = layers.linear(x, w, bias[:out_features])
@@ -314,7 +314,7 @@ def test_one_image_split_between_threads_equals_one_thread(monkeypatch, threads,
     monkeypatch.setattr(nv.layers, "_num_threads", threads)
     blas_before = _blas_threads()
     split = model.forward(x)
-    assert _blas_threads() == blas_before and not nv.layers._blas_held[0]
+    assert _blas_threads() == blas_before and not nv.layers.blas_is_held()
     assert splits.count("_linear_split_between_threads") == 1 + 2 * 4  # patch embedding; qkv, proj, fc1, fc2 x 2
     assert splits.count("_share_between_threads") >= 9 + 2  # those, and both layers' attention heads
     _assert_same_trace(split, one_thread, dtype)
@@ -328,3 +328,25 @@ def test_one_image_on_blas_threads_when_they_cannot_be_set(monkeypatch):
     monkeypatch.setattr(nv.layers, "_blas_handle", [None])
     monkeypatch.setattr(nv.layers, "_linear_split_between_threads", lambda *a: pytest.fail("BLAS has its threads"))
     assert model.forward(np.zeros((1, 3, 48, 48), np.float32))["logits"].shape == (1, 5)
+
+
+def test_forward_passes_in_several_threads_at_once_give_blas_its_threads_back(monkeypatch):
+    """A program may run forward passes in threads of its own: BLAS's thread count is one setting for the
+    process, held to 1 while any pass needs it and given back when the last one ends."""
+    import concurrent.futures
+
+    import numpy_vit as nv
+
+    model = nv.ViT(nv.ViTConfig(img_size=48, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5),
+                   seed=3)
+    rng = np.random.default_rng(9)
+    batches = [rng.standard_normal((b, 3, 48, 48)).astype(np.float32) for b in (1, 2, 1, 3, 1, 2)]
+    monkeypatch.setattr(nv.layers, "_num_threads", 1)
+    expected = [model.forward(x)["logits"] for x in batches]
+    monkeypatch.setattr(nv.layers, "_num_threads", 2)
+    blas_before = _blas_threads()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda x: model.forward(x, record=["logits"])["logits"], batches * 3))
+    assert _blas_threads() == blas_before and not nv.layers.blas_is_held()
+    for a, b in zip(got, expected * 3):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1.0, float(np.abs(b).max())))
