@@ -57,15 +57,14 @@ def _linear_split_between_threads(x, weight, bias, threads):  # x [R, in] -> [R,
     by rows, 44.2 ms on one thread (bench/README.md).
     """
     y = np.empty((x.shape[0], weight.shape[0]), x.dtype)
-    bounds = np.linspace(0, weight.shape[0], threads + 1).astype(int)
 
     def multiply(queue):
-        for a, b in queue:
-            np.matmul(x, weight[a:b].T, out=y[:, a:b])  # [R, in] @ [in, b - a] -> [R, b - a]
+        for block in queue:
+            np.matmul(x, weight[block].T, out=y[:, block])  # [R, in] @ [in, block] -> [R, block]
             if bias is not None:
-                y[:, a:b] += bias[a:b]
+                y[:, block] += bias[block]
 
-    _share_between_threads(multiply, list(zip(bounds[:-1], bounds[1:])), threads)
+    _share_between_threads(multiply, equal_blocks(weight.shape[0], threads), threads)
     return y
 
 
@@ -357,6 +356,12 @@ class _LockedIterator:
             return next(self._items)
 
 
+def equal_blocks(n, parts):
+    """range(n) cut into ``parts`` consecutive slices whose lengths differ by at most one."""
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _share_between_threads(work, jobs, threads):
     """``work(queue)`` on this thread and on ``threads - 1`` helpers, all taking the next job from one queue
     until it is empty, so a thread that waits for a busy core delays nothing: the others take its share.
@@ -415,9 +420,9 @@ def merge_heads(x):  # [B, H, N, Dh] -> [B, N, D]
 _SCORES_IN_CACHE = 1 << 20  # bytes of [N, N] scores in one group of heads: about one core's L2 cache
 
 
-def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh] -> scores, pattern, z
+def attend_in_head_groups(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, pattern, z
     """The three lines of attention (see ``attention``), evaluated a group of heads of one image at a time,
-    the groups shared between ``threads`` threads (default: ``matmul_threads()``).
+    the groups shared between ``matmul_threads()`` threads.
 
     Why: written over all heads at once, ``softmax(scores)`` makes five passes over a [B, H, N, N] array
     (15 MB for ViT-B at batch 8) that no longer sits in the CPU cache after the product that wrote it; a
@@ -434,9 +439,7 @@ def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh
     scores = np.empty((B, H, N, N), q.dtype)
     pattern = np.empty((B, H, N, N), q.dtype)
     z = np.empty((B, N, H, Dh), q.dtype)
-    threads = matmul_threads() if threads is None else threads
-    if threads > 1 and not can_put_blas_on_one_thread():
-        threads = 1  # without control of BLAS's threads, threads of our own would oversubscribe the cores
+    threads = matmul_threads()
     group = max(1, min(_SCORES_IN_CACHE // (N * N * q.itemsize), -(-H // threads)))  # heads per group
     jobs = [(b, slice(h, min(h + group, H))) for b in range(B) for h in range(0, H, group)]  # (image, heads)
     threads = min(threads, len(jobs))
@@ -454,8 +457,7 @@ def attend_in_head_groups(q, k, v, scale, threads=None):  # q, k, v [B, H, N, Dh
     if threads == 1:
         attend(iter(jobs))
     else:
-        with blas_on_one_thread():  # (ViT.forward holds it already)
-            _share_between_threads(attend, jobs, threads)
+        _share_between_threads(attend, jobs, threads)
     return scores, pattern, z.transpose(0, 2, 1, 3)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from .config import ViTConfig, check_params, param_shapes
 from . import image as image_module
 from .errors import ArgumentError, ConfigError, ImageError
-from .layers import (block, blas_on_one_thread, can_put_blas_on_one_thread, get_num_threads, layer_norm, linear,
-                     patchify, run_in_shard, _share_between_threads)
+from .layers import (block, blas_on_one_thread, can_put_blas_on_one_thread, equal_blocks, get_num_threads,
+                     layer_norm, linear, patchify, run_in_shard, _share_between_threads)
 from .resample import resample_pos_embed
 from .trace import Trace
 
@@ -169,8 +169,7 @@ class ViT:
         image is unchanged; BLAS may block a product differently for a different number of rows or threads,
         which moves the last bits (well within the parity tolerances, as it does between batch sizes).
         """
-        bounds = np.linspace(0, len(x), shards + 1).astype(int)
-        jobs = [(x[a:b], trace.shard(slice(a, b), len(x))) for a, b in zip(bounds[:-1], bounds[1:])]
+        jobs = [(x[rows], trace.shard(rows, len(x))) for rows in equal_blocks(len(x), shards)]
 
         def run_shards(queue):
             for images, rows in queue:

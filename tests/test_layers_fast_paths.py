@@ -90,15 +90,17 @@ def test_attention_in_head_groups_equals_the_stacked_expression(monkeypatch, dty
     q, k, v = qkv_out[0], qkv_out[1], qkv_out[2]
     scale = np.dtype(dtype).type(Dh ** -0.5)
     blas_before = layers._blas_threads().info()[0]["num_threads"] if layers.can_put_blas_on_one_thread() else None
-    scores, pattern, z = layers.attend_in_head_groups(q, k, v, scale, threads=threads)
-    if blas_before is not None:
-        assert layers._blas_threads().info()[0]["num_threads"] == blas_before  # given back after the heads
-    # with several threads, each product runs on one BLAS thread: so does the reference
+    monkeypatch.setattr(layers, "_num_threads", threads)
+    # the heads are shared between threads while BLAS is held to one thread, as ViT.forward holds it; each
+    # product then runs on one BLAS thread: so does the reference
     blas = layers.blas_on_one_thread() if threads > 1 and blas_before is not None else contextlib.nullcontext()
     with blas:
+        scores, pattern, z = layers.attend_in_head_groups(q, k, v, scale)
         expected_scores = (q * scale) @ k.swapaxes(-1, -2)
         expected_pattern = _softmax_expression(expected_scores)
         expected_z = expected_pattern @ v
+    if blas_before is not None:
+        assert layers._blas_threads().info()[0]["num_threads"] == blas_before  # given back after the heads
     assert np.array_equal(scores, expected_scores)
     assert np.array_equal(pattern, expected_pattern)
     assert np.array_equal(z, expected_z)
