@@ -33,6 +33,18 @@ def test_patch_targets_mark_the_patches_the_object_covers():
     assert targets.tolist() == [[10, 7, 10, 10]]   # 10 = background, rows of the 2 x 2 grid in order
 
 
+def test_cell_targets_give_each_patch_its_part_of_the_mask():
+    masks = np.zeros((1, 32, 32), bool)
+    masks[0, 0:4, 16:20] = True         # the first cell of the top-right patch, whole
+    masks[0, 4:6, 20:24] = True         # half of its cell (row 1, column 1): at least half counts
+    masks[0, 31, 0:4] = True            # a quarter of the last-row cell of the bottom-left patch: too little
+    cells = T.cell_targets(masks, patch_size=16)
+    assert cells.shape == (1, 4, T.SHAPE_CELLS ** 2) and cells.dtype == np.float32
+    expected = np.zeros((4, 16), np.float32)
+    expected[1, [0, 5]] = 1             # patch 1 (top right): cells 0 and 1 * 4 + 1
+    np.testing.assert_array_equal(cells[0], expected)
+
+
 def test_sincos_start_encodes_the_grid():
     table = T.sincos_pos_embed((7, 7), 128)
     assert table.shape == (1, 50, 128) and torch.all(table[0, 0] == 0)   # the CLS row is zero

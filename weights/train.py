@@ -69,11 +69,13 @@ ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, 
 MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
     dict(name="low", img_size=112, steps=4500, batch=32, lr=1e-3, warmup=50, eval_every=600, eval_images=512),
-    dict(name="mid", img_size=160, steps=800, batch=32, lr=3e-4, warmup=20, eval_every=200, eval_images=512),
+    dict(name="mid", img_size=160, steps=1100, batch=32, lr=3e-4, warmup=20, eval_every=200, eval_images=512),
     dict(name="final", img_size=224, steps=500, batch=32, lr=2e-4, warmup=20, eval_every=250, eval_images=256),
 )
 TOKEN_LOSS_WEIGHT = 0.5               # LV-ViT's weight for the token-labeling loss
 TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
+SHAPE_CELLS = 4                       # each patch token also predicts its part of the mask on a 4 x 4 grid of cells
+SHAPE_LOSS_WEIGHT = 0.5               # weight of that mask loss (binary cross-entropy per cell)
 WEIGHT_DECAY = 0.05
 LABEL_SMOOTHING = 0.1
 CLIP_NORM = 1.0
@@ -137,11 +139,11 @@ def learning_rate(stage: dict, step: int) -> float:
 
 
 def make_token_head() -> torch.nn.Linear:
-    """Training-only head for token labeling: patch token [D] -> 10 classes + background."""
-    return torch.nn.Linear(ARCH["embed_dim"], len(CLASSES) + 1)
+    """Training-only head on each patch token [D] -> 10 classes + background, then SHAPE_CELLS**2 mask-cell logits."""
+    return torch.nn.Linear(ARCH["embed_dim"], len(CLASSES) + 1 + SHAPE_CELLS ** 2)
 
 
-def forward_with_tokens(model: VisionTransformer, token_head, x):  # -> [B, C] class logits, [B, P, C+1] token logits
+def forward_with_tokens(model: VisionTransformer, token_head, x):  # -> [B, C] class logits, [B, P, C+1+cells] token logits
     features = model.forward_features(x)                                          # [B, 1 + P, D] after the last norm
     return model.forward_head(features), token_head(features[:, model.num_prefix_tokens:])
 
@@ -180,6 +182,15 @@ def patch_targets(masks: np.ndarray, labels: np.ndarray, patch_size: int) -> np.
     return np.where(cover >= TOKEN_MIN_OVERLAP, labels[:, None], len(CLASSES))
 
 
+def cell_targets(masks: np.ndarray, patch_size: int) -> np.ndarray:
+    """Mask targets per patch: [B, H, W] bool -> [B, P, SHAPE_CELLS**2] float32, 1 where at least half of a cell
+    (patch_size / SHAPE_CELLS pixels on a side) is object; cells in row order within the patch."""
+    b, h, w = masks.shape
+    gh, gw, n, c = h // patch_size, w // patch_size, SHAPE_CELLS, patch_size // SHAPE_CELLS
+    cells = masks.reshape(b, gh, n, c, gw, n, c).mean(axis=(3, 6))                  # [B, gh, n, gw, n]
+    return (cells.transpose(0, 1, 3, 2, 4).reshape(b, gh * gw, n * n) >= 0.5).astype(np.float32)
+
+
 class ShapeBatches(torch.utils.data.IterableDataset):
     """Batches ``start .. steps-1`` of a stage; batch ``step`` is ``make_shapes(batch, batch_seed(stage, step))``.
     It carries its stage and patch size, so a worker process started any way sees the recipe of the run."""
@@ -194,7 +205,9 @@ class ShapeBatches(torch.utils.data.IterableDataset):
         for step in range(self.start, stage["steps"]):
             data = make_shapes(stage["batch"], batch_seed(self.stage_index, step), img_size=stage["img_size"])
             tokens = patch_targets(data["masks"], data["labels"], self.patch_size)
-            yield step, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), torch.from_numpy(tokens)
+            cells = cell_targets(data["masks"], self.patch_size)
+            yield (step, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), torch.from_numpy(tokens),
+                   torch.from_numpy(cells))
 
 
 # --- monitoring -------------------------------------------------------------------
@@ -275,7 +288,8 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     # on every start, so that a resumed log says which recipe it continues with
     log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(STAGES)} wd={WEIGHT_DECAY} "
         f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} token_loss_weight={TOKEN_LOSS_WEIGHT} "
-        f"token_min_overlap={TOKEN_MIN_OVERLAP:.4f} threads={torch.get_num_threads()}", log_path)
+        f"token_min_overlap={TOKEN_MIN_OVERLAP:.4f} shape_cells={SHAPE_CELLS} shape_loss_weight={SHAPE_LOSS_WEIGHT} "
+        f"threads={torch.get_num_threads()}", log_path)
 
     last_save = time.time()
     while stage_index < len(STAGES):
@@ -285,17 +299,19 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
         loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, stage, step, ARCH["patch_size"]),
                                              batch_size=None, num_workers=1,
                                              prefetch_factor=4, persistent_workers=False)
-        seen, correct, loss_sum, token_sum, window_start = 0, 0, 0.0, 0.0, time.time()
-        for step, images, labels, token_labels in loader:
+        seen, correct, loss_sum, token_sum, shape_sum, window_start = 0, 0, 0.0, 0.0, 0.0, time.time()
+        for step, images, labels, token_labels, cell_labels in loader:
             t0 = time.time()
             lr = learning_rate(stage, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits, token_logits = forward_with_tokens(model, token_head, to_input(images))
             class_loss = F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
-            token_loss = F.cross_entropy(token_logits.flatten(0, 1), token_labels.flatten(),
+            n_token_classes = len(CLASSES) + 1
+            token_loss = F.cross_entropy(token_logits[..., :n_token_classes].flatten(0, 1), token_labels.flatten(),
                                          label_smoothing=LABEL_SMOOTHING)
-            loss = class_loss + TOKEN_LOSS_WEIGHT * token_loss
+            shape_loss = F.binary_cross_entropy_with_logits(token_logits[..., n_token_classes:], cell_labels)
+            loss = class_loss + TOKEN_LOSS_WEIGHT * token_loss + SHAPE_LOSS_WEIGHT * shape_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([*model.parameters(), *token_head.parameters()], CLIP_NORM)
@@ -305,14 +321,15 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
             correct += int((logits.argmax(1) == labels).sum())
             loss_sum += class_loss.item() * len(labels)
             token_sum += token_loss.item() * len(labels)
+            shape_sum += shape_loss.item() * len(labels)
             done = step + 1
             if done % 20 == 0 or done == stage["steps"]:
                 rate = seen / (time.time() - window_start)
                 log(f"stage={stage['name']} step={done}/{stage['steps']} loss={loss_sum/seen:.4f} "
-                    f"token_loss={token_sum/seen:.4f} "
+                    f"token_loss={token_sum/seen:.4f} shape_loss={shape_sum/seen:.4f} "
                     f"train_acc={correct/seen:.3f} lr={lr:.2e} grad_norm={float(grad_norm):.2f} "
                     f"img/s={rate:.1f} train_min={elapsed/60:.1f}", log_path)
-                seen, correct, loss_sum, token_sum, window_start = 0, 0, 0.0, 0.0, time.time()
+                seen, correct, loss_sum, token_sum, shape_sum, window_start = 0, 0, 0.0, 0.0, 0.0, time.time()
             if done % stage["eval_every"] == 0 or done == stage["steps"]:
                 acc = accuracy(model, val_images, val_labels)
                 rho = position_embedding_spearman(model.pos_embed.detach().numpy(), model.patch_embed.grid_size,
