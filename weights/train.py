@@ -77,6 +77,7 @@ STAGES = (
 )
 TOKEN_LOSS_WEIGHT = 0.5               # LV-ViT's weight for the token-labeling loss
 TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
+TOKEN_CLASSES = len(CLASSES) + 1      # what token labeling tells apart: the ten classes, then background
 SHAPE_CELLS = 4                       # each patch token also predicts its part of the mask on a 4 x 4 grid of cells
 SHAPE_LOSS_WEIGHT = 0.5               # weight of that mask loss (binary cross-entropy per cell)
 WEIGHT_DECAY = 0.05
@@ -142,11 +143,11 @@ def learning_rate(stage: dict, step: int) -> float:
 
 
 def make_token_head() -> torch.nn.Linear:
-    """Training-only head on each patch token [D] -> 10 classes + background, then SHAPE_CELLS**2 mask-cell logits."""
-    return torch.nn.Linear(ARCH["embed_dim"], len(CLASSES) + 1 + SHAPE_CELLS ** 2)
+    """Training-only head on each patch token [D] -> TOKEN_CLASSES logits, then SHAPE_CELLS**2 mask-cell logits."""
+    return torch.nn.Linear(ARCH["embed_dim"], TOKEN_CLASSES + SHAPE_CELLS ** 2)
 
 
-def forward_with_tokens(model: VisionTransformer, token_head, x):  # -> [B, C] class logits, [B, P, C+1+cells] token logits
+def forward_with_tokens(model: VisionTransformer, token_head, x):  # -> [B, C] class, [B, P, C+1+cells] token logits
     features = model.forward_features(x)                                          # [B, 1 + P, D] after the last norm
     return model.forward_head(features), token_head(features[:, model.num_prefix_tokens:])
 
@@ -310,10 +311,9 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
                 group["lr"] = lr
             logits, token_logits = forward_with_tokens(model, token_head, to_input(images))
             class_loss = F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
-            n_token_classes = len(CLASSES) + 1
-            token_loss = F.cross_entropy(token_logits[..., :n_token_classes].flatten(0, 1), token_labels.flatten(),
+            token_loss = F.cross_entropy(token_logits[..., :TOKEN_CLASSES].flatten(0, 1), token_labels.flatten(),
                                          label_smoothing=LABEL_SMOOTHING)
-            shape_loss = F.binary_cross_entropy_with_logits(token_logits[..., n_token_classes:], cell_labels)
+            shape_loss = F.binary_cross_entropy_with_logits(token_logits[..., TOKEN_CLASSES:], cell_labels)
             loss = class_loss + TOKEN_LOSS_WEIGHT * token_loss + SHAPE_LOSS_WEIGHT * shape_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
