@@ -102,3 +102,10 @@ def test_resume_past_the_last_stage_says_what_to_do(tmp_path, tiny):
     tiny(tmp_path, [STAGE_A])
     with pytest.raises(SystemExit, match="past the last stage"):
         tiny(tmp_path, [STAGE_A], resume=True)
+
+
+def test_resume_from_another_recipes_token_head_says_what_to_do(tmp_path, tiny, monkeypatch):
+    tiny(tmp_path, [STAGE_A])
+    monkeypatch.setattr(T, "SHAPE_CELLS", 2)        # a recipe whose token head has other outputs
+    with pytest.raises(SystemExit, match="written by another recipe: its token head has 27 outputs, this recipe's 15"):
+        tiny(tmp_path, [STAGE_A, STAGE_B], resume=True)

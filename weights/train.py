@@ -275,6 +275,12 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
         saved_grid = int(round(math.sqrt(state["model"]["pos_embed"].shape[1] - 1)))
         model = build_model(saved_grid * ARCH["patch_size"])
         model.load_state_dict(state["model"])
+        saved_outputs = state["token_head"]["weight"].shape[0]
+        if saved_outputs != token_head.out_features:
+            raise SystemExit(f"{ckpt_path} was written by another recipe: its token head has {saved_outputs} outputs, "
+                             f"this recipe's {token_head.out_features} ({TOKEN_CLASSES} token classes + "
+                             f"{SHAPE_CELLS ** 2} mask cells); train from scratch without --resume, or move the "
+                             f"checkpoint away")
         token_head.load_state_dict(state["token_head"])
         if saved_grid * ARCH["patch_size"] == STAGES[stage_index]["img_size"]:
             optimizer = make_optimizer(model, token_head)
