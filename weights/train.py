@@ -128,10 +128,10 @@ def build_model(img_size: int) -> VisionTransformer:
     return VisionTransformer(img_size=img_size, **ARCH)
 
 
-def to_input(images_uint8: torch.Tensor) -> torch.Tensor:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float
+def to_input(images_uint8: torch.Tensor) -> torch.Tensor:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float, same device
     x = images_uint8.permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
