@@ -34,10 +34,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from weights.shapes import make_shapes  # noqa: E402
-from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING,  # noqa: E402
-                           STAGES, TOKEN_CLASSES, TORCH_SEED, VAL_SEED, WEIGHT_DECAY,
-                           build_model, cell_targets, learning_rate, make_token_head, patch_targets,
-                           sincos_pos_embed, to_input)
+from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
+                           WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
 
 IMG = STAGES[0]["img_size"]
 # what ROUNDS vary: stage low as the recipe had it before this sweep (session 6), written out so that the rounds
@@ -79,16 +77,16 @@ def stacked_params(k: int, device) -> dict:
     """K copies of weights.train's starting point: the timm model, its sine-cosine pos_embed, the token head.
     Names are timm's, except that the blocks are stacked too: "blocks.attn.qkv.weight" is [K, depth, 3D, D].
     Fewer, larger tensors: the optimiser's kernel launches do not grow with the depth."""
-    torch.manual_seed(TORCH_SEED)
-    model = build_model(IMG)
-    with torch.no_grad():
-        model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
-    head = make_token_head()
-    state = {**model.state_dict(), **{f"token_head.{n}": p for n, p in head.state_dict().items()}}
+    state = recipe_state(*starting_point())
     flat = {n: v for n, v in state.items() if not n.startswith("blocks.")}
     for kind in BLOCK_KINDS:
         flat["blocks." + kind] = torch.stack([state[f"blocks.{i}.{kind}"] for i in range(ARCH["depth"])])
     return {n: v.detach()[None].repeat(k, *[1] * v.ndim).to(device).requires_grad_() for n, v in flat.items()}
+
+
+def recipe_state(model, token_head) -> dict:
+    """timm's state dict with the token head's parameters as "token_head.weight" and "token_head.bias"."""
+    return {**model.state_dict(), **{f"token_head.{n}": v for n, v in token_head.state_dict().items()}}
 
 
 BLOCK_KINDS = [f"{m}.{w}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
@@ -191,7 +189,7 @@ def check() -> tuple:
     torch's AdamW, in float64 -> (max |parameter difference| after 3 steps, max |logit difference|).
     (In float32 the parameters differ by up to 1.8e-5 after 3 steps, 0.5% of their change: Adam divides by the
     root of tiny squared gradients; in float64 by 1e-13, so the math is the same.)"""
-    from weights.train import forward_with_tokens, make_optimizer, recipe_loss
+    from weights.train import make_optimizer, optimisation_step
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(2)
@@ -201,11 +199,7 @@ def check() -> tuple:
         opt = AdamW(p, torch.tensor([c["beta2"] for c in cfgs]))
         refs = []
         for c in cfgs:
-            torch.manual_seed(TORCH_SEED)
-            model = build_model(IMG)
-            with torch.no_grad():
-                model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
-            head = make_token_head()
+            model, head = starting_point()
             o = make_optimizer(model, head)
             for group in o.param_groups:
                 group["betas"] = (0.9, c["beta2"])
@@ -223,20 +217,12 @@ def check() -> tuple:
             total.backward()
             opt.step(lr)
             for i, (model, head, o) in enumerate(refs):
-                ref_logits, token_logits = forward_with_tokens(model, head, x)
+                ref_logits = optimisation_step(model, head, o, float(lr[i]), x, labels, tokens, cells,
+                                               cfgs[i]["token_w"], cfgs[i]["shape_w"])[0]
                 worst_logit = max(worst_logit, float((ref_logits - logits[i]).detach().abs().max()))
-                loss = recipe_loss(ref_logits, token_logits, labels, tokens, cells, cfgs[i]["token_w"],
-                                   cfgs[i]["shape_w"])[0]
-                for group in o.param_groups:
-                    group["lr"] = float(lr[i])
-                o.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([*model.parameters(), *head.parameters()], CLIP_NORM)
-                o.step()
         worst_param = 0.0
         for i, (model, head, _) in enumerate(refs):
-            state = {**model.state_dict(), **{f"token_head.{n}": v for n, v in head.state_dict().items()}}
-            for name, value in state.items():
+            for name, value in recipe_state(model, head).items():
                 if name.startswith("blocks."):       # blocks.<i>.<kind> is p["blocks.<kind>"][model, i]
                     _, layer, kind = name.split(".", 2)
                     mine = p["blocks." + kind][i, int(layer)]

@@ -164,6 +164,31 @@ def recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_w
     return class_loss + token_weight * token_loss + shape_weight * shape_loss, class_loss, token_loss, shape_loss
 
 
+def starting_point():
+    """The recipe's start: torch seed TORCH_SEED, the model at stage ``low``'s size with the sine-cosine position
+    embedding, and the token head. -> (model, token_head)"""
+    torch.manual_seed(TORCH_SEED)
+    model = build_model(STAGES[0]["img_size"])
+    with torch.no_grad():
+        model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
+    return model, make_token_head()
+
+
+def optimisation_step(model, token_head, optimizer, lr, x, labels, token_labels, cell_labels,
+                      token_weight=TOKEN_LOSS_WEIGHT, shape_weight=SHAPE_LOSS_WEIGHT):
+    """One step of the recipe on a batch x: learning rate, loss, gradients clipped at CLIP_NORM, AdamW.
+    -> (class logits, (loss, class, token, shape losses), gradient norm before clipping)"""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    logits, token_logits = forward_with_tokens(model, token_head, x)
+    losses = recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_weight, shape_weight)
+    optimizer.zero_grad(set_to_none=True)
+    losses[0].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_([*model.parameters(), *token_head.parameters()], CLIP_NORM)
+    optimizer.step()
+    return logits, losses, grad_norm
+
+
 def make_optimizer(*modules: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW over the modules' parameters (the model and the token head), weight decay on matrices only."""
     named = list(torch.nn.ModuleList(modules).named_parameters())
@@ -268,15 +293,11 @@ def export(model: VisionTransformer, out: Path) -> ViTConfig:
 def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     torch.set_num_threads(threads)
     blas_one_thread()
-    torch.manual_seed(TORCH_SEED)
     train_dir.mkdir(parents=True, exist_ok=True)
     log_path, ckpt_path = train_dir / "train.log", train_dir / "ckpt.pt"
 
     stage_index, step, elapsed = 0, 0, 0.0
-    model = build_model(STAGES[0]["img_size"])
-    with torch.no_grad():
-        model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
-    token_head = make_token_head()
+    model, token_head = starting_point()
     optimizer = make_optimizer(model, token_head)
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
@@ -325,15 +346,8 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
         for step, images, labels, token_labels, cell_labels in loader:
             t0 = time.time()
             lr = learning_rate(stage, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            logits, token_logits = forward_with_tokens(model, token_head, to_input(images))
-            loss, class_loss, token_loss, shape_loss = recipe_loss(logits, token_logits, labels, token_labels,
-                                                                   cell_labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_([*model.parameters(), *token_head.parameters()], CLIP_NORM)
-            optimizer.step()
+            logits, (_, class_loss, token_loss, shape_loss), grad_norm = optimisation_step(
+                model, token_head, optimizer, lr, to_input(images), labels, token_labels, cell_labels)
             elapsed += time.time() - t0
             seen += len(labels)
             correct += int((logits.argmax(1) == labels).sum())
