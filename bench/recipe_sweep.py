@@ -1,4 +1,4 @@
-"""Sweep the ``low`` stage of ``weights/train.py`` on a GPU: many hyperparameter settings at once.
+"""Sweep the ``low`` stage (112 px) of the session-7 ``weights/train.py`` on a GPU: many hyperparameter settings at once.
 
 The shipped model's recipe must train in 90 minutes on two CPU cores, so each of its choices (learning
 rate, batch size, loss weights, how many images) can be tried on the CPU only once per session. On a GPU
@@ -34,10 +34,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from weights.shapes import make_shapes  # noqa: E402
-from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
+from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
                            WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
 
-IMG = STAGES[0]["img_size"]
+# the stage it swept: "low" of the session-7 recipe, whole 112 px images (the recipe now starts with windows of
+# 224 px scenes, weights.train.STAGES)
+IMG = 112
 # what ROUNDS vary: stage low as the recipe had it before this sweep (session 6), written out so that the rounds
 # mean the same after the recipe adopted their result (token_w 1.0, shape_w 8.0)
 BASE = dict(lr=1e-3, steps=4500, warmup=50, beta2=0.999, token_w=0.5, shape_w=0.5)
