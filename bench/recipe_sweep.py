@@ -79,7 +79,7 @@ def stacked_params(k: int, device) -> dict:
     """K copies of weights.train's starting point: the timm model, its sine-cosine pos_embed, the token head.
     Names are timm's, except that the blocks are stacked too: "blocks.attn.qkv.weight" is [K, depth, 3D, D].
     Fewer, larger tensors: the optimiser's kernel launches do not grow with the depth."""
-    state = recipe_state(*starting_point())
+    state = recipe_state(*starting_point(IMG))
     flat = {n: v for n, v in state.items() if not n.startswith("blocks.")}
     for kind in BLOCK_KINDS:
         flat["blocks." + kind] = torch.stack([state[f"blocks.{i}.{kind}"] for i in range(ARCH["depth"])])
@@ -201,7 +201,7 @@ def check() -> tuple:
         opt = AdamW(p, torch.tensor([c["beta2"] for c in cfgs]))
         refs = []
         for c in cfgs:
-            model, head = starting_point()
+            model, head = starting_point(IMG)
             o = make_optimizer(model, head)
             for group in o.param_groups:
                 group["betas"] = (0.9, c["beta2"])

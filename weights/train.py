@@ -205,11 +205,11 @@ def recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_w
     return class_loss + token_weight * token_loss + shape_weight * shape_loss, class_loss, token_loss, shape_loss
 
 
-def starting_point():
-    """The recipe's start: torch seed TORCH_SEED, the model at stage ``low``'s size with the sine-cosine position
-    embedding, and the token head. -> (model, token_head)"""
+def starting_point(img_size: int | None = None):
+    """The recipe's start: torch seed TORCH_SEED, the model at the first stage's size (or img_size) with the
+    sine-cosine position embedding, and the token head. -> (model, token_head)"""
     torch.manual_seed(TORCH_SEED)
-    model = build_model(STAGES[0]["img_size"])
+    model = build_model(img_size or STAGES[0]["img_size"])
     with torch.no_grad():
         model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
     return model, make_token_head()
