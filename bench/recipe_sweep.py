@@ -1,4 +1,4 @@
-"""Sweep the ``low`` stage (112 px) of the session-7 ``weights/train.py`` on a GPU: many hyperparameter settings at once.
+"""Sweep the ``low`` stage of ``weights/train.py`` on a GPU: many hyperparameter settings at once.
 
 The shipped model's recipe must train in 90 minutes on two CPU cores, so each of its choices (learning
 rate, batch size, loss weights, how many images) can be tried on the CPU only once per session. On a GPU
@@ -34,12 +34,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from weights.shapes import make_shapes  # noqa: E402
-from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
+from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
                            WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
 
-# the stage it swept: "low" of the session-7 recipe, whole 112 px images (the recipe now starts with windows of
-# 224 px scenes, weights.train.STAGES)
-IMG = 112
+IMG = STAGES[0]["img_size"]
 # what ROUNDS vary: stage low as the recipe had it before this sweep (session 6), written out so that the rounds
 # mean the same after the recipe adopted their result (token_w 1.0, shape_w 8.0)
 BASE = dict(lr=1e-3, steps=4500, warmup=50, beta2=0.999, token_w=0.5, shape_w=0.5)
@@ -79,7 +77,7 @@ def stacked_params(k: int, device) -> dict:
     """K copies of weights.train's starting point: the timm model, its sine-cosine pos_embed, the token head.
     Names are timm's, except that the blocks are stacked too: "blocks.attn.qkv.weight" is [K, depth, 3D, D].
     Fewer, larger tensors: the optimiser's kernel launches do not grow with the depth."""
-    state = recipe_state(*starting_point(IMG))
+    state = recipe_state(*starting_point())
     flat = {n: v for n, v in state.items() if not n.startswith("blocks.")}
     for kind in BLOCK_KINDS:
         flat["blocks." + kind] = torch.stack([state[f"blocks.{i}.{kind}"] for i in range(ARCH["depth"])])
@@ -201,7 +199,7 @@ def check() -> tuple:
         opt = AdamW(p, torch.tensor([c["beta2"] for c in cfgs]))
         refs = []
         for c in cfgs:
-            model, head = starting_point(IMG)
+            model, head = starting_point()
             o = make_optimizer(model, head)
             for group in o.param_groups:
                 group["betas"] = (0.9, c["beta2"])

@@ -1,27 +1,24 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and about 80 minutes of two quiet CPU cores from scratch):
+Run by hand, never by the tests (it needs torch and 73-81 minutes of two quiet CPU cores from scratch, measured):
 
     python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m weights.train --resume              # after an interruption: continues from the last checkpoint
     python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
 
-The recipe (see weights/MODEL_CARD.md for the numbers it reaches), two stages in ``STAGES``:
+The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages in ``STAGES``:
 
-1. Stage ``window``: 8 x 8-patch windows (128 px, 65 tokens) of 224 x 224 scenes, each window drawn at random
-   among those that hold the object's bounding box (``object_windows``). ``forward_window`` gives every patch
-   token the position embedding of the place in the 224 px grid it came from, so the model trains at the scale
-   and on the grid it ships with, at about the cost per image of a whole 112 px image (50 tokens). Each batch
-   is a fresh ``make_shapes`` draw whose seed is a function of the step, so no image is seen twice and a
-   resumed run sees exactly the batches it would have seen.
-2. Stage ``final``: whole 224 x 224 images, the 14 x 14 grid: the model learns to find the object among all
-   196 patches, the clutter of the whole scene included.
-
-Until session 8 the recipe trained on whole images at 112 px, then 160 px, then 224 px (progressive
-resizing, position embedding resampled between stages). It cost about the same, but each change of size
-halved what the model knew: the model after 112 px read 60.5 % of validation images at 112 px and 34.8 % at
-160 px (its embedding resampled), because at 112 px an object is half as many patches wide (1.25-3.75
-instead of 2.5-7.5) and the grid is interpolated. A window changes neither.
+1. Stage ``low``: 112 x 112 (a 7 x 7 grid, 50 tokens, about 5x cheaper per
+   image than 224), each batch a fresh ``make_shapes`` draw whose seed is a
+   function of the step, so no image is seen twice and a resumed run sees
+   exactly the batches it would have seen.
+2. Stages ``mid`` and ``final``: 160 x 160 then 224 x 224, the 14 x 14 grid the
+   model ships with (progressive resizing). Between stages the position
+   embedding is resampled to the new grid with timm's ``resample_abs_pos_embed``
+   (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
+   al. 2019): the same scenes at more pixels are more patches, so the model must
+   adapt to the new scale. Accuracy rose faster per image at 160 px than at
+   112 px (the objects are 20-60 px at 112), so the last half of the time (40 of 81 minutes) goes to the larger sizes.
 
 Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
 decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0,
@@ -29,12 +26,12 @@ and token labeling (Jiang et al. 2021, "All Tokens Matter", LV-ViT): a linear
 head on every patch token of the last layer predicts the object's class for
 patches that overlap the object and an 11th "background" class elsewhere
 (weight 1.0). With the class-token loss alone the first 18k images stayed at
-chance (loss 2.31 = ln 10); the dense loss gives each image 64 (then 196)
+chance (loss 2.31 = ln 10); the dense loss gives each image 49 (then 196)
 targets. The same head also predicts, for every patch, which of its 4 x 4 cells the object covers (binary
 cross-entropy, weight 8.0): the object's outline at 4 px instead of 16, a dense target about *what* the object
 is where the class label says only *that* it is there. The auxiliary head is training-only: it is not
 exported. The two weights come from ``bench/recipe_sweep.py``, which trained stage ``low`` (144k images) with
-35 settings on a GPU (whole 112 px images, the session-7 first stage): validation accuracy at 112 px went from 0.423 (weights 0.5 / 0.5, the previous recipe)
+35 settings on a GPU: validation accuracy at 112 px went from 0.423 (weights 0.5 / 0.5, the previous recipe)
 to 0.668 (1.0 / 8.0); learning rate, Adam's beta2 and larger batches gained nothing (bench/README.md).
 
 The position embedding is learnable but starts from the fixed 2-D sine-cosine
@@ -75,10 +72,9 @@ DEFAULT_OUT = HERE / "default.npz"
 ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
 MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
-    # 8 x 8-patch windows (128 px) of 224 px scenes, each holding the object: native scale, 65 tokens
-    dict(name="window", img_size=224, window=8, steps=4600, batch=32, lr=1e-3, warmup=50, eval_every=575,
-         eval_images=256),
-    dict(name="final", img_size=224, steps=600, batch=32, lr=3e-4, warmup=20, eval_every=200, eval_images=256),
+    dict(name="low", img_size=112, steps=4500, batch=32, lr=1e-3, warmup=50, eval_every=600, eval_images=512),
+    dict(name="mid", img_size=160, steps=1100, batch=32, lr=3e-4, warmup=20, eval_every=200, eval_images=512),
+    dict(name="final", img_size=224, steps=500, batch=32, lr=2e-4, warmup=20, eval_every=250, eval_images=256),
 )
 TOKEN_LOSS_WEIGHT = 1.0               # weight of the token-labeling loss (LV-ViT used 0.5; bench/recipe_sweep.py)
 TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
@@ -157,46 +153,6 @@ def forward_with_tokens(model: VisionTransformer, token_head, x):  # -> [B, C] c
     return model.forward_head(features), token_head(features[:, model.num_prefix_tokens:])
 
 
-def forward_window(model: VisionTransformer, token_head, x, rows, cols):
-    """The model on windows of its images: x [B, 3, w*p, w*p] holds, for each image, the w x w patches whose top-left
-    patch is (rows[b], cols[b]) on the model's grid. Each patch token gets the position embedding of the place it
-    came from, so the window is the full image minus the patches outside it: the same scale, the same positions.
-    The CLS token and the blocks are the model's. -> [B, C] class logits, [B, w*w, ...] token logits"""
-    b, p = x.shape[0], model.patch_embed.patch_size[0]
-    w, grid_w = x.shape[-1] // p, model.patch_embed.grid_size[1]
-    tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)                         # [B, w*w, D]
-    offsets = torch.arange(w)
-    where = ((rows[:, None] + offsets)[:, :, None] * grid_w + (cols[:, None] + offsets)[:, None, :]).reshape(b, -1)
-    tokens = tokens + model.pos_embed[0, model.num_prefix_tokens:][where]                 # [B, w*w, D]
-    cls = (model.cls_token + model.pos_embed[:, :1]).expand(b, -1, -1)                    # [B, 1, D]
-    h = model.norm(model.blocks(model.norm_pre(model.pos_drop(torch.cat([cls, tokens], dim=1)))))
-    return model.forward_head(h), token_head(h[:, model.num_prefix_tokens:])
-
-
-def object_windows(masks: np.ndarray, window: int, patch_size: int, rng: np.random.Generator):
-    """For each image, a window of window x window patches that holds its object: [B, H, W] bool -> rows [B], cols
-    [B], the window's top-left patch. Among the windows that hold the object's bounding box one is drawn at random
-    (so the object is anywhere in it); an object wider than the window gets the window centred on it."""
-    b, h, w = masks.shape
-    grid = h // patch_size
-    starts = np.empty((2, b), np.int64)
-    for i in range(b):
-        for axis, on in enumerate((masks[i].any(axis=1), masks[i].any(axis=0))):     # rows, then columns
-            first, last = np.flatnonzero(on)[[0, -1]] // patch_size                     # patches of the bounding box
-            low, high = max(0, last - window + 1), min(grid - window, first)
-            if low > high:
-                low = high = int(np.clip((first + last + 1) // 2 - window // 2, 0, grid - window))
-            starts[axis, i] = rng.integers(low, high + 1)
-    return starts[0], starts[1]
-
-
-def cut_windows(pixels: np.ndarray, rows, cols, window: int, patch_size: int) -> np.ndarray:
-    """[B, H, W, ...] -> [B, window*p, window*p, ...], image b from patch (rows[b], cols[b])."""
-    size = window * patch_size
-    return np.stack([a[r * patch_size:r * patch_size + size, c * patch_size:c * patch_size + size]
-                     for a, r, c in zip(pixels, rows, cols)])
-
-
 def recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_weight=TOKEN_LOSS_WEIGHT,
                 shape_weight=SHAPE_LOSS_WEIGHT):
     """The training loss and its three parts: class token [B, C] against labels [B]; token logits [B, P, ...]
@@ -208,27 +164,23 @@ def recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_w
     return class_loss + token_weight * token_loss + shape_weight * shape_loss, class_loss, token_loss, shape_loss
 
 
-def starting_point(img_size: int | None = None):
-    """The recipe's start: torch seed TORCH_SEED, the model at the first stage's size (or img_size) with the
-    sine-cosine position embedding, and the token head. -> (model, token_head)"""
+def starting_point():
+    """The recipe's start: torch seed TORCH_SEED, the model at stage ``low``'s size with the sine-cosine position
+    embedding, and the token head. -> (model, token_head)"""
     torch.manual_seed(TORCH_SEED)
-    model = build_model(img_size or STAGES[0]["img_size"])
+    model = build_model(STAGES[0]["img_size"])
     with torch.no_grad():
         model.pos_embed.copy_(sincos_pos_embed(model.patch_embed.grid_size, ARCH["embed_dim"]))
     return model, make_token_head()
 
 
 def optimisation_step(model, token_head, optimizer, lr, x, labels, token_labels, cell_labels,
-                      token_weight=TOKEN_LOSS_WEIGHT, shape_weight=SHAPE_LOSS_WEIGHT, windows=None):
-    """One step of the recipe on a batch x (windows: None for whole images, or (rows, cols) of forward_window):
-    learning rate, loss, gradients clipped at CLIP_NORM, AdamW.
+                      token_weight=TOKEN_LOSS_WEIGHT, shape_weight=SHAPE_LOSS_WEIGHT):
+    """One step of the recipe on a batch x: learning rate, loss, gradients clipped at CLIP_NORM, AdamW.
     -> (class logits, (loss, class, token, shape losses), gradient norm before clipping)"""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    if windows is None:
-        logits, token_logits = forward_with_tokens(model, token_head, x)
-    else:
-        logits, token_logits = forward_window(model, token_head, x, *windows)
+    logits, token_logits = forward_with_tokens(model, token_head, x)
     losses = recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_weight, shape_weight)
     optimizer.zero_grad(set_to_none=True)
     losses[0].backward()
@@ -292,32 +244,21 @@ class ShapeBatches(torch.utils.data.IterableDataset):
         blas_one_thread()
         stage = self.stage
         for step in range(self.start, stage["steps"]):
-            seed = batch_seed(self.stage_index, step)
-            data = make_shapes(stage["batch"], seed, img_size=stage["img_size"])
-            images, masks = data["images"], data["masks"]
-            rows = cols = np.zeros(len(images), np.int64)
-            if stage.get("window"):
-                rows, cols = object_windows(masks, stage["window"], self.patch_size, np.random.default_rng([seed, 1]))
-                images, masks = (cut_windows(a, rows, cols, stage["window"], self.patch_size) for a in (images, masks))
-            tokens = patch_targets(masks, data["labels"], self.patch_size)
-            cells = cell_targets(masks, self.patch_size)
-            yield (step, torch.from_numpy(images), torch.from_numpy(data["labels"]), torch.from_numpy(tokens),
-                   torch.from_numpy(cells), torch.from_numpy(rows), torch.from_numpy(cols))
+            data = make_shapes(stage["batch"], batch_seed(self.stage_index, step), img_size=stage["img_size"])
+            tokens = patch_targets(data["masks"], data["labels"], self.patch_size)
+            cells = cell_targets(data["masks"], self.patch_size)
+            yield (step, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), torch.from_numpy(tokens),
+                   torch.from_numpy(cells))
 
 
 # --- monitoring -------------------------------------------------------------------
 
 @torch.no_grad()
-def accuracy(model, images, labels, batch=128, windows=None, token_head=None) -> float:
-    """Top-1 accuracy on whole images, or on windows (rows, cols) of them through forward_window and token_head."""
+def accuracy(model, images, labels, batch=128) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(images), batch):
-        x = to_input(images[i:i + batch])
-        if windows is None:
-            logits = model(x)
-        else:
-            logits = forward_window(model, token_head, x, *(w[i:i + batch] for w in windows))[0]
+        logits = model(to_input(images[i:i + batch]))
         correct += int((logits.argmax(1) == labels[i:i + batch]).sum())
     model.train()
     return correct / len(images)
@@ -398,22 +339,15 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
         stage = STAGES[stage_index]
         val = make_shapes(stage["eval_images"], VAL_SEED, img_size=stage["img_size"])
         val_images, val_labels = torch.from_numpy(val["images"]), torch.from_numpy(val["labels"])
-        if stage.get("window"):   # the monitor also reads the windows the stage trains on
-            rows, cols = object_windows(val["masks"], stage["window"], ARCH["patch_size"],
-                                        np.random.default_rng([VAL_SEED, 1]))
-            val_windows = (torch.from_numpy(cut_windows(val["images"], rows, cols, stage["window"],
-                                                        ARCH["patch_size"])), torch.from_numpy(rows),
-                           torch.from_numpy(cols))
         loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, stage, step, ARCH["patch_size"]),
                                              batch_size=None, num_workers=1,
                                              prefetch_factor=4, persistent_workers=False)
         seen, correct, loss_sum, token_sum, shape_sum, window_start = 0, 0, 0.0, 0.0, 0.0, time.time()
-        for step, images, labels, token_labels, cell_labels, rows, cols in loader:
+        for step, images, labels, token_labels, cell_labels in loader:
             t0 = time.time()
             lr = learning_rate(stage, step)
             logits, (_, class_loss, token_loss, shape_loss), grad_norm = optimisation_step(
-                model, token_head, optimizer, lr, to_input(images), labels, token_labels, cell_labels,
-                windows=(rows, cols) if stage.get("window") else None)
+                model, token_head, optimizer, lr, to_input(images), labels, token_labels, cell_labels)
             elapsed += time.time() - t0
             seen += len(labels)
             correct += int((logits.argmax(1) == labels).sum())
@@ -430,23 +364,17 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
                 seen, correct, loss_sum, token_sum, shape_sum, window_start = 0, 0, 0.0, 0.0, 0.0, time.time()
             if done % stage["eval_every"] == 0 or done == stage["steps"]:
                 acc = accuracy(model, val_images, val_labels)
-                on_windows = ""
-                if stage.get("window"):
-                    window_images, *windows = val_windows
-                    window_acc = accuracy(model, window_images, val_labels, windows=windows, token_head=token_head)
-                    on_windows = f" val_acc_windows={window_acc:.4f}"
                 rho = position_embedding_spearman(model.pos_embed.detach().numpy(), model.patch_embed.grid_size,
                                                   model.num_prefix_tokens)
-                log(f"eval stage={stage['name']} step={done} val_acc={acc:.4f}{on_windows} (n={len(val_labels)}, "
+                log(f"eval stage={stage['name']} step={done} val_acc={acc:.4f} (n={len(val_labels)}, "
                     f"seed {VAL_SEED}) pos_embed_spearman={rho:.3f}", log_path)
             if time.time() - last_save > CHECKPOINT_EVERY_S or done == stage["steps"]:
                 next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
                 if next_stage < len(STAGES) and next_stage != stage_index:
                     # the checkpoint holds the grown model
                     model, optimizer = start_stage(model, token_head, STAGES[next_stage]["img_size"])
-                    log(f"next stage {STAGES[next_stage]['name']}: model at {STAGES[next_stage]['img_size']} px, "
-                        f"pos_embed {tuple(model.pos_embed.shape)} (resampled bicubic, antialias, if the grid "
-                        f"changed), fresh optimiser", log_path)
+                    log(f"grew model to {STAGES[next_stage]['img_size']} px, pos_embed "
+                        f"{tuple(model.pos_embed.shape)} (bicubic, antialias)", log_path)
                 save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed,
                                 model=model.state_dict(), token_head=token_head.state_dict(),
                                 optimizer=optimizer.state_dict(),
