@@ -19,6 +19,11 @@ used seeds >= 1_000_000 and monitored on 99):
 * **mean attention distance** per layer (Dosovitskiy et al. 2021, Fig. 7
   right), in pixels, averaged over heads, query patches and the same images;
   prefix columns dropped and rows renormalised (``numpy_vit.analysis``).
+
+It also says where the rollout's ratio comes from: the same ratio for each layer's own CLS attention (head
+mean, no residual), and for the rollout through layers 0..l only. When the first layers attend globally, the
+rollout is settled after them: from then on every token's row already mixes the whole image, so a later
+layer that reads the object moves it little.
 """
 from __future__ import annotations
 
@@ -77,19 +82,26 @@ def predict(model: nv.ViT, images: np.ndarray, batch: int = 50) -> np.ndarray:
 
 
 def attention_measures(model: nv.ViT, images: np.ndarray, masks: np.ndarray, batch: int = 20):
-    """Rollout-on-object ratios [B] and mean attention distance [L, H] over the same images."""
+    """Over the same images: rollout-on-object ratios [B]; mean attention distance [L, H]; per layer, the same ratio
+    for that layer's own CLS attention (head mean) [B, L] and for the rollout through layers 0..l only [B, L]."""
     config = model.config
-    ratios, distances = [], []
+    ratios, distances, layer_ratios, partial_ratios = [], [], [], []
     for i in range(0, len(images), batch):
         trace = model.run(list(images[i:i + batch]), record=["blocks.*.attn.pattern"])
         patterns = trace.attention                                                # L x [b, H, N, N]
         t = trace.num_prefix_tokens
-        rollout = analysis.attention_rollout(patterns, head_fusion="mean", num_prefix_tokens=t)  # [b, N, N]
-        cls_rows = rollout[:, 0, t:]                                              # [b, P] CLS row, patch columns
-        ratios.append(rollout_object_ratio(cls_rows, patches_on_object(masks[i:i + batch], trace.grid)))
+        on_object = patches_on_object(masks[i:i + batch], trace.grid)             # [b, P]
+        partial = [rollout_object_ratio(analysis.attention_rollout(patterns[:depth], head_fusion="mean",
+                                                                   num_prefix_tokens=t)[:, 0, t:], on_object)
+                   for depth in range(1, len(patterns) + 1)]                      # L x [b], the last = all layers
+        partial_ratios.append(np.stack(partial, axis=1))
+        ratios.append(partial[-1])
+        layer_ratios.append(np.stack([rollout_object_ratio(p.mean(axis=1)[:, 0, t:], on_object) for p in patterns],
+                                     axis=1))
         distance = analysis.mean_attention_distance(patterns, trace.grid, config.patch_size, t)   # [L, H]
-        distances.append(distance * len(cls_rows))
-    return np.concatenate(ratios), np.sum(distances, axis=0) / len(images)
+        distances.append(distance * len(on_object))
+    return (np.concatenate(ratios), np.sum(distances, axis=0) / len(images), np.concatenate(layer_ratios),
+            np.concatenate(partial_ratios))
 
 
 def model_from_checkpoint(path: Path) -> nv.ViT:
@@ -120,11 +132,14 @@ def evaluate(model: nv.ViT, seed: int, n_accuracy: int, n_attention: int) -> dic
     result["n_accuracy"] = n_accuracy
     result["class_recall"] = {name: round(float((predicted[labels == c] == c).mean()), 3)
                               for c, name in enumerate(config.labels) if (labels == c).any()}
-    ratios, distance = attention_measures(model, data["images"][:n_attention], data["masks"][:n_attention])
+    ratios, distance, layer_ratios, partial_ratios = attention_measures(model, data["images"][:n_attention],
+                                                                        data["masks"][:n_attention])
     result["rollout_object_ratio"] = float(ratios.mean())
     result["rollout_object_ratio_median"] = float(np.median(ratios))
     result["rollout_images_over_1"] = float((ratios > 1).mean())
     result["n_attention"] = n_attention
+    result["cls_attention_object_ratio_per_layer"] = [round(float(r), 2) for r in layer_ratios.mean(axis=0)]
+    result["rollout_object_ratio_through_layer"] = [round(float(r), 2) for r in partial_ratios.mean(axis=0)]
     result["pos_embed_spearman"] = position_embedding_spearman(model.params["pos_embed"], config.grid_size,
                                                                config.num_prefix_tokens)
     result["mean_attention_distance_px"] = [round(float(d), 1) for d in distance.mean(axis=1)]
@@ -140,13 +155,16 @@ def report(result: dict) -> str:
     lines = [f"{result['model']} at {result['img_size']} px, fresh images from seed {result['seed']}"]
     for key, target in TARGETS.items():
         verdict = "meets" if result[key] >= target else "MISSES"
-        n = result.get("n_" + key.split("_")[0], result["n_attention"])
         extra = f" on {result['n_accuracy']} images" if key == "accuracy" else (
             f" over {result['n_attention']} images (median {result['rollout_object_ratio_median']:.2f}, "
             f"{result['rollout_images_over_1']:.0%} of images > 1)" if key.startswith("rollout") else
             " over all pairs of patches")
         lines.append(f"  {key:<22} {result[key]:.4f}{extra}  [target >= {target}: {verdict}]")
     lines.append("  recall per class: " + ", ".join(f"{k} {v:.2f}" for k, v in result["class_recall"].items()))
+    lines.append("  the same ratio for each layer's own CLS attention (head mean), layers 0..: "
+                 + " ".join(f"{r:.2f}" for r in result["cls_attention_object_ratio_per_layer"]))
+    lines.append("  ... and for the rollout through layers 0..l only:                        "
+                 + " ".join(f"{r:.2f}" for r in result["rollout_object_ratio_through_layer"]))
     lines.append(f"  mean attention distance per layer (px, mean over heads; uniform = "
                  f"{result['uniform_attention_distance_px']}):")
     for i, (mean, lo, hi) in enumerate(zip(result["mean_attention_distance_px"],
