@@ -234,18 +234,19 @@ def add_residual(attention: np.ndarray) -> np.ndarray:
 
 
 def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                      num_prefix_tokens: int = 1, start_layer: int = 0) -> np.ndarray:
+                      num_prefix_tokens: int = 1, start_layer: int = 0, every_layer: bool = False) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema 2020, eq. 1): list over L of [B, H, N, N] -> [B, N, N].
 
     R_0 = A_hat_0 and R_l = A_hat_l @ R_{l-1}, with A_hat_l = (A_l + I) / rowsum the head-fused
     attention of layer l plus the residual identity (their ``compute_joint_attention``). Row i of
     the result says how much of token i's final state flowed, through all layers, from each input
     token; the classic map is the CLS row over the patch columns (:func:`attention_to_grid`).
-    Every A_hat is checked to be row-stochastic, so R is too.
+    Every A_hat is checked to be row-stochastic, so R is too. ``every_layer=True`` returns every R_l on the
+    way, [L - start_layer, B, N, N]: the rollout through each layer, for the cost of the last one.
     """
     layers = as_attention_layers(attentions)
     start = check_index(start_layer, len(layers), "start_layer")
-    rollout = None
+    rollout, steps = None, []
     for index, a in enumerate(layers[start:], start):
         fused = fuse_heads(a, head_fusion)                               # [B, N, N]
         if discard_ratio:
@@ -253,7 +254,8 @@ def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: floa
         a_hat = add_residual(fused)                                      # [B, N, N]
         _assert_row_stochastic(a_hat, f"A_hat of layer {index}")
         rollout = a_hat if rollout is None else a_hat @ rollout          # [B, N, N] @ [B, N, N]
-    return rollout
+        steps.append(rollout)
+    return np.stack(steps) if every_layer else rollout
 
 
 def _max_flow(capacity: np.ndarray, source: int, sink: int) -> float:

@@ -35,6 +35,15 @@ def test_rollout_one_layer_is_a_hat_and_start_layer_skips():
                                (A1 + np.eye(3)) / 2, atol=1e-12)
 
 
+def test_rollout_every_layer_is_the_rollout_through_each_layer():
+    layers = [as_layer(A0), as_layer(A1), as_layer(A0)]
+    steps = analysis.attention_rollout(layers, every_layer=True)
+    assert steps.shape == (3, 1, 3, 3)
+    for depth in range(1, 4):
+        np.testing.assert_allclose(steps[depth - 1], analysis.attention_rollout(layers[:depth]), atol=1e-12)
+    assert analysis.attention_rollout(layers, start_layer=1, every_layer=True).shape == (2, 1, 3, 3)
+
+
 def test_head_fusion_mean_max_min():
     # two heads whose mean is A0's first row: [0, 1, 0] and [0, 0, 1]
     heads = np.stack([A1, np.array([[0, 0, 1.], [1., 0, 0], [0, 0, 1.]])])[None]  # [1, 2, 3, 3]

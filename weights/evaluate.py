@@ -91,9 +91,9 @@ def attention_measures(model: nv.ViT, images: np.ndarray, masks: np.ndarray, bat
         patterns = trace.attention                                                # L x [b, H, N, N]
         t = trace.num_prefix_tokens
         on_object = patches_on_object(masks[i:i + batch], trace.grid)             # [b, P]
-        partial = [rollout_object_ratio(analysis.attention_rollout(patterns[:depth], head_fusion="mean",
-                                                                   num_prefix_tokens=t)[:, 0, t:], on_object)
-                   for depth in range(1, len(patterns) + 1)]                      # L x [b], the last = all layers
+        rollouts = analysis.attention_rollout(patterns, head_fusion="mean", num_prefix_tokens=t,
+                                              every_layer=True)                   # [L, b, N, N], through layer l
+        partial = [rollout_object_ratio(r[:, 0, t:], on_object) for r in rollouts]   # L x [b], the last = all layers
         partial_ratios.append(np.stack(partial, axis=1))
         ratios.append(partial[-1])
         layer_ratios.append(np.stack([rollout_object_ratio(p.mean(axis=1)[:, 0, t:], on_object) for p in patterns],
