@@ -51,6 +51,51 @@ def test_sincos_start_encodes_the_grid():
     assert T.position_embedding_spearman(table.numpy(), (7, 7), 1) > 0.9
 
 
+def test_low_rank_factors_are_the_truncated_svd():
+    torch.manual_seed(3)
+    target = torch.randn(12, 12, dtype=torch.float64)
+    a, b = T.low_rank_factors(target, 12)
+    torch.testing.assert_close(a.T @ b, target, rtol=0, atol=1e-12)           # full rank: the matrix itself
+    a, b = T.low_rank_factors(target, 4)
+    u, s, vh = torch.linalg.svd(target)
+    assert a.shape == b.shape == (4, 12)
+    torch.testing.assert_close(a.T @ b, u[:, :4] @ torch.diag(s[:4]) @ vh[:4], rtol=0, atol=1e-12)
+
+
+def layer0_attention_distance(model, images):
+    """Mean distance (pixels) from each patch query to what it attends to in layer 0, heads and images averaged."""
+    x = model._pos_embed(model.patch_embed(T.to_input(torch.from_numpy(images))))
+    attn = model.blocks[0].attn
+    b, n, d = x.shape
+    qkv = attn.qkv(model.blocks[0].norm1(x)).reshape(b, n, 3, attn.num_heads, d // attn.num_heads)
+    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)          # [B, H, N, d/H]
+    weights = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)[..., 1:, 1:]
+    weights = weights / weights.sum(-1, keepdim=True)                          # patch queries over patch keys
+    gh, gw = model.patch_embed.grid_size
+    cells = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"), -1).reshape(-1, 2)
+    distance = torch.cdist(cells.double(), cells.double()).float() * T.ARCH["patch_size"]
+    return float((weights * distance).sum(-1).mean())
+
+
+@torch.no_grad()
+def test_mimetic_start_makes_attention_local_and_subtracts_the_token():
+    model, _ = T.starting_point()
+    dim, heads = model.embed_dim, model.blocks[0].attn.num_heads
+    k = dim // heads
+    for block in model.blocks:
+        w_q, w_k, w_v = block.attn.qkv.weight.reshape(3, dim, dim)
+        for h in range(heads):   # each head's score form leans to the identity: a query finds its own key
+            form = w_q[h * k:(h + 1) * k].T @ w_k[h * k:(h + 1) * k]
+            assert form.diagonal().mean() > 3 * (form - torch.diag(form.diagonal())).abs().mean()
+        value_out = w_v.T @ block.attn.proj.weight.T                    # MIMETIC_VO (Z - I): trace -0.4 * 128 +- 0.4
+        assert abs(float(value_out.trace()) + T.MIMETIC_VO * dim) < 2.0
+    images = T.make_shapes(4, 7, img_size=T.STAGES[0]["img_size"])["images"]
+    torch.manual_seed(T.TORCH_SEED)
+    plain = T.build_model(T.STAGES[0]["img_size"])                     # timm's own start, same position embedding
+    plain.pos_embed.copy_(model.pos_embed)
+    assert layer0_attention_distance(model, images) < 0.9 * layer0_attention_distance(plain, images)
+
+
 def test_tiny_run_exports_a_model_numpy_vit_reads(tmp_path, tiny):
     state = tiny(tmp_path, [STAGE_A, STAGE_B])
     model = nv.ViT.from_pretrained(str(tmp_path / "model.npz"))
