@@ -18,7 +18,7 @@ The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages 
    (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
    al. 2019): the same scenes at more pixels are more patches, so the model must
    adapt to the new scale. Accuracy rose faster per image at 160 px than at
-   112 px (the objects are 20-60 px at 112), so the last half of the time (40 of 81 minutes) goes to the larger sizes.
+   112 px (the objects are 20-60 px at 112), so about half of the time (35 of 73 minutes in the shipped run) goes to the larger sizes.
 
 Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
 decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0,
