@@ -1,11 +1,12 @@
 """weights/train.py, the recipe of the shipped model, on a tiny model and tiny stages (seconds, not an hour):
-its targets, its position-embedding start, the export our NumPy model reads, and resuming, both in the middle
+its targets, its position-embedding and mimetic attention start, the export our NumPy model reads, and resuming, both in the middle
 of a stage and after the list of stages grew (how the shipped model was trained)."""
 import numpy as np
 import pytest
 import torch
 
 import numpy_vit as nv
+from numpy_vit import analysis
 from weights import train as T
 
 TINY_ARCH = dict(patch_size=16, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
@@ -62,23 +63,19 @@ def test_low_rank_factors_are_the_truncated_svd():
     torch.testing.assert_close(a.T @ b, u[:, :4] @ torch.diag(s[:4]) @ vh[:4], rtol=0, atol=1e-12)
 
 
-def layer0_attention_distance(model, images):
-    """Mean distance (pixels) from each patch query to what it attends to in layer 0, heads and images averaged."""
-    x = model._pos_embed(model.patch_embed(T.to_input(torch.from_numpy(images))))
-    attn = model.blocks[0].attn
-    b, n, d = x.shape
-    qkv = attn.qkv(model.blocks[0].norm1(x)).reshape(b, n, 3, attn.num_heads, d // attn.num_heads)
-    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)          # [B, H, N, d/H]
-    weights = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)[..., 1:, 1:]
-    weights = weights / weights.sum(-1, keepdim=True)                          # patch queries over patch keys
-    gh, gw = model.patch_embed.grid_size
-    cells = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"), -1).reshape(-1, 2)
-    distance = torch.cdist(cells.double(), cells.double()).float() * T.ARCH["patch_size"]
-    return float((weights * distance).sum(-1).mean())
+def layer0_attention_distance(model, images, tmp_path):
+    """Mean attention distance (pixels) of layer 0 over heads, patch queries and images, as numpy_vit measures it
+    (``analysis.mean_attention_distance``) on the model exported by the recipe's own ``export``."""
+    path = tmp_path / "start.npz"
+    T.export(model, path)
+    trace = nv.ViT.from_pretrained(str(path)).run(list(images), record=["blocks.*.attn.pattern"])
+    distance = analysis.mean_attention_distance(trace.attention[:1], trace.grid, T.ARCH["patch_size"],
+                                                trace.num_prefix_tokens)           # [1, H]
+    return float(distance.mean())
 
 
 @torch.no_grad()
-def test_mimetic_start_makes_attention_local_and_subtracts_the_token():
+def test_mimetic_start_makes_attention_local_and_subtracts_the_token(tmp_path):
     model, _ = T.starting_point()
     dim, heads = model.embed_dim, model.blocks[0].attn.num_heads
     k = dim // heads
@@ -93,7 +90,8 @@ def test_mimetic_start_makes_attention_local_and_subtracts_the_token():
     torch.manual_seed(T.TORCH_SEED)
     plain = T.build_model(T.STAGES[0]["img_size"])                     # timm's own start, same position embedding
     plain.pos_embed.copy_(model.pos_embed)
-    assert layer0_attention_distance(model, images) < 0.9 * layer0_attention_distance(plain, images)
+    assert layer0_attention_distance(model, images, tmp_path) < 0.9 * layer0_attention_distance(plain, images,
+                                                                                                 tmp_path)
 
 
 def test_tiny_run_exports_a_model_numpy_vit_reads(tmp_path, tiny):
