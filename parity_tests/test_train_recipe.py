@@ -79,13 +79,14 @@ def test_mimetic_start_makes_attention_local_and_subtracts_the_token(tmp_path):
     model, _ = T.starting_point()
     dim, heads = model.embed_dim, model.blocks[0].attn.num_heads
     k = dim // heads
-    assert 0 < len(T.MIMETIC_LAYERS) < len(model.blocks)   # some blocks start mimetic, the others as timm starts them
+    mimetic = T.mimetic_blocks(len(model.blocks))
+    assert 0 < len(mimetic) < len(model.blocks)   # some blocks start mimetic, the others as timm starts them
     for index, block in enumerate(model.blocks):
         w_q, w_k, w_v = block.attn.qkv.weight.reshape(3, dim, dim)
         forms = [w_q[h * k:(h + 1) * k].T @ w_k[h * k:(h + 1) * k] for h in range(heads)]
         leans = [form.diagonal().mean() > 3 * (form - torch.diag(form.diagonal())).abs().mean() for form in forms]
         value_out = float((w_v.T @ block.attn.proj.weight.T).trace())
-        if index in T.MIMETIC_LAYERS:   # each head's score form leans to the identity: a query finds its own key
+        if index in mimetic:   # each head's score form leans to the identity: a query finds its own key
             assert all(leans)
             assert abs(value_out + T.MIMETIC_VO * dim) < 2.0             # MIMETIC_VO (Z - I): trace -0.4 * 128 +- 0.4
         else:                           # timm's truncated normal (std 0.02): no lean, value-output trace near 0
@@ -95,7 +96,7 @@ def test_mimetic_start_makes_attention_local_and_subtracts_the_token(tmp_path):
     torch.manual_seed(T.TORCH_SEED)
     plain = T.build_model(T.STAGES[0]["img_size"])                     # timm's own start, same position embedding
     plain.pos_embed.copy_(model.pos_embed)
-    first = T.MIMETIC_LAYERS[0]
+    first = mimetic[0]
     assert attention_distance(model, first, images, tmp_path) < 0.9 * attention_distance(plain, first, images,
                                                                                          tmp_path)
 

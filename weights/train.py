@@ -1,6 +1,7 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and 73-81 minutes of two quiet CPU cores from scratch, measured):
+Run by hand, never by the tests (it needs torch and, from scratch, 66 minutes of two quiet cores of a Zen 5 CPU,
+measured; about 1.9x that on the Zen 3 of earlier sessions, see weights/MODEL_CARD.md):
 
     python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m weights.train --resume              # after an interruption: continues from the last checkpoint
@@ -18,7 +19,8 @@ The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages 
    (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
    al. 2019): the same scenes at more pixels are more patches, so the model must
    adapt to the new scale. Accuracy rose faster per image at 160 px than at
-   112 px (the objects are 20-60 px at 112), so about half of the time (35 of 73 minutes in the shipped run) goes to the larger sizes.
+   112 px (the objects are 20-60 px at 112), so about half of the time (34 of 66 minutes in the shipped run)
+   goes to the larger sizes.
 
 Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
 decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0,
@@ -41,7 +43,7 @@ grid before it can relate the patches of one shape, and two runs (class loss
 alone, then with token labeling) were still near chance after 19k images.
 The model card reports the embedding's grid correlation at initialisation
 next to the trained one, so the reader sees what training kept or added.
-The attention weights of the last six blocks (``MIMETIC_LAYERS``) start "mimetic" (Trockman & Kolter 2023):
+The attention weights of the last six blocks (``MIMETIC_FROM``) start "mimetic" (Trockman & Kolter 2023):
 each head's query-key form is near a multiple of the identity, so at the start a patch attends most to patches
 like itself, among them its grid neighbours (the sine-cosine embedding makes neighbours alike), and each
 layer's value-output product is near minus the identity. The first six blocks keep timm's start. Side-by-side
@@ -95,7 +97,8 @@ LABEL_SMOOTHING = 0.1
 CLIP_NORM = 1.0
 MIMETIC_QK = 0.7                      # mimetic start (Trockman & Kolter 2023): W_q^T W_k ~ 0.7 Z + 0.7 I per head
 MIMETIC_VO = 0.4                      # ... and W_v^T W_proj^T ~ 0.4 Z - 0.4 I per layer (Z: N(0, 1/D) entries)
-MIMETIC_LAYERS = range(6, 12)         # ... in these blocks only; the first six keep timm's start (rollout, see below)
+MIMETIC_FROM = 0.5                    # ... in the blocks from this fraction of the depth on (6-11 of 12); the
+                                      # first half keep timm's start (the rollout, see above)
 TORCH_SEED = 0
 TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
 VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
@@ -136,8 +139,13 @@ def low_rank_factors(target: torch.Tensor, rank: int):
     return (u[:, :rank] * root).T, root[:, None] * vh[:rank]
 
 
+def mimetic_blocks(depth: int) -> range:
+    """The blocks that start mimetic: the last (1 - MIMETIC_FROM) of them."""
+    return range(round(depth * MIMETIC_FROM), depth)
+
+
 def mimetic_attention_init(model: VisionTransformer):
-    """Start the attention layers MIMETIC_LAYERS as trained ViTs' layers look (Trockman & Kolter 2023, "Mimetic
+    """Start the attention layers ``mimetic_blocks(depth)`` as trained ViTs' layers look (Trockman & Kolter 2023, "Mimetic
     Initialization of Self-Attention Layers"), from torch's global RNG:
 
     * each head's W_q^T W_k (the bilinear form of its scores, [D, D] of rank D/H) is the rank-D/H part of
@@ -151,7 +159,7 @@ def mimetic_attention_init(model: VisionTransformer):
     k = dim // heads
     eye = torch.eye(dim)
     with torch.no_grad():
-        for block in (model.blocks[i] for i in MIMETIC_LAYERS):
+        for block in (model.blocks[i] for i in mimetic_blocks(len(model.blocks))):
             qkv = block.attn.qkv.weight                                   # [3D, D]
             for h in range(heads):
                 z = torch.randn(dim, dim) / math.sqrt(dim)
@@ -381,7 +389,7 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(STAGES)} wd={WEIGHT_DECAY} "
         f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} token_loss_weight={TOKEN_LOSS_WEIGHT} "
         f"token_min_overlap={TOKEN_MIN_OVERLAP:.4f} shape_cells={SHAPE_CELLS} shape_loss_weight={SHAPE_LOSS_WEIGHT} "
-        f"mimetic_qk={MIMETIC_QK} mimetic_vo={MIMETIC_VO} mimetic_layers={list(MIMETIC_LAYERS)} "
+        f"mimetic_qk={MIMETIC_QK} mimetic_vo={MIMETIC_VO} mimetic_blocks={list(mimetic_blocks(ARCH['depth']))} "
         f"threads={torch.get_num_threads()}", log_path)
 
     last_save = time.time()
