@@ -145,8 +145,8 @@ def mimetic_blocks(depth: int) -> range:
 
 
 def mimetic_attention_init(model: VisionTransformer):
-    """Start the attention layers ``mimetic_blocks(depth)`` as trained ViTs' layers look (Trockman & Kolter 2023, "Mimetic
-    Initialization of Self-Attention Layers"), from torch's global RNG:
+    """Start the attention layers ``mimetic_blocks(depth)`` as trained ViTs' layers look (Trockman & Kolter 2023,
+    "Mimetic Initialization of Self-Attention Layers"), from torch's global RNG:
 
     * each head's W_q^T W_k (the bilinear form of its scores, [D, D] of rank D/H) is the rank-D/H part of
       MIMETIC_QK * (Z + I): a token's query is close to its own key, so at the start a patch attends most to the
