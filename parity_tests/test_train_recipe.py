@@ -19,9 +19,9 @@ def tiny(monkeypatch):
     monkeypatch.setattr(T, "ARCH", TINY_ARCH)
     monkeypatch.setattr(T, "CHECKPOINT_EVERY_S", 0)  # a checkpoint after every step
 
-    def run(tmp, stages, resume=False):
+    def run(tmp, stages, resume=False, steps_scale=1.0):
         monkeypatch.setattr(T, "STAGES", tuple(stages))
-        T.train(tmp, resume=resume, out=tmp / "model.npz", threads=1)
+        T.train(tmp, resume=resume, out=tmp / "model.npz", threads=1, steps_scale=steps_scale)
         return torch.load(tmp / "final.pt", weights_only=True)
     return run
 
@@ -159,6 +159,37 @@ def test_resume_from_another_recipes_token_head_says_what_to_do(tmp_path, tiny, 
     monkeypatch.setattr(T, "SHAPE_CELLS", 2)        # a recipe whose token head has other outputs
     with pytest.raises(SystemExit, match="written by another recipe: its token head has 27 outputs, this recipe's 15"):
         tiny(tmp_path, [STAGE_A, STAGE_B], resume=True)
+
+
+def test_steps_scale_shortens_every_stage_and_resume_keeps_it(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(T, "STAGES", (STAGE_A, dict(STAGE_B, steps=10, warmup=4, eval_every=5)))
+    half = T.scaled_stages(0.5)
+    assert [(s["name"], s["img_size"], s["steps"], s["warmup"], s["eval_every"]) for s in half] == \
+        [("a", 32, 2, 1, 1), ("b", 48, 5, 2, 2)]   # rounded half to even, never below 1
+    assert T.scaled_stages(1) == T.STAGES
+    for bad in (0, -1, 11, "half", True):
+        with pytest.raises(T.ArgumentError, match="steps_scale must be a number in"):
+            T.scaled_stages(bad)
+
+    tiny(tmp_path, [STAGE_A], steps_scale=0.5)
+    assert "stage=a step=2/2" in (tmp_path / "train.log").read_text()
+    with pytest.raises(SystemExit, match="written with --steps-scale 0.5, this run asks for 1.0"):
+        tiny(tmp_path, [STAGE_A, STAGE_B], resume=True)
+
+
+def test_both_attention_paths_compute_the_same_model():
+    """build_model picks timm's explicit softmax below FUSED_ATTENTION_FROM and its fused kernel from there on,
+    for speed only: the same weights give the same logits either way."""
+    torch.manual_seed(0)
+    small, large = T.build_model(112), T.build_model(T.FUSED_ATTENTION_FROM)
+    assert not small.blocks[0].attn.fused_attn and large.blocks[0].attn.fused_attn
+    fused = T.build_model(112)
+    fused.load_state_dict(small.state_dict())
+    for block in fused.blocks:
+        block.attn.fused_attn = True
+    x = T.to_input(torch.from_numpy(T.make_shapes(4, 5, img_size=112)["images"]))
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), small.eval()(x), rtol=0, atol=1e-5)
 
 
 def test_recipe_sweep_trains_what_the_recipe_trains():

@@ -1,11 +1,13 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and, from scratch, 66 minutes of two quiet cores of a Zen 5 CPU,
-measured; about 1.9x that on the Zen 3 of earlier sessions, see weights/MODEL_CARD.md):
+Run by hand, never by the tests (it needs torch and, from scratch, 80 minutes of two quiet cores of a Zen 5 CPU,
+measured; about 1.9x that on the Zen 3 of earlier sessions, where ``--steps-scale`` shortens it, see
+weights/MODEL_CARD.md):
 
     python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m weights.train --resume              # after an interruption: continues from the last checkpoint
     python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
+    python -m weights.train --steps-scale 0.55    # every stage's steps x 0.55: for a CPU about 1.9x slower
 
 The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages in ``STAGES``:
 
@@ -19,7 +21,7 @@ The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages 
    (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
    al. 2019): the same scenes at more pixels are more patches, so the model must
    adapt to the new scale. Accuracy rose faster per image at 160 px than at
-   112 px (the objects are 20-60 px at 112), so about half of the time (34 of 66 minutes in the shipped run)
+   112 px (the objects are 20-60 px at 112), so more than half of the time (42 of 80 minutes in the shipped run)
    goes to the larger sizes.
 
 Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
@@ -71,6 +73,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from numpy_vit.config import ViTConfig
+from numpy_vit.errors import ArgumentError
 from weights import save
 from weights.evaluate import position_embedding_spearman
 from weights.shapes import CLASSES, make_shapes
@@ -83,9 +86,9 @@ DEFAULT_OUT = HERE / "default.npz"
 ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
 MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
-    dict(name="low", img_size=112, steps=7500, batch=32, lr=1e-3, warmup=50, eval_every=750, eval_images=512),
-    dict(name="mid", img_size=160, steps=2200, batch=32, lr=3e-4, warmup=20, eval_every=400, eval_images=512),
-    dict(name="final", img_size=224, steps=800, batch=32, lr=2e-4, warmup=20, eval_every=400, eval_images=256),
+    dict(name="low", img_size=112, steps=10000, batch=32, lr=1e-3, warmup=50, eval_every=1000, eval_images=512),
+    dict(name="mid", img_size=160, steps=3400, batch=32, lr=3e-4, warmup=20, eval_every=425, eval_images=512),
+    dict(name="final", img_size=224, steps=900, batch=32, lr=2e-4, warmup=20, eval_every=300, eval_images=256),
 )
 TOKEN_LOSS_WEIGHT = 1.0               # weight of the token-labeling loss (LV-ViT used 0.5; bench/recipe_sweep.py)
 TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
@@ -99,6 +102,10 @@ MIMETIC_QK = 0.7                      # mimetic start (Trockman & Kolter 2023): 
 MIMETIC_VO = 0.4                      # ... and W_v^T W_proj^T ~ 0.4 Z - 0.4 I per layer (Z: N(0, 1/D) entries)
 MIMETIC_FROM = 0.5                    # ... in the blocks from this fraction of the depth on (6-11 of 12); the
                                       # first half keep timm's start (the rollout, see above)
+# timm's fused scaled_dot_product_attention against its explicit softmax(q k^T) v, one training step at batch 32,
+# two threads of the Zen 5 CPU (median of 5): 168 / 193 img/s at 112 px (50 tokens), 73 / 84 at 160 (101 tokens),
+# 34 / 24 at 224 (197 tokens). The same function either way (they differ by float32 rounding).
+FUSED_ATTENTION_FROM = 224            # image sizes from which training uses the fused path
 TORCH_SEED = 0
 TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
 VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
@@ -181,7 +188,11 @@ def blas_one_thread():
 
 
 def build_model(img_size: int) -> VisionTransformer:
-    return VisionTransformer(img_size=img_size, **ARCH)
+    """The recipe's timm ViT for img_size inputs; its attention takes the faster path for that size (same math)."""
+    model = VisionTransformer(img_size=img_size, **ARCH)
+    for block in model.blocks:
+        block.attn.fused_attn = img_size >= FUSED_ATTENTION_FROM
+    return model
 
 
 def to_input(images_uint8: torch.Tensor) -> torch.Tensor:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float, same device
@@ -273,7 +284,8 @@ def grow_to(model: VisionTransformer, img_size: int) -> VisionTransformer:
 
 
 def patch_targets(masks: np.ndarray, labels: np.ndarray, patch_size: int) -> np.ndarray:
-    """Token-labeling targets: [B, H, W] bool, [B] -> [B, P] int, the class on object patches, len(CLASSES) elsewhere."""
+    """Token-labeling targets: [B, H, W] bool, [B] -> [B, P] int, the class on object patches, len(CLASSES)
+    elsewhere."""
     b, h, w = masks.shape
     gh, gw = h // patch_size, w // patch_size
     cover = masks.reshape(b, gh, patch_size, gw, patch_size).mean(axis=(2, 4)).reshape(b, gh * gw)   # [B, P]
@@ -347,7 +359,21 @@ def export(model: VisionTransformer, out: Path) -> ViTConfig:
 
 # --- the loop ---------------------------------------------------------------------
 
-def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
+def scaled_stages(steps_scale: float) -> tuple:
+    """STAGES with every stage's steps (and its warm-up and validation interval) times steps_scale, at least 1:
+    the same recipe, shorter or longer, for a slower or faster CPU than the one the model card's times are from."""
+    if not isinstance(steps_scale, (int, float)) or isinstance(steps_scale, bool) or not 0 < steps_scale <= 10:
+        raise ArgumentError(f"steps_scale must be a number in (0, 10], got {steps_scale!r}: 1 is the recipe as "
+                            f"written, 0.5 half its steps")
+    def scaled(stage):
+        steps = max(1, round(stage["steps"] * steps_scale))
+        return dict(stage, steps=steps, warmup=min(steps, max(1, round(stage["warmup"] * steps_scale))),
+                    eval_every=max(1, round(stage["eval_every"] * steps_scale)))
+    return tuple(stage if steps_scale == 1 else scaled(stage) for stage in STAGES)
+
+
+def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, steps_scale: float = 1.0):
+    stages = scaled_stages(steps_scale)
     torch.set_num_threads(threads)
     blas_one_thread()
     train_dir.mkdir(parents=True, exist_ok=True)
@@ -359,8 +385,12 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
         stage_index, step, elapsed = state["stage"], state["step"], state["elapsed"]
-        if stage_index >= len(STAGES):
-            raise SystemExit(f"{ckpt_path} is past the last stage ({stage_index} of {len(STAGES)}): nothing to resume; "
+        saved_scale = state.get("steps_scale", 1.0)
+        if saved_scale != steps_scale:
+            raise SystemExit(f"{ckpt_path} was written with --steps-scale {saved_scale}, this run asks for "
+                             f"{steps_scale}: resume with --steps-scale {saved_scale}, or move the checkpoint away")
+        if stage_index >= len(stages):
+            raise SystemExit(f"{ckpt_path} is past the last stage ({stage_index} of {len(stages)}): nothing to resume; "
                              f"add a stage to STAGES or run --export-only")
         saved_grid = int(round(math.sqrt(state["model"]["pos_embed"].shape[1] - 1)))
         model = build_model(saved_grid * ARCH["patch_size"])
@@ -372,29 +402,29 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
                              f"{SHAPE_CELLS ** 2} mask cells); train from scratch without --resume, or move the "
                              f"checkpoint away")
         token_head.load_state_dict(state["token_head"])
-        if saved_grid * ARCH["patch_size"] == STAGES[stage_index]["img_size"]:
+        if saved_grid * ARCH["patch_size"] == stages[stage_index]["img_size"]:
             optimizer = make_optimizer(model, token_head)
             optimizer.load_state_dict(state["optimizer"])
         else:   # a checkpoint written at the end of the stage list before it grew: the stage change the loop makes
-            model, optimizer = start_stage(model, token_head, STAGES[stage_index]["img_size"])
+            model, optimizer = start_stage(model, token_head, stages[stage_index]["img_size"])
             log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
-                f"{STAGES[stage_index]['img_size']} px for stage {STAGES[stage_index]['name']}; optimiser restarts",
+                f"{stages[stage_index]['img_size']} px for stage {stages[stage_index]['name']}; optimiser restarts",
                 log_path)
         torch.set_rng_state(state["torch_rng"])
-        log(f"resumed from {ckpt_path}: stage {STAGES[stage_index]['name']} step {step}, {elapsed/60:.1f} min so far",
+        log(f"resumed from {ckpt_path}: stage {stages[stage_index]['name']} step {step}, {elapsed/60:.1f} min so far",
             log_path)
     elif resume:
         log(f"--resume: no checkpoint at {ckpt_path}, starting from scratch", log_path)
     # on every start, so that a resumed log says which recipe it continues with
-    log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(STAGES)} wd={WEIGHT_DECAY} "
+    log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(stages)} steps_scale={steps_scale} wd={WEIGHT_DECAY} "
         f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} token_loss_weight={TOKEN_LOSS_WEIGHT} "
         f"token_min_overlap={TOKEN_MIN_OVERLAP:.4f} shape_cells={SHAPE_CELLS} shape_loss_weight={SHAPE_LOSS_WEIGHT} "
         f"mimetic_qk={MIMETIC_QK} mimetic_vo={MIMETIC_VO} mimetic_blocks={list(mimetic_blocks(ARCH['depth']))} "
         f"threads={torch.get_num_threads()}", log_path)
 
     last_save = time.time()
-    while stage_index < len(STAGES):
-        stage = STAGES[stage_index]
+    while stage_index < len(stages):
+        stage = stages[stage_index]
         val = make_shapes(stage["eval_images"], VAL_SEED, img_size=stage["img_size"])
         val_images, val_labels = torch.from_numpy(val["images"]), torch.from_numpy(val["labels"])
         loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, stage, step, ARCH["patch_size"]),
@@ -428,12 +458,12 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS):
                     f"seed {VAL_SEED}) pos_embed_spearman={rho:.3f}", log_path)
             if time.time() - last_save > CHECKPOINT_EVERY_S or done == stage["steps"]:
                 next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
-                if next_stage < len(STAGES) and next_stage != stage_index:
+                if next_stage < len(stages) and next_stage != stage_index:
                     # the checkpoint holds the grown model
-                    model, optimizer = start_stage(model, token_head, STAGES[next_stage]["img_size"])
-                    log(f"grew model to {STAGES[next_stage]['img_size']} px, pos_embed "
+                    model, optimizer = start_stage(model, token_head, stages[next_stage]["img_size"])
+                    log(f"grew model to {stages[next_stage]['img_size']} px, pos_embed "
                         f"{tuple(model.pos_embed.shape)} (bicubic, antialias)", log_path)
-                save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed,
+                save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed, steps_scale=steps_scale,
                                 model=model.state_dict(), token_head=token_head.state_dict(),
                                 optimizer=optimizer.state_dict(),
                                 torch_rng=torch.get_rng_state())
@@ -463,12 +493,19 @@ def main(argv=None):
     parser.add_argument("--train-dir", type=Path, default=TRAIN_DIR, help="checkpoints and log (default %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="exported .npz (default %(default)s)")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default %(default)s)")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="every stage's steps times this (default %(default)s: the recipe as written; "
+                             "weights/MODEL_CARD.md says when to lower it)")
     parser.add_argument("--export-only", action="store_true", help="export <train-dir>/final.pt and exit")
     args = parser.parse_args(argv)
     if args.export_only:
         export_only(args.train_dir, args.out)
     else:
-        train(args.train_dir, args.resume, args.out, args.threads)
+        try:
+            scaled_stages(args.steps_scale)   # a bad scale is a usage error, before any training starts
+        except ArgumentError as error:
+            parser.error(str(error))
+        train(args.train_dir, args.resume, args.out, args.threads, args.steps_scale)
 
 
 if __name__ == "__main__":
