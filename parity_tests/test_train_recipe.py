@@ -19,9 +19,9 @@ def tiny(monkeypatch):
     monkeypatch.setattr(T, "ARCH", TINY_ARCH)
     monkeypatch.setattr(T, "CHECKPOINT_EVERY_S", 0)  # a checkpoint after every step
 
-    def run(tmp, stages, resume=False, steps_scale=1.0):
+    def run(tmp, stages, resume=False, steps_scale=1.0, float32=False):
         monkeypatch.setattr(T, "STAGES", tuple(stages))
-        T.train(tmp, resume=resume, out=tmp / "model.npz", threads=1, steps_scale=steps_scale)
+        T.train(tmp, resume=resume, out=tmp / "model.npz", threads=1, steps_scale=steps_scale, float32=float32)
         return torch.load(tmp / "final.pt", weights_only=True)
     return run
 
@@ -178,11 +178,12 @@ def test_steps_scale_shortens_every_stage_and_resume_keeps_it(tmp_path, tiny, mo
 
 
 def test_both_attention_paths_compute_the_same_model():
-    """build_model picks timm's explicit softmax below FUSED_ATTENTION_FROM and its fused kernel from there on,
-    for speed only: the same weights give the same logits either way."""
+    """build_model picks timm's explicit softmax under bfloat16 autocast, and in float32 its fused kernel from
+    FUSED_ATTENTION_FROM on, for speed only: the same weights give the same logits either way."""
     torch.manual_seed(0)
-    small, large = T.build_model(112), T.build_model(T.FUSED_ATTENTION_FROM)
+    small, large = T.build_model(112, float32=True), T.build_model(T.FUSED_ATTENTION_FROM, float32=True)
     assert not small.blocks[0].attn.fused_attn and large.blocks[0].attn.fused_attn
+    assert not T.build_model(T.FUSED_ATTENTION_FROM).blocks[0].attn.fused_attn
     fused = T.build_model(112)
     fused.load_state_dict(small.state_dict())
     for block in fused.blocks:
@@ -190,6 +191,35 @@ def test_both_attention_paths_compute_the_same_model():
     x = T.to_input(torch.from_numpy(T.make_shapes(4, 5, img_size=112)["images"]))
     with torch.no_grad():
         torch.testing.assert_close(fused.eval()(x), small.eval()(x), rtol=0, atol=1e-5)
+
+
+def test_bfloat16_step_computes_the_float32_step_at_lower_precision():
+    """The recipe's step runs the forward pass under bfloat16 autocast: the logits and losses it reports are the
+    float32 ones to bfloat16's precision (8 significant bits, relative steps of 2^-8 = 0.4 %, compounded
+    through 12 blocks), and the losses come back in float32."""
+    data = T.make_shapes(8, 3, img_size=112)
+    batch = (T.to_input(torch.from_numpy(data["images"])), torch.from_numpy(data["labels"]),
+             torch.from_numpy(T.patch_targets(data["masks"], data["labels"], 16)),
+             torch.from_numpy(T.cell_targets(data["masks"], 16)))
+    results = {}
+    for name, autocast in (("bfloat16", T.AUTOCAST_DTYPE), ("float32", None)):
+        model, head = T.starting_point()
+        results[name] = T.optimisation_step(model, head, T.make_optimizer(model, head), 0.0, *batch,
+                                            autocast=autocast)
+    (logits16, losses16, _), (logits32, losses32, _) = results["bfloat16"], results["float32"]
+    assert logits16.dtype == losses16[0].dtype == torch.float32
+    scale = logits32.abs().max()
+    assert (logits16 - logits32).abs().max() < 0.05 * scale          # bfloat16, not float32 rounding ...
+    assert (logits16 - logits32).abs().max() > 1e-5 * scale          # ... and the autocast did run in bfloat16
+    for low, high in zip(losses16, losses32):
+        assert abs(low.item() - high.item()) < 0.02 * high.item()
+
+
+def test_resume_in_another_precision_says_what_to_do(tmp_path, tiny):
+    tiny(tmp_path, [STAGE_A], float32=True)
+    with pytest.raises(SystemExit, match="was trained in float32, this run asks for bfloat16 autocast: resume "
+                                         "with --float32"):
+        tiny(tmp_path, [STAGE_A, STAGE_B], resume=True)
 
 
 def test_recipe_sweep_trains_what_the_recipe_trains():

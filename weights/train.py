@@ -1,13 +1,15 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and, from scratch, 86 minutes of two quiet cores of a Zen 5 CPU,
-measured; about 1.9x that on the Zen 3 of earlier sessions, where ``--steps-scale`` shortens it, see
-weights/MODEL_CARD.md):
+Run by hand, never by the tests (it needs torch and, from scratch, 82 minutes of two quiet cores of a Zen 5
+CPU, measured; its matrix products run in bfloat16 under torch.autocast, which that CPU's AVX512-BF16 makes
+1.6-1.9x faster per image than float32 in the training loop. A CPU without bfloat16 instructions emulates them:
+there ``--float32`` and ``--steps-scale`` shorten the run to fit, see weights/MODEL_CARD.md):
 
     python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m weights.train --resume              # after an interruption: continues from the last checkpoint
     python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
-    python -m weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a CPU about 1.9x slower
+    python -m weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a CPU about 2x slower
+    python -m weights.train --float32 --steps-scale 0.33   # a CPU without bfloat16 instructions (Zen 3)
 
 The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages in ``STAGES``:
 
@@ -21,7 +23,7 @@ The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages 
    (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
    al. 2019): the same scenes at more pixels are more patches, so the model must
    adapt to the new scale. Accuracy rose faster per image at 160 px than at
-   112 px (the objects are 20-60 px at 112), so more than half of the time (43 of 86 minutes in the shipped run)
+   112 px (the objects are 20-60 px at 112), so more than half of the time (42 of 82 minutes in the shipped run)
    goes to the larger sizes.
 
 Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
@@ -86,9 +88,9 @@ DEFAULT_OUT = HERE / "default.npz"
 ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
 MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
 STAGES = (
-    dict(name="low", img_size=112, steps=11000, batch=32, lr=1e-3, warmup=50, eval_every=1100, eval_images=512),
-    dict(name="mid", img_size=160, steps=3600, batch=32, lr=3e-4, warmup=20, eval_every=450, eval_images=512),
-    dict(name="final", img_size=224, steps=900, batch=32, lr=2e-4, warmup=20, eval_every=300, eval_images=256),
+    dict(name="low", img_size=112, steps=17500, batch=32, lr=1e-3, warmup=50, eval_every=1750, eval_images=512),
+    dict(name="mid", img_size=160, steps=6400, batch=32, lr=3e-4, warmup=20, eval_every=800, eval_images=512),
+    dict(name="final", img_size=224, steps=1400, batch=32, lr=2e-4, warmup=20, eval_every=350, eval_images=256),
 )
 TOKEN_LOSS_WEIGHT = 1.0               # weight of the token-labeling loss (LV-ViT used 0.5; bench/recipe_sweep.py)
 TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
@@ -102,10 +104,15 @@ MIMETIC_QK = 0.7                      # mimetic start (Trockman & Kolter 2023): 
 MIMETIC_VO = 0.4                      # ... and W_v^T W_proj^T ~ 0.4 Z - 0.4 I per layer (Z: N(0, 1/D) entries)
 MIMETIC_FROM = 0.5                    # ... in the blocks from this fraction of the depth on (6-11 of 12); the
                                       # first half keep timm's start (the rollout, see above)
-# timm's fused scaled_dot_product_attention against its explicit softmax(q k^T) v, one training step at batch 32,
-# two threads of the Zen 5 CPU (median of 5): 168 / 193 img/s at 112 px (50 tokens), 73 / 84 at 160 (101 tokens),
-# 34 / 24 at 224 (197 tokens). The same function either way (they differ by float32 rounding).
-FUSED_ATTENTION_FROM = 224            # image sizes from which training uses the fused path
+# Matrix products in bfloat16 (torch.autocast; parameters, optimiser state, LayerNorm, softmax and the losses stay
+# float32): one training step at batch 32, two threads of the Zen 5 CPU (AVX512-BF16), median of 10: 177 / 377 img/s
+# at 112 px (float32 / bfloat16), 80 / 192 at 160, 37 / 64 at 224. A CPU without bfloat16 instructions emulates
+# them and is slower: pass --float32 there (weights/MODEL_CARD.md).
+AUTOCAST_DTYPE = torch.bfloat16
+# timm's explicit softmax(q k^T) v at every size: under bfloat16 autocast its fused scaled_dot_product_attention is
+# slower on this CPU (116 / 377 img/s at 112 px, 57 / 192 at 160, 43 / 64 at 224, fused / explicit); in float32 the
+# fused kernel wins from 224 px on (34 / 24 img/s there), so --float32 takes it from FUSED_ATTENTION_FROM on.
+FUSED_ATTENTION_FROM = 224            # float32 only: image sizes from which training uses the fused path
 TORCH_SEED = 0
 TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
 VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
@@ -187,11 +194,12 @@ def blas_one_thread():
     threadpool_limits(1, user_api="blas")
 
 
-def build_model(img_size: int) -> VisionTransformer:
-    """The recipe's timm ViT for img_size inputs; its attention takes the faster path for that size (same math)."""
+def build_model(img_size: int, float32: bool = False) -> VisionTransformer:
+    """The recipe's timm ViT for img_size inputs; its attention takes the faster path for that size and precision
+    (explicit under bfloat16 autocast; the same math either way)."""
     model = VisionTransformer(img_size=img_size, **ARCH)
     for block in model.blocks:
-        block.attn.fused_attn = img_size >= FUSED_ATTENTION_FROM
+        block.attn.fused_attn = float32 and img_size >= FUSED_ATTENTION_FROM
     return model
 
 
@@ -243,12 +251,15 @@ def starting_point():
 
 
 def optimisation_step(model, token_head, optimizer, lr, x, labels, token_labels, cell_labels,
-                      token_weight=TOKEN_LOSS_WEIGHT, shape_weight=SHAPE_LOSS_WEIGHT):
+                      token_weight=TOKEN_LOSS_WEIGHT, shape_weight=SHAPE_LOSS_WEIGHT, autocast=AUTOCAST_DTYPE):
     """One step of the recipe on a batch x: learning rate, loss, gradients clipped at CLIP_NORM, AdamW.
+    The forward pass runs under torch.autocast(autocast) unless it is None; float64 models are never cast.
     -> (class logits, (loss, class, token, shape losses), gradient norm before clipping)"""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    logits, token_logits = forward_with_tokens(model, token_head, x)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits, token_logits = forward_with_tokens(model, token_head, x)
+    logits, token_logits = logits.to(x.dtype), token_logits.to(x.dtype)          # the losses in x's precision
     losses = recipe_loss(logits, token_logits, labels, token_labels, cell_labels, token_weight, shape_weight)
     optimizer.zero_grad(set_to_none=True)
     losses[0].backward()
@@ -266,15 +277,15 @@ def make_optimizer(*modules: torch.nn.Module) -> torch.optim.Optimizer:
                               dict(params=no_decay, weight_decay=0.0)], lr=0.0, betas=(0.9, 0.999))
 
 
-def start_stage(model: VisionTransformer, token_head, img_size: int):
+def start_stage(model: VisionTransformer, token_head, img_size: int, float32: bool = False):
     """The change between stages: the model resampled to img_size and a fresh optimiser. -> (model, optimizer)"""
-    model = grow_to(model, img_size)
+    model = grow_to(model, img_size, float32)
     return model, make_optimizer(model, token_head)
 
 
-def grow_to(model: VisionTransformer, img_size: int) -> VisionTransformer:
+def grow_to(model: VisionTransformer, img_size: int, float32: bool = False) -> VisionTransformer:
     """A copy of ``model`` for img_size inputs: same weights, position embedding resampled to the new grid."""
-    bigger = build_model(img_size)
+    bigger = build_model(img_size, float32)
     state = dict(model.state_dict())
     grid = bigger.patch_embed.grid_size
     state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid), num_prefix_tokens=1,
@@ -372,8 +383,11 @@ def scaled_stages(steps_scale: float) -> tuple:
     return tuple(stage if steps_scale == 1 else scaled(stage) for stage in STAGES)
 
 
-def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, steps_scale: float = 1.0):
+def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, steps_scale: float = 1.0,
+          float32: bool = False):
     stages = scaled_stages(steps_scale)
+    precision = "float32" if float32 else f"{str(AUTOCAST_DTYPE).removeprefix('torch.')} autocast"
+    autocast = None if float32 else AUTOCAST_DTYPE
     torch.set_num_threads(threads)
     blas_one_thread()
     train_dir.mkdir(parents=True, exist_ok=True)
@@ -389,11 +403,16 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
         if saved_scale != steps_scale:
             raise SystemExit(f"{ckpt_path} was written with --steps-scale {saved_scale}, this run asks for "
                              f"{steps_scale}: resume with --steps-scale {saved_scale}, or move the checkpoint away")
+        saved_precision = state.get("precision", "float32")
+        if saved_precision != precision:
+            flag = "with --float32" if saved_precision == "float32" else "without --float32"
+            raise SystemExit(f"{ckpt_path} was trained in {saved_precision}, this run asks for {precision}: resume "
+                             f"{flag}, or move the checkpoint away")
         if stage_index >= len(stages):
             raise SystemExit(f"{ckpt_path} is past the last stage ({stage_index} of {len(stages)}): nothing to resume; "
                              f"add a stage to STAGES or run --export-only")
         saved_grid = int(round(math.sqrt(state["model"]["pos_embed"].shape[1] - 1)))
-        model = build_model(saved_grid * ARCH["patch_size"])
+        model = build_model(saved_grid * ARCH["patch_size"], float32)
         model.load_state_dict(state["model"])
         saved_outputs = state["token_head"]["weight"].shape[0]
         if saved_outputs != token_head.out_features:
@@ -406,7 +425,7 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
             optimizer = make_optimizer(model, token_head)
             optimizer.load_state_dict(state["optimizer"])
         else:   # a checkpoint written at the end of the stage list before it grew: the stage change the loop makes
-            model, optimizer = start_stage(model, token_head, stages[stage_index]["img_size"])
+            model, optimizer = start_stage(model, token_head, stages[stage_index]["img_size"], float32)
             log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
                 f"{stages[stage_index]['img_size']} px for stage {stages[stage_index]['name']}; optimiser restarts",
                 log_path)
@@ -420,7 +439,7 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
         f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} token_loss_weight={TOKEN_LOSS_WEIGHT} "
         f"token_min_overlap={TOKEN_MIN_OVERLAP:.4f} shape_cells={SHAPE_CELLS} shape_loss_weight={SHAPE_LOSS_WEIGHT} "
         f"mimetic_qk={MIMETIC_QK} mimetic_vo={MIMETIC_VO} mimetic_blocks={list(mimetic_blocks(ARCH['depth']))} "
-        f"threads={torch.get_num_threads()}", log_path)
+        f"precision={precision} threads={torch.get_num_threads()}", log_path)
 
     last_save = time.time()
     while stage_index < len(stages):
@@ -435,7 +454,8 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
             t0 = time.time()
             lr = learning_rate(stage, step)
             logits, (_, class_loss, token_loss, shape_loss), grad_norm = optimisation_step(
-                model, token_head, optimizer, lr, to_input(images), labels, token_labels, cell_labels)
+                model, token_head, optimizer, lr, to_input(images), labels, token_labels, cell_labels,
+                autocast=autocast)
             elapsed += time.time() - t0
             seen += len(labels)
             correct += int((logits.argmax(1) == labels).sum())
@@ -460,10 +480,11 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
                 next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
                 if next_stage < len(stages) and next_stage != stage_index:
                     # the checkpoint holds the grown model
-                    model, optimizer = start_stage(model, token_head, stages[next_stage]["img_size"])
+                    model, optimizer = start_stage(model, token_head, stages[next_stage]["img_size"], float32)
                     log(f"grew model to {stages[next_stage]['img_size']} px, pos_embed "
                         f"{tuple(model.pos_embed.shape)} (bicubic, antialias)", log_path)
                 save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed, steps_scale=steps_scale,
+                                precision=precision,
                                 model=model.state_dict(), token_head=token_head.state_dict(),
                                 optimizer=optimizer.state_dict(),
                                 torch_rng=torch.get_rng_state())
@@ -496,6 +517,9 @@ def main(argv=None):
     parser.add_argument("--steps-scale", type=float, default=1.0,
                         help="every stage's steps times this (default %(default)s: the recipe as written; "
                              "weights/MODEL_CARD.md says when to lower it)")
+    parser.add_argument("--float32", action="store_true",
+                        help="train in float32 instead of bfloat16 autocast: for a CPU without bfloat16 instructions "
+                             "(weights/MODEL_CARD.md)")
     parser.add_argument("--export-only", action="store_true", help="export <train-dir>/final.pt and exit")
     args = parser.parse_args(argv)
     if args.export_only:
@@ -505,7 +529,7 @@ def main(argv=None):
             scaled_stages(args.steps_scale)   # a bad scale is a usage error, before any training starts
         except ArgumentError as error:
             parser.error(str(error))
-        train(args.train_dir, args.resume, args.out, args.threads, args.steps_scale)
+        train(args.train_dir, args.resume, args.out, args.threads, args.steps_scale, args.float32)
 
 
 if __name__ == "__main__":
