@@ -2,7 +2,7 @@
 
 Run by hand, never by the tests (it needs torch and, from scratch, 82 minutes of two quiet cores of a Zen 5
 CPU, measured; its matrix products run in bfloat16 under torch.autocast, which that CPU's AVX512-BF16 makes
-1.6-1.9x faster per image than float32 in the training loop. A CPU without bfloat16 instructions emulates them:
+1.6-1.8x faster per image than float32 in the training loop. A CPU without bfloat16 instructions emulates them:
 there ``--float32`` and ``--steps-scale`` shorten the run to fit, see weights/MODEL_CARD.md):
 
     python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
@@ -105,13 +105,13 @@ MIMETIC_VO = 0.4                      # ... and W_v^T W_proj^T ~ 0.4 Z - 0.4 I p
 MIMETIC_FROM = 0.5                    # ... in the blocks from this fraction of the depth on (6-11 of 12); the
                                       # first half keep timm's start (the rollout, see above)
 # Matrix products in bfloat16 (torch.autocast; parameters, optimiser state, LayerNorm, softmax and the losses stay
-# float32): one training step at batch 32, two threads of the Zen 5 CPU (AVX512-BF16), median of 10: 177 / 377 img/s
-# at 112 px (float32 / bfloat16), 80 / 192 at 160, 37 / 64 at 224. A CPU without bfloat16 instructions emulates
-# them and is slower: pass --float32 there (weights/MODEL_CARD.md).
+# float32). One training step at batch 32, two threads of the Zen 5 CPU (AVX512-BF16), median of 7 rounds
+# (bench/train_step.py): 174 / 342 img/s at 112 px (float32 / bfloat16), 81 / 176 at 160, 34.5 / 82 at 224.
+# A CPU without bfloat16 instructions emulates them and is slower: pass --float32 there (weights/MODEL_CARD.md).
 AUTOCAST_DTYPE = torch.bfloat16
-# timm's explicit softmax(q k^T) v at every size: under bfloat16 autocast its fused scaled_dot_product_attention is
-# slower on this CPU (116 / 377 img/s at 112 px, 57 / 192 at 160, 43 / 64 at 224, fused / explicit); in float32 the
-# fused kernel wins from 224 px on (34 / 24 img/s there), so --float32 takes it from FUSED_ATTENTION_FROM on.
+# timm's explicit softmax(q k^T) v under bfloat16: its fused scaled_dot_product_attention is slower there (119 /
+# 342 img/s at 112 px, 58.5 / 176 at 160, 39 / 82 at 224, fused / explicit). In float32 the fused kernel wins
+# from 224 px on (34.5 / 17.2 img/s there), so --float32 takes it from FUSED_ATTENTION_FROM on.
 FUSED_ATTENTION_FROM = 224            # float32 only: image sizes from which training uses the fused path
 TORCH_SEED = 0
 TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
