@@ -21,7 +21,6 @@ import time
 import torch
 
 from weights import train as T
-from weights.shapes import make_shapes
 
 BATCH = 32
 CONTENDERS = (  # name, autocast dtype (None: float32), fused attention
@@ -34,14 +33,12 @@ CONTENDERS = (  # name, autocast dtype (None: float32), fused attention
 
 def prepared(size: int):
     """A batch at size px and, per contender, the recipe's model, token head and optimiser (2 warm-up steps)."""
-    data = make_shapes(BATCH, 1234, img_size=size)
-    batch = (T.to_input(torch.from_numpy(data["images"])), torch.from_numpy(data["labels"]),
-             torch.from_numpy(T.patch_targets(data["masks"], data["labels"], T.ARCH["patch_size"])),
-             torch.from_numpy(T.cell_targets(data["masks"], T.ARCH["patch_size"])))
+    images, *targets = T.training_batch(BATCH, 1234, size, T.ARCH["patch_size"])
+    batch = (T.to_input(images), *targets)
     runs = {}
     for name, autocast, fused in CONTENDERS:
         model, head = T.starting_point()
-        model = T.grow_to(model, size) if size != T.STAGES[0]["img_size"] else model
+        model = T.grow_to(model, size)                       # a copy at the stage's size (112 px: the same grid)
         for block in model.blocks:
             block.attn.fused_attn = fused
         optimizer = T.make_optimizer(model, head)

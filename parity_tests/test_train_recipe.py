@@ -197,10 +197,8 @@ def test_bfloat16_step_computes_the_float32_step_at_lower_precision():
     """The recipe's step runs the forward pass under bfloat16 autocast: the logits and losses it reports are the
     float32 ones to bfloat16's precision (8 significant bits, relative steps of 2^-8 = 0.4 %, compounded
     through 12 blocks), and the losses come back in float32."""
-    data = T.make_shapes(8, 3, img_size=112)
-    batch = (T.to_input(torch.from_numpy(data["images"])), torch.from_numpy(data["labels"]),
-             torch.from_numpy(T.patch_targets(data["masks"], data["labels"], 16)),
-             torch.from_numpy(T.cell_targets(data["masks"], 16)))
+    images, *targets = T.training_batch(8, 3, 112, 16)
+    batch = (T.to_input(images), *targets)
     results = {}
     for name, autocast in (("bfloat16", T.AUTOCAST_DTYPE), ("float32", None)):
         model, head = T.starting_point()

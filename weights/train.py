@@ -312,6 +312,15 @@ def cell_targets(masks: np.ndarray, patch_size: int) -> np.ndarray:
     return (cells.transpose(0, 1, 3, 2, 4).reshape(b, gh * gw, n * n) >= 0.5).astype(np.float32)
 
 
+def training_batch(n: int, seed: int, img_size: int, patch_size: int) -> tuple:
+    """``make_shapes(n, seed, img_size)`` with its training targets, as tensors: images [n, S, S, 3] uint8,
+    labels [n], token labels [n, P], cell labels [n, P, SHAPE_CELLS**2]."""
+    data = make_shapes(n, seed, img_size=img_size)
+    tokens = patch_targets(data["masks"], data["labels"], patch_size)
+    cells = cell_targets(data["masks"], patch_size)
+    return tuple(torch.from_numpy(a) for a in (data["images"], data["labels"], tokens, cells))
+
+
 class ShapeBatches(torch.utils.data.IterableDataset):
     """Batches ``start .. steps-1`` of a stage; batch ``step`` is ``make_shapes(batch, batch_seed(stage, step))``.
     It carries its stage and patch size, so a worker process started any way sees the recipe of the run."""
@@ -324,11 +333,8 @@ class ShapeBatches(torch.utils.data.IterableDataset):
         blas_one_thread()
         stage = self.stage
         for step in range(self.start, stage["steps"]):
-            data = make_shapes(stage["batch"], batch_seed(self.stage_index, step), img_size=stage["img_size"])
-            tokens = patch_targets(data["masks"], data["labels"], self.patch_size)
-            cells = cell_targets(data["masks"], self.patch_size)
-            yield (step, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), torch.from_numpy(tokens),
-                   torch.from_numpy(cells))
+            yield step, *training_batch(stage["batch"], batch_seed(self.stage_index, step), stage["img_size"],
+                                        self.patch_size)
 
 
 # --- monitoring -------------------------------------------------------------------
