@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from weights.shapes import make_shapes  # noqa: E402
-from weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
+from numpy_vit.weights.shapes import make_shapes  # noqa: E402
+from numpy_vit.weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
                            WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
 
 IMG = STAGES[0]["img_size"]
@@ -189,7 +189,7 @@ def check() -> tuple:
     torch's AdamW, in float64 -> (max |parameter difference| after 3 steps, max |logit difference|).
     (In float32 the parameters differ by up to 1.8e-5 after 3 steps, 0.5% of their change: Adam divides by the
     root of tiny squared gradients; in float64 by 1e-13, so the math is the same.)"""
-    from weights.train import make_optimizer, optimisation_step
+    from numpy_vit.weights.train import make_optimizer, optimisation_step
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(2)

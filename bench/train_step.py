@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from weights import train as T
+from numpy_vit.weights import train as T
 
 BATCH = 32
 CONTENDERS = (  # name, autocast dtype (None: float32), fused attention

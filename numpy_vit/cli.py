@@ -22,7 +22,7 @@ from .errors import ArgumentError, NumpyViTError
 
 def fallback_config():
     """The architecture of the shipped default model, untrained: what runs while none is shipped."""
-    from weights.shapes import CLASSES
+    from numpy_vit.weights.shapes import CLASSES
 
     from .config import ViTConfig
 
@@ -32,7 +32,7 @@ def fallback_config():
 
 
 def default_model_exists() -> bool:
-    from weights.loader import DEFAULT_PATH
+    from numpy_vit.weights.loader import DEFAULT_PATH
 
     return os.path.isfile(DEFAULT_PATH)
 
@@ -105,7 +105,7 @@ def figure_options(args) -> dict:
 
 
 def _figure_list(name):
-    from viz.figures import FIGURES, figure_name
+    from numpy_vit.viz.figures import FIGURES, figure_name
 
     return list(FIGURES) if name == "all" else [figure_name(name)]
 
@@ -113,13 +113,13 @@ def _figure_list(name):
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_demo(args):
-    from viz.demo import run_demo
+    from numpy_vit.viz.demo import run_demo
 
     run_demo(args.out, args.image, args.model, dpi=args.dpi)
 
 
 def cmd_show(args):
-    from viz.figures import make_figure
+    from numpy_vit.viz.figures import make_figure
 
     names = _figure_list(args.figure)
     model = load_model(args.model)
@@ -152,7 +152,7 @@ def cmd_predict(args):
 
 
 def cmd_compare(args):
-    from viz.figures import compare_figure
+    from numpy_vit.viz.figures import compare_figure
 
     after = load_model(None if args.after == "default" else args.after)
     before = load_model(args.before, like=after)
@@ -180,7 +180,7 @@ def _model_label(name, model):
 
 
 def cmd_convert(args):
-    from weights.convert import convert
+    from numpy_vit.weights.convert import convert
 
     print(convert(args.src, args.out, args.arch))
 

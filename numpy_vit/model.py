@@ -100,14 +100,14 @@ class ViT:
     def from_pretrained(cls, path_or_name=None, arch=None, dtype=np.float32):
         """Load weights: our .npz, a timm .safetensors/.pth, an HF directory, a JAX .npz, a DINO .pth, or a hub
         name such as "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k". None loads the shipped default model."""
-        import weights  # imported here so that the model never depends on the checkpoint readers
+        from numpy_vit import weights  # imported here so that the model never depends on the checkpoint readers
 
         config, params = weights.load_any(path_or_name, arch=arch)
         return cls(config, params, dtype=dtype)
 
     def save(self, path):
         """Write our .npz (arrays + config as JSON); ``ViT.from_pretrained(path)`` reads it back exactly."""
-        import weights
+        from numpy_vit import weights
 
         weights.save(path, self.config, self.params)
 

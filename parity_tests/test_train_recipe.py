@@ -7,7 +7,7 @@ import torch
 
 import numpy_vit as nv
 from numpy_vit import analysis
-from weights import train as T
+from numpy_vit.weights import train as T
 
 TINY_ARCH = dict(patch_size=16, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
 STAGE_A = dict(name="a", img_size=32, steps=4, batch=3, lr=1e-3, warmup=1, eval_every=2, eval_images=4)

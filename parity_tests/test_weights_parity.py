@@ -21,9 +21,9 @@ import pytest
 from conftest import max_err, random_batch
 
 import numpy_vit as nv
-import weights
+from numpy_vit import weights
 from numpy_vit.errors import CheckpointError
-from weights import hub
+from numpy_vit.weights import hub
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -404,7 +404,7 @@ def test_hub_name_after_download(tmp_path, monkeypatch):
 
 
 def test_convert_then_load_is_the_same_model(tmp_path):
-    from weights.convert import convert
+    from numpy_vit.weights.convert import convert
     hf = hf_randomise(transformers.ViTForImageClassification(hf_config(num_labels=3)))
     hf.save_pretrained(tmp_path / "hf")
     report = convert(tmp_path / "hf", tmp_path / "model.npz")

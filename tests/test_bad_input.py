@@ -26,14 +26,14 @@ import pytest
 from PIL import Image
 
 import numpy_vit as nv
-import viz
-import weights
+from numpy_vit import viz
+from numpy_vit import weights
 from bad_input_files import animated_gif, hf_arrays, pattern_image, safetensors_bytes, tiny_config, tiny_model
 from numpy_vit import analysis, cli
 from numpy_vit.errors import ArgumentError, CheckpointError, ConfigError, ImageError
 from numpy_vit.image import ImageConversionWarning, load_image, to_rgb_array
-from viz.figures import make_figure
-from weights import files, hub, native
+from numpy_vit.viz.figures import make_figure
+from numpy_vit.weights import files, hub, native
 
 # 12 layers and 12 heads, so that "layer 12 of a 12-layer model" and "head 12 of 12" are the real questions;
 # width 24 and a 2x2 grid keep it instant.

@@ -1,4 +1,4 @@
-"""The numpy-vit command and python -m viz.demo, end to end on a small random model saved to disk."""
+"""The numpy-vit command and python -m numpy_vit.viz.demo, end to end on a small random model saved to disk."""
 import os
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from numpy_vit import ImageConversionWarning, ViT, ViTConfig, cli
-from viz.demo import SAMPLE_IMAGE
-from viz.figures import FIGURES
+from numpy_vit.viz.demo import SAMPLE_IMAGE
+from numpy_vit.viz.figures import FIGURES
 
 GUIDE_FILES = ["vis_1_patch_grid.png", "vis_2_position_embedding.png", "vis_3_attention_layers.png",
                "vis_4_all_heads.png", "vis_5_attention_distance.png", "vis_6_cls_evolution.png",
@@ -141,15 +141,15 @@ def test_help_explains_each_command(capsys):
 
 
 def test_demo_pools_the_sample_scenes_for_attention_distance(small_npz, tmp_path, monkeypatch):
-    import viz.figures
-    from viz import demo
+    from numpy_vit.viz import figures
+    from numpy_vit.viz import demo
 
     drawn = {}
 
     def record(name, trace, save_path=None, **options):
         drawn[name] = trace["blocks.0.attn.pattern"].shape[0]           # images in the trace it was given
 
-    monkeypatch.setattr(viz.figures, "make_figure", record)
+    monkeypatch.setattr(figures, "make_figure", record)
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)               # in this process, so the record is kept
     demo.run_demo(str(tmp_path), model=small_npz, echo=lambda *a: None)
     assert drawn.pop("attention_distance") == 8                           # make_shapes(8, seed=7), the sample's set

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import numpy_vit as nv
-from weights import evaluate as E
-from weights.shapes import CLASSES
+from numpy_vit.weights import evaluate as E
+from numpy_vit.weights.shapes import CLASSES
 
 
 def test_patches_on_object_marks_any_patch_the_mask_touches():

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import weights
+from numpy_vit import weights
 from bad_input_files import (checkpoint_seeds, hf_arrays, hf_config, image_seeds, mutate, mutate_json,
                              random_bytes, safetensors_bytes, timm_config, tiny_config, tiny_model)
 from numpy_vit.errors import NumpyViTError
 from numpy_vit.image import load_image
-from weights import files, native
-from weights.read_jax import PREFIXES
+from numpy_vit.weights import files, native
+from numpy_vit.weights.read_jax import PREFIXES
 
 SEED = int(os.environ.get("FUZZ_SEED", 7))  # fixed by default; set FUZZ_SEED to explore further
 TIMEOUT_S = 10          # one case longer than this counts as an escape (a hang)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from numpy_vit.errors import ArgumentError
-from weights.shapes import CLASSES, make_shapes
+from numpy_vit.weights.shapes import CLASSES, make_shapes
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-import viz
+from numpy_vit import viz
 from numpy_vit import ViT, ViTConfig, analysis
 from numpy_vit.errors import ArgumentError
-from viz.figures import FIGURES, compare_figure, figure_name, make_figure
+from numpy_vit.viz.figures import FIGURES, compare_figure, figure_name, make_figure
 
 DEPTH, HEADS = 3, 4
 
@@ -243,9 +243,9 @@ def test_patch_embedding_filters_one_panel_per_component(model, tmp_path):
 
 def test_the_guides_calls_verbatim(tmp_path):
     """The guide's code, as written there (a smaller width so the test stays fast)."""
-    from viz.visualize_advanced import (visualize_attention_distance, visualize_attention_rollout,
+    from numpy_vit.viz.visualize_advanced import (visualize_attention_distance, visualize_attention_rollout,
                                         visualize_cls_token_evolution, visualize_position_embedding)
-    from viz.visualize_attention import (ViTWithAttention, visualize_all_heads, visualize_attention_map,
+    from numpy_vit.viz.visualize_attention import (ViTWithAttention, visualize_all_heads, visualize_attention_map,
                                          visualize_patch_grid)
 
     image = str(tmp_path / "image.jpg")

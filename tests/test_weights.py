@@ -15,13 +15,13 @@ import zipfile
 import numpy as np
 import pytest
 
-import weights
+from numpy_vit import weights
 from numpy_vit.config import ViTConfig
 from numpy_vit.errors import CheckpointError
-from weights import hub, loader
-from weights.files import read_safetensors, sniff
-from weights.labels import imagenet_labels, labels_from_synsets
-from weights.read_jax import out_from_heads, qkv_bias_from_heads, qkv_from_heads
+from numpy_vit.weights import hub, loader
+from numpy_vit.weights.files import read_safetensors, sniff
+from numpy_vit.weights.labels import imagenet_labels, labels_from_synsets
+from numpy_vit.weights.read_jax import out_from_heads, qkv_bias_from_heads, qkv_from_heads
 
 SMALL = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5,
                   labels=("a", "b", "c", "d", "e"), name="small")
@@ -472,7 +472,7 @@ def test_convert_module_and_report(tmp_path):
     result = subprocess.run([sys.executable, "-m", "weights.convert", str(tmp_path / "m.safetensors"), "-o", str(out),
                              "--arch", "vit_base_patch16_224"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "error:" in result.stderr and "not have the architecture" in result.stderr
-    from weights.convert import convert
+    from numpy_vit.weights.convert import convert
     report = convert(tmp_path / "m.safetensors", out, arch=SMALL.replace(labels=(), name=""))
     assert "timm state dict (.safetensors)" in report
     n = weights.count_params(random_params(SMALL))

@@ -1,10 +1,10 @@
 """The guide's seven figures (matplotlib, headless), each callable as the guide calls it or on a Trace.
 
-    from viz import visualize_attention_map
+    from numpy_vit.viz import visualize_attention_map
     visualize_attention_map(model, "cat.jpg", save_path="attention.png", layer_indices=[0, 3, 6, 11])
     visualize_attention_map(model.run("cat.jpg"), layer_indices=[0, 11], interpolation="nearest")
 
-``python -m viz.demo`` (or ``numpy-vit demo``) draws all seven from the sample image.
+``python -m numpy_vit.viz.demo`` (or ``numpy-vit demo``) draws all seven from the sample image.
 """
 from .visualize_advanced import (visualize_attention_distance, visualize_attention_rollout,
                                  visualize_cls_token_evolution, visualize_patch_embedding_filters,

@@ -1,4 +1,4 @@
-"""The guide's demo, offline and in seconds: ``python -m viz.demo`` (or ``numpy-vit demo``).
+"""The guide's demo, offline and in seconds: ``python -m numpy_vit.viz.demo`` (or ``numpy-vit demo``).
 
 Runs the model once on the shipped sample image and writes the guide's seven files,
 ``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, then prints where they are and what
@@ -12,7 +12,9 @@ import os
 import sys
 import time
 
-SAMPLE_IMAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sample.png")
+from numpy_vit import sample_image
+
+SAMPLE_IMAGE = sample_image()
 
 
 def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
@@ -62,7 +64,7 @@ def one_blas_thread():
 def sample_scenes():
     """The sample's scene set, ``make_shapes(8, seed=7)`` (the sample is scene 6): the attention distance is
     an average over images (the ViT paper used 128), so the demo pools these eight."""
-    from weights.shapes import make_shapes
+    from numpy_vit.weights.shapes import make_shapes
 
     return list(make_shapes(8, seed=7)["images"])
 
@@ -102,7 +104,7 @@ def draw_in_parallel(trace, jobs, workers=None, model=None, distance_images=None
 
 
 def main(argv=None) -> int:
-    """``python -m viz.demo [--out DIR] [--image PATH] [--model NAME]``: the same as ``numpy-vit demo``."""
+    """``python -m numpy_vit.viz.demo [--out DIR] [--image PATH] [--model NAME]``: the same as ``numpy-vit demo``."""
     from numpy_vit.cli import main as cli_main
 
     return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])

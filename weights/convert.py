@@ -1,4 +1,4 @@
-"""Convert any supported checkpoint into our ``.npz``: ``python -m weights.convert SRC -o OUT [--arch NAME]``.
+"""Convert any supported checkpoint into our ``.npz``: ``python -m numpy_vit.weights.convert SRC -o OUT [--arch NAME]``.
 
 ``numpy-vit convert`` (numpy_vit/cli.py) calls :func:`convert` too.
 """
@@ -35,7 +35,7 @@ def convert(src, out, arch=None) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weights.convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m numpy_vit.weights.convert", description=__doc__.splitlines()[0])
     parser.add_argument("src", help="checkpoint file, folder, or hub name (owner/name)")
     parser.add_argument("-o", "--out", required=True, help="output .npz")
     parser.add_argument("--arch", default=None, help="preset / timm architecture name, when the file lacks the heads")

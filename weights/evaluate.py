@@ -1,8 +1,8 @@
 """Measure the shipped default model on fresh shapes, with the NumPy model (no torch needed).
 
-    python -m weights.evaluate                          # weights/default.npz, the numbers in MODEL_CARD.md
-    python -m weights.evaluate --model other.npz --seed 7 --n-accuracy 500 --n-attention 64
-    python -m weights.evaluate --checkpoint weights/_train/ckpt.pt   # a training checkpoint (needs torch)
+    python -m numpy_vit.weights.evaluate                          # weights/default.npz, the numbers in MODEL_CARD.md
+    python -m numpy_vit.weights.evaluate --model other.npz --seed 7 --n-accuracy 500 --n-attention 64
+    python -m numpy_vit.weights.evaluate --checkpoint weights/_train/ckpt.pt   # a training checkpoint (needs torch)
 
 Four numbers (issue 4), all on images from ``--seed`` (default 2024; training
 used seeds >= 1_000_000 and monitored on 99):
@@ -36,7 +36,7 @@ import numpy as np
 
 import numpy_vit as nv
 from numpy_vit import analysis
-from weights.shapes import make_shapes
+from numpy_vit.weights.shapes import make_shapes
 
 HERE = Path(__file__).resolve().parent
 TEST_SEED = 2024
@@ -108,8 +108,8 @@ def model_from_checkpoint(path: Path) -> nv.ViT:
     """A NumPy model from a training checkpoint (weights/train.py's ckpt.pt or final.pt), at its own size."""
     import torch
 
-    from weights.train import ARCH, MEAN, NAME, STD
-    from weights.shapes import CLASSES
+    from numpy_vit.weights.train import ARCH, MEAN, NAME, STD
+    from numpy_vit.weights.shapes import CLASSES
 
     state = torch.load(path, weights_only=True)
     state = state.get("model", state)

@@ -4,7 +4,7 @@
 timm / torchvision / Google classifier uses (sorted WordNet ids): a JSON list
 with one ``[synset, lemmas]`` pair per class index, one per line. It was generated from timm's
 ``timm/data/_info/imagenet_synsets.txt`` and ``imagenet_synset_to_lemma.txt`` by
-``python -m weights.labels --regenerate`` (which needs timm installed).
+``python -m numpy_vit.weights.labels --regenerate`` (which needs timm installed).
 A label is the first lemma ("tench" for "tench, Tinca tinca").
 """
 from __future__ import annotations

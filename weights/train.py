@@ -5,11 +5,11 @@ CPU, measured; its matrix products run in bfloat16 under torch.autocast, which t
 1.6-1.8x faster per image than float32 in the training loop. A CPU without bfloat16 instructions emulates them:
 there ``--float32`` and ``--steps-scale`` shorten the run to fit, see weights/MODEL_CARD.md):
 
-    python -m weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
-    python -m weights.train --resume              # after an interruption: continues from the last checkpoint
-    python -m weights.train --export-only         # re-export weights/default.npz from the final checkpoint
-    python -m weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a CPU about 2x slower
-    python -m weights.train --float32 --steps-scale 0.33   # a CPU without bfloat16 instructions (Zen 3)
+    python -m numpy_vit.weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
+    python -m numpy_vit.weights.train --resume              # after an interruption: continues from the last checkpoint
+    python -m numpy_vit.weights.train --export-only         # re-export weights/default.npz from the final checkpoint
+    python -m numpy_vit.weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a CPU about 2x slower
+    python -m numpy_vit.weights.train --float32 --steps-scale 0.33   # a CPU without bfloat16 instructions (Zen 3)
 
 The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages in ``STAGES``:
 
@@ -76,9 +76,9 @@ from timm.models.vision_transformer import VisionTransformer
 
 from numpy_vit.config import ViTConfig
 from numpy_vit.errors import ArgumentError
-from weights import save
-from weights.evaluate import position_embedding_spearman
-from weights.shapes import CLASSES, make_shapes
+from numpy_vit.weights import save
+from numpy_vit.weights.evaluate import position_embedding_spearman
+from numpy_vit.weights.shapes import CLASSES, make_shapes
 
 HERE = Path(__file__).resolve().parent
 TRAIN_DIR = HERE / "_train"
