@@ -1,63 +1,49 @@
 """Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
 
-Run by hand, never by the tests (it needs torch and, from scratch, 82 minutes of two quiet cores of a Zen 5
-CPU, measured; its matrix products run in bfloat16 under torch.autocast, which that CPU's AVX512-BF16 makes
-1.6-1.8x faster per image than float32 in the training loop. A CPU without bfloat16 instructions emulates them:
-there ``--float32`` and ``--steps-scale`` shorten the run to fit, see weights/MODEL_CARD.md):
+Run by hand, never by the tests; it needs torch and timm. From scratch it took 82 minutes on two cores of an
+AMD EPYC with AVX-512 and bfloat16 instructions (weights/MODEL_CARD.md has the measured numbers and what was
+tried on the way):
 
     python -m numpy_vit.weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
     python -m numpy_vit.weights.train --resume              # after an interruption: continues from the last checkpoint
     python -m numpy_vit.weights.train --export-only         # re-export weights/default.npz from the final checkpoint
-    python -m numpy_vit.weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a CPU about 2x slower
-    python -m numpy_vit.weights.train --float32 --steps-scale 0.33   # a CPU without bfloat16 instructions (Zen 3)
+    python -m numpy_vit.weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a slower CPU
+    python -m numpy_vit.weights.train --float32             # a CPU without bfloat16 instructions (bench/train_step.py)
 
-The recipe (see weights/MODEL_CARD.md for the numbers it reaches), three stages in ``STAGES``:
+The recipe, three stages in ``STAGES``:
 
-1. Stage ``low``: 112 x 112 (a 7 x 7 grid, 50 tokens, about 5x cheaper per
-   image than 224), each batch a fresh ``make_shapes`` draw whose seed is a
-   function of the step, so no image is seen twice and a resumed run sees
+1. Stage ``low``: 112 x 112 (a 7 x 7 grid, 50 tokens, about 5x cheaper per image than 224), each batch a fresh
+   ``make_shapes`` draw whose seed is a function of the step, so no image is seen twice and a resumed run sees
    exactly the batches it would have seen.
-2. Stages ``mid`` and ``final``: 160 x 160 then 224 x 224, the 14 x 14 grid the
-   model ships with (progressive resizing). Between stages the position
-   embedding is resampled to the new grid with timm's ``resample_abs_pos_embed``
-   (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et
-   al. 2019): the same scenes at more pixels are more patches, so the model must
-   adapt to the new scale. Accuracy rose faster per image at 160 px than at
-   112 px (the objects are 20-60 px at 112), so more than half of the time (42 of 82 minutes in the shipped run)
-   goes to the larger sizes.
+2. Stages ``mid`` and ``final``: 160 x 160 then 224 x 224, the 14 x 14 grid the model ships with (progressive
+   resizing). Between stages the position embedding is resampled to the new grid with timm's
+   ``resample_abs_pos_embed`` (bicubic, antialiased), as in ViT paper section 3.2 and "FixRes" (Touvron et al.
+   2019): the same scenes at more pixels are more patches, so the model must adapt to the new scale.
 
-Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine
-decay, weight decay on matrices only, label smoothing 0.1, gradient clipping 1.0,
-and token labeling (Jiang et al. 2021, "All Tokens Matter", LV-ViT): a linear
-head on every patch token of the last layer predicts the object's class for
-patches that overlap the object and an 11th "background" class elsewhere
-(weight 1.0). With the class-token loss alone the first 18k images stayed at
-chance (loss 2.31 = ln 10); the dense loss gives each image 49 (then 196)
-targets. The same head also predicts, for every patch, which of its 4 x 4 cells the object covers (binary
-cross-entropy, weight 8.0): the object's outline at 4 px instead of 16, a dense target about *what* the object
-is where the class label says only *that* it is there. The auxiliary head is training-only: it is not
-exported. The two weights come from ``bench/recipe_sweep.py``, which trained stage ``low`` (144k images) with
-35 settings on a GPU: validation accuracy at 112 px went from 0.423 (weights 0.5 / 0.5, the previous recipe)
-to 0.668 (1.0 / 8.0); learning rate, Adam's beta2 and larger batches gained nothing (bench/README.md).
+Every stage: AdamW (Loshchilov & Hutter 2019) with linear warm-up then cosine decay, weight decay on matrices
+only, label smoothing 0.1, gradient clipping 1.0, and two dense targets on the patch tokens of the last layer,
+from one training-only linear head that is not exported:
 
-The position embedding is learnable but starts from the fixed 2-D sine-cosine
-embedding of MAE (He et al. 2021) and "Better plain ViT baselines" (Beyer et
-al. 2022) instead of noise: with a random start the model must discover the
-grid before it can relate the patches of one shape, and two runs (class loss
-alone, then with token labeling) were still near chance after 19k images.
-The model card reports the embedding's grid correlation at initialisation
-next to the trained one, so the reader sees what training kept or added.
-The attention weights of the last six blocks (``MIMETIC_FROM``) start "mimetic" (Trockman & Kolter 2023):
-each head's query-key form is near a multiple of the identity, so at the start a patch attends most to patches
-like itself, among them its grid neighbours (the sine-cosine embedding makes neighbours alike), and each
-layer's value-output product is near minus the identity. The first six blocks keep timm's start. Side-by-side
-probes (40k images of stage ``low``, validation accuracy on 512 images / attention-rollout ratio on 100):
-timm's start everywhere 0.295 / 1.78; mimetic in blocks 6-11 0.287 / 1.99; in 3-11 0.309 / 1.37; in all
-twelve 0.357 / 1.07. The mimetic start in the early blocks buys accuracy and costs the rollout (session 9's
-model, mimetic everywhere: top-1 0.8305 but rollout 1.63, under its 2.0 target); in the late blocks it keeps
-the rollout. weights/MODEL_CARD.md has the numbers of the run.
-Checkpoints go to ``weights/_train/ckpt.pt`` every few minutes (atomic
-replace); the log is ``weights/_train/train.log``.
+* token labeling (Jiang et al. 2021, "All Tokens Matter", LV-ViT): each patch predicts the object's class if
+  it overlaps the object, an 11th "background" class elsewhere (weight 1.0). The class label alone is one
+  weak target per image; this gives 49 (then 196).
+* mask cells: each patch predicts which of its 4 x 4 cells the object covers (binary cross-entropy, weight
+  8.0), the object's outline at 4 px instead of 16. The two weights come from ``bench/recipe_sweep.py``.
+
+The position embedding is learnable but starts from the fixed 2-D sine-cosine embedding of MAE (He et al.
+2021) and "Better plain ViT baselines" (Beyer et al. 2022) instead of noise: with a random start the model
+must discover the grid before it can relate the patches of one shape.
+
+The attention weights of the last six blocks (``MIMETIC_FROM``) start "mimetic" (Trockman & Kolter 2023): each
+head's query-key form is near a multiple of the identity, so at the start a patch attends most to patches like
+itself, among them its grid neighbours (the sine-cosine embedding makes neighbours alike), and each layer's
+value-output product is near minus the identity. The first six blocks keep timm's start: the mimetic start
+in the early blocks buys accuracy and costs the attention rollout's hold on the object.
+
+The matrix products run in bfloat16 under ``torch.autocast`` (``AUTOCAST_DTYPE``) with timm's explicit
+attention; ``--float32`` trains in float32 with the fused attention from ``FUSED_ATTENTION_FROM`` on.
+Checkpoints go to ``weights/_train/ckpt.pt`` every few minutes (atomic replace); the log is
+``weights/_train/train.log``.
 """
 from __future__ import annotations
 
@@ -103,23 +89,23 @@ CLIP_NORM = 1.0
 MIMETIC_QK = 0.7                      # mimetic start (Trockman & Kolter 2023): W_q^T W_k ~ 0.7 Z + 0.7 I per head
 MIMETIC_VO = 0.4                      # ... and W_v^T W_proj^T ~ 0.4 Z - 0.4 I per layer (Z: N(0, 1/D) entries)
 MIMETIC_FROM = 0.5                    # ... in the blocks from this fraction of the depth on (6-11 of 12); the
-                                      # first half keep timm's start (the rollout, see above)
+                                      # first half keep timm's start, which keeps the rollout on the object
 # Matrix products in bfloat16 (torch.autocast; parameters, optimiser state, LayerNorm, softmax and the losses stay
-# float32). One training step at batch 32, two threads of the Zen 5 CPU (AVX512-BF16), median of 7 rounds
-# (bench/train_step.py): 174 / 342 img/s at 112 px (float32 / bfloat16), 81 / 176 at 160, 34.5 / 82 at 224.
+# float32). One training step at batch 32, two threads of a 2-core AMD EPYC with AVX512-BF16, median of 7 rounds
+# (python bench/train_step.py): 174 / 342 img/s at 112 px (float32 / bfloat16), 81 / 176 at 160, 34.5 / 82 at 224.
 # A CPU without bfloat16 instructions emulates them and is slower: pass --float32 there (weights/MODEL_CARD.md).
 AUTOCAST_DTYPE = torch.bfloat16
 # timm's explicit softmax(q k^T) v under bfloat16: its fused scaled_dot_product_attention is slower there (119 /
-# 342 img/s at 112 px, 58.5 / 176 at 160, 39 / 82 at 224, fused / explicit). In float32 the fused kernel wins
-# from 224 px on (34.5 / 17.2 img/s there), so --float32 takes it from FUSED_ATTENTION_FROM on.
+# 342 img/s at 112 px, 58.5 / 176 at 160, 39 / 82 at 224, fused / explicit; same bench, same CPU). In float32
+# the fused kernel wins from 224 px on (34.5 / 17.2 img/s there), so --float32 takes it from FUSED_ATTENTION_FROM on.
 FUSED_ATTENTION_FROM = 224            # float32 only: image sizes from which training uses the fused path
 TORCH_SEED = 0
 TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
 VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
 CHECKPOINT_EVERY_S = 240
-# One thread: on this shared 2-core machine (load 5-8 while others run tests) two OpenMP threads stall on each
-# other's barriers; measured 7.5 img/s with one thread against 2.5 with two (D=128 at 112 px, batch 64).
-# On an idle machine two threads are faster (79 img/s at 112 px): pass --threads 2.
+# One thread by default: on a shared 2-core machine (load average 5-8) two OpenMP threads stall on each other's
+# barriers, 7.5 img/s with one thread against 2.5 with two (D=128 at 112 px, batch 64). On an idle machine two
+# threads are faster: pass --threads 2.
 THREADS = 1
 NAME = "numpy_vit_shapes_patch16_224"
 
@@ -430,7 +416,7 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
         if saved_grid * ARCH["patch_size"] == stages[stage_index]["img_size"]:
             optimizer = make_optimizer(model, token_head)
             optimizer.load_state_dict(state["optimizer"])
-        else:   # a checkpoint written at the end of the stage list before it grew: the stage change the loop makes
+        else:   # a checkpoint written at the end of a shorter stage list: the stage change the loop makes
             model, optimizer = start_stage(model, token_head, stages[stage_index]["img_size"], float32)
             log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
                 f"{stages[stage_index]['img_size']} px for stage {stages[stage_index]['name']}; optimiser restarts",
