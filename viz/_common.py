@@ -33,8 +33,10 @@ STYLE = {
     "axes.spines.right": False,
     "image.origin": "upper",
 }
-HEAT_CMAP = "inferno"        # perceptually uniform, dark = little attention, bright = much
-SIMILARITY_CMAP = "RdBu_r"   # diverging around 0 for cosine similarities
+HEAT_CMAP = "viridis"        # perceptually uniform, dark blue = little attention, yellow = much; no red in it,
+                             # so it never blends into a red image
+SIMILARITY_CMAP = "magma"    # every cosine-similarity panel, one map whatever the range (the colour bar gives it)
+UNDERLAY_RANGE = (0.12, 0.62)  # the image under a heat map: grey, dimmed, so only the map carries colour
 DPI = 100
 MIN_DPI, MAX_DPI = 10, 1200
 
@@ -239,9 +241,17 @@ def blank_axes(ax):
         spine.set_visible(False)
 
 
+def grey_underlay(image):
+    """The image's luminance (ITU-R BT.601 weights) squeezed into UNDERLAY_RANGE, as HxWx3 grey: the shapes
+    stay visible under a heat map while none of the image's own colours can be mistaken for the map's."""
+    luminance = np.asarray(image, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])   # [H, W]
+    low, high = UNDERLAY_RANGE
+    return np.repeat((low + (high - low) * np.clip(luminance, 0.0, 1.0))[..., None], 3, axis=-1)   # [H, W, 3]
+
+
 def overlay(ax, image, grid_values, interpolation="bilinear", vmax=None, cmap=HEAT_CMAP, mask=None,
             alpha=0.6, size=None):
-    """The patch-grid map upsampled onto the image (or alone), with a DINO mask outline if given.
+    """The patch-grid map upsampled onto the image dimmed to grey (or alone), with a DINO mask outline if given.
 
     Returns the (norm, cmap) a colour bar should use: the heat map's full scale, not its faded
     overlay colours.
@@ -251,7 +261,7 @@ def overlay(ax, image, grid_values, interpolation="bilinear", vmax=None, cmap=HE
     upsampled = analysis.upsample_grid(grid_values, size, interpolation)
     norm = Normalize(vmin=0.0, vmax=float(vmax if vmax is not None else max(grid_values.max(), 1e-12)))
     if image is not None:
-        ax.imshow(image.mean(-1, keepdims=True).repeat(3, -1) * 0.85 + 0.15 * image, interpolation="antialiased")
+        ax.imshow(grey_underlay(image), interpolation="antialiased")
         ax.imshow(upsampled, cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
     else:
         ax.imshow(upsampled, cmap=cmap, norm=norm, interpolation="nearest")
@@ -273,7 +283,7 @@ def colorbar(fig, ax, norm, cmap, label, **kwargs):
 def footnote(fig, text, fontsize=9.5):
     """A note under the panels, wrapped to the figure's width (constrained layout leaves room for it)."""
     width_inches = fig.figure.get_figwidth() if hasattr(fig, "figure") and fig.figure is not None else 10
-    chars = max(40, int(width_inches * 72 / (fontsize * 0.55)))
+    chars = max(40, int(width_inches * 72 / (fontsize * 0.62)))   # DejaVu Sans: about 0.6 em a character
     fig.supxlabel(textwrap.fill(text, chars), fontsize=fontsize, color="#444444", fontweight="normal")
 
 

@@ -6,15 +6,16 @@ before/after comparison use, so a model runs once per image however many figures
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from numpy_vit.errors import ArgumentError
 
 from . import visualize_advanced as advanced
 from . import visualize_attention as attention
-from ._common import (DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, new_figure, save_figure, style,
-                      trace_array, trace_attention, trace_image)
+from ._common import (DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, footnote, new_figure,
+                      save_figure, style, trace_array, trace_attention, trace_image)
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class FigureSpec:
     filename: str            # the guide's demo file name
     draw: Callable           # draw(fig, trace, options)
     size: Callable           # size(trace, options) -> (width, height) in inches
+    shared: Optional[Callable] = None   # shared(traces, options) -> options that give compared rows one scale
 
 
 def _layers_option(trace, options):
@@ -38,7 +40,14 @@ def _draw_patch_grid(fig, trace, options):
 
 
 def _draw_position_embedding(fig, trace, options):
-    advanced.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace))
+    advanced.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace),
+                                     options.get("similarity_low"))
+
+
+def _shared_similarity_scale(traces, options):
+    """Compared position embeddings share one colour scale, from the lowest similarity of any of them."""
+    return {"similarity_low": min(advanced.lowest_similarity(trace_array(t, "pos_embed"), TokenLayout.of_trace(t))
+                                  for t in traces)}
 
 
 def _draw_attention_layers(fig, trace, options):
@@ -80,7 +89,8 @@ FIGURES = {
     "patch_grid": FigureSpec("vis_1_patch_grid.png",
                              _draw_patch_grid, lambda t, o: attention.patch_grid_size(t.grid)),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
-                                     _draw_position_embedding, lambda t, o: advanced.position_size(t.grid)),
+                                     _draw_position_embedding, lambda t, o: advanced.position_size(t.grid),
+                                     _shared_similarity_scale),
     "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,
                                    lambda t, o: attention.layers_size(len(_layers_option(t, o)))),
@@ -122,20 +132,38 @@ def make_figure(name: str, trace, save_path=None, dpi=DPI, **options):
     return fig
 
 
+COMPARE_NOTE = ("Each row is its own model run on the same image: a row shows that model as it is, not how it was "
+                "made; the lower row's model need not have started from the upper one.")
+COMPARE_NOTES = {
+    "position_embedding": " A grid of similar neighbours needs no training: a fixed sine-cosine table gives one "
+                          "(the shipped default model's position embedding started from such a table).",
+    "attention_layers": " Each panel has its own colour scale.",
+}
+
+
 def compare_figure(name: str, traces, labels, save_path=None, dpi=DPI, **options):
-    """The guide's before/after comparison: the same figure for several Traces, stacked, each row labelled."""
+    """The guide's before/after comparison: the same figure for several Traces, stacked, each row labelled
+    (its label on one line, the figure's own title under it), on one colour scale where the figure allows."""
     if len(traces) != len(labels) or not traces:
         raise ArgumentError(f"compare_figure needs one label per trace, got {len(traces)} traces and "
                             f"{len(labels)} labels")
-    spec = FIGURES[figure_name(name)]
+    name = figure_name(name)
+    spec = FIGURES[name]
+    if spec.shared is not None:
+        options = {**spec.shared(traces, options), **options}
     sizes = [spec.size(t, options) for t in traces]
+    width = max(w for w, _ in sizes)
+    title_size = 13
+    chars = max(40, int(width * 72 / (title_size * 0.62)))     # bold characters that fit across the figure
     with style():
-        fig = new_figure(max(w for w, _ in sizes), sum(h for _, h in sizes) + 0.3 * len(traces))
+        fig = new_figure(width, sum(h for _, h in sizes) + 0.55 * len(traces) + 0.5)
         rows = fig.subfigures(len(traces), 1, height_ratios=[h for _, h in sizes])
         for index, (row, trace, label) in enumerate(zip(list(getattr(rows, "flat", [rows])), traces, labels)):
             spec.draw(row, trace, options)
             title = row._suptitle.get_text() if getattr(row, "_suptitle", None) is not None else ""
-            row.suptitle(f"{label}  |  {title}" if title else label, color="#08306b")
+            lines = textwrap.wrap(str(label), chars) + textwrap.wrap(title, chars)
+            row.suptitle("\n".join(lines), color="#08306b", fontsize=title_size)
             row.set_facecolor("#f4f4f4" if index % 2 else "white")
+        footnote(fig, COMPARE_NOTE + COMPARE_NOTES.get(name, ""), fontsize=10.5)
     save_figure(fig, save_path, dpi)
     return fig

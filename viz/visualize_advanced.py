@@ -7,7 +7,7 @@ it when given ``save_path``. The numbers come from :mod:`numpy_vit.analysis`.
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, TwoSlopeNorm
+from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
@@ -45,14 +45,12 @@ def rollout_size(num_fusions):
     return (3.5 * (num_fusions + 2) + 0.4, 4.3)
 
 
-def similarity_scale(matrix):
-    """(norm, cmap) for cosine similarities: the data's own range up to 1, so a model whose similarities
-    all lie in [0.5, 1] still shows its structure. Diverging around 0 (blue < 0 < red) when some pairs
-    are negative, a sequential map when none is; the colour bar gives the numbers."""
-    low = float(np.min(matrix))
-    if low < 0:
-        return TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=1.0), SIMILARITY_CMAP
-    return Normalize(min(low, 0.999), 1.0), "magma"
+def similarity_scale(matrix, low=None):
+    """(norm, cmap) for cosine similarities: one colour map (SIMILARITY_CMAP) from the lowest similarity
+    present (or ``low``, to give several figures one scale) up to 1, so a model whose similarities all
+    lie in [0.5, 1] still shows its structure; the colour bar gives the numbers."""
+    low = float(np.min(matrix)) if low is None else float(low)
+    return Normalize(min(low, 0.999), 1.0), SIMILARITY_CMAP
 
 
 def similarity_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
@@ -66,11 +64,17 @@ def similarity_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
     return mosaic
 
 
-def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
+def lowest_similarity(pos_embed, layout: TokenLayout) -> float:
+    """The lowest cosine similarity between two patch positions: where the colour scale starts."""
+    return float(analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens).min())
+
+
+def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=None):
+    """``similarity_low``: where the colour scale starts (default: this embedding's lowest similarity)."""
     gh, gw = layout.grid
     tiles = analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens)  # [gh,gw,gh,gw]
     matrix = tiles.reshape(gh * gw, gh * gw)
-    norm, cmap = similarity_scale(matrix)
+    norm, cmap = similarity_scale(matrix, similarity_low)
     left, right = fig.subfigures(1, 2, width_ratios=[1, 1.85])
     ax_matrix, ax_centre, ax_pca = left.subplots(3, 1)
 
@@ -114,8 +118,8 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
     ax_tiles = right.subplots(1, 1)
     ax_tiles.imshow(similarity_mosaic(tiles), cmap=cmap, norm=norm, interpolation="nearest")
     step_h, step_w = gh + 1, gw + 1
-    ax_tiles.set_xticks(np.arange(gw) * step_w + (gw - 1) / 2, [str(c + 1) for c in range(gw)])
-    ax_tiles.set_yticks(np.arange(gh) * step_h + (gh - 1) / 2, [str(r + 1) for r in range(gh)])
+    ax_tiles.set_xticks(np.arange(gw) * step_w + (gw - 1) / 2, [str(c) for c in range(gw)])
+    ax_tiles.set_yticks(np.arange(gh) * step_h + (gh - 1) / 2, [str(r) for r in range(gh)])
     ax_tiles.tick_params(length=0)
     for spine in ax_tiles.spines.values():
         spine.set_visible(False)
@@ -124,9 +128,12 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout):
     ax_tiles.set_title("(d) Tile at (row, col): that position's similarity to every position\n"
                        "(ViT paper, Fig. 7 centre)")
     colorbar(right, ax_tiles, norm, cmap, "cosine similarity", shrink=0.8)
-    fig.suptitle("What the position embeddings learned: nearby patches get similar vectors if the grid was learned")
-    footnote(fig, f"{gh}x{gw} patch positions only ({layout.num_prefix_tokens} prefix token row(s) excluded); "
-                  f"colours span the similarities present, from {matrix.min():.2f} to 1")
+    fig.suptitle("Position embeddings: cosine similarity between positions")
+    scale = (f"colours span {norm.vmin:.2f} to 1" if similarity_low is not None else
+             f"colours span the similarities present, from {matrix.min():.2f} to 1")
+    footnote(fig, f"{gh}x{gw} patch positions, numbered from 0 like the tokens ({layout.num_prefix_tokens} prefix "
+                  f"token row(s) excluded); {scale}. The figure shows the embedding as it is, not how it got "
+                  f"there: a fixed sine-cosine table makes neighbours similar without any training.")
 
 
 def visualize_position_embedding(model, save_path=None):
@@ -173,39 +180,45 @@ def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalis
     x = np.arange(depth)
     ax_curve, ax_bars, ax_heads = fig.subplots(1, 3)
 
-    ax_curve.fill_between(x, distance.min(1), distance.max(1), color="#9ecae1", alpha=0.6, label="range over heads")
-    ax_curve.plot(x, distance.mean(1), "o-", color="#08519c", linewidth=2, label="mean over heads")
-    ax_curve.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform attention")
+    uniform_label = f"uniform attention ({uniform:.0f} px): every patch weighted alike"
+    ax_curve.fill_between(x, distance.min(1), distance.max(1), color="#9ecae1", alpha=0.6,
+                          label="range over the layer's heads")
+    ax_curve.plot(x, distance.mean(1), "o-", color="#08519c", linewidth=2, label="mean over the layer's heads")
+    ax_curve.axhline(uniform, color="grey", linestyle="--", linewidth=1, label=uniform_label)
     ax_curve.set_title("(a) Mean attention distance per layer")
     ax_curve.set_xlabel("layer")
     ax_curve.set_ylabel("mean attention distance (pixels)")
     ax_curve.set_xticks(x)
-    ax_curve.legend(loc="best")
+    ax_curve.legend(loc="lower left", fontsize=9)
 
     groups = depth_groups(depth)
     means = [distance[g].mean() for _, g in groups]
-    spreads = [distance[g].std() for _, g in groups]
+    spreads = [distance[g].std() for _, g in groups]          # over every (layer, head) of the group
     labels = [f"{name}\nlayers {g[0]}-{g[-1]}" if len(g) > 1 else f"{name}\nlayer {g[0]}" for name, g in groups]
     colours = [{"shallow": "#fdae6b", "middle": "#9ecae1", "deep": "#08519c"}[name] for name, _ in groups]
-    bars = ax_bars.bar(labels, means, yerr=spreads, capsize=6, color=colours, edgecolor="black", linewidth=0.6)
+    bars = ax_bars.bar(labels, means, color=colours, edgecolor="black", linewidth=0.6)
+    ax_bars.errorbar(np.arange(len(groups)), means, yerr=spreads, fmt="none", ecolor="black", capsize=6,
+                     label="±1 standard deviation over the\ngroup's heads (all its layers)")
     for bar, value, spread in zip(bars, means, spreads):
         ax_bars.annotate(f"{value:.0f} px", (bar.get_x() + bar.get_width() / 2, value + spread), ha="center",
                          va="bottom", xytext=(0, 6), textcoords="offset points", fontsize=10, fontweight="bold")
-    ax_bars.axhline(uniform, color="grey", linestyle="--", linewidth=1)
-    ax_bars.set_title("(b) Shallow vs deep layers")
+    ax_bars.axhline(uniform, color="grey", linestyle="--", linewidth=1, label=f"uniform attention ({uniform:.0f} px)")
+    ax_bars.set_title("(b) Mean over each group's layers and heads")
     ax_bars.set_ylabel("mean attention distance (pixels)")
-    ax_bars.set_ylim(0, max(max(m + s for m, s in zip(means, spreads)), uniform) * 1.18)
+    ax_bars.set_ylim(0, max(max(m + s for m, s in zip(means, spreads)), uniform) * 1.5)
+    ax_bars.legend(loc="upper center", fontsize=9, ncols=1)
 
     head_colours = ListedColormap(_head_palette(num_heads))
     spread = np.linspace(-0.22, 0.22, num_heads) if num_heads > 1 else np.zeros(1)   # side by side, not stacked
     for head in range(num_heads):
         ax_heads.scatter(x + spread[head], distance[:, head], color=head_colours(head), s=28, edgecolors="black",
-                         linewidths=0.3)
-    ax_heads.axhline(uniform, color="grey", linestyle="--", linewidth=1)
+                         linewidths=0.3, label="one head (colour: its number)" if head == 0 else None)
+    ax_heads.axhline(uniform, color="grey", linestyle="--", linewidth=1, label=f"uniform attention ({uniform:.0f} px)")
     ax_heads.set_title("(c) Every head (ViT paper, Fig. 7 right)")
-    ax_heads.set_xlabel("layer (network depth)")
+    ax_heads.set_xlabel("layer")
     ax_heads.set_ylabel("mean attention distance (pixels)")
     ax_heads.set_xticks(x)
+    ax_heads.legend(loc="lower left", fontsize=9)
     bounds = np.arange(num_heads + 1) - 0.5
     bar = fig.colorbar(_mappable(head_colours, BoundaryNorm(bounds, num_heads)), ax=ax_heads, shrink=0.85, pad=0.02,
                        ticks=np.arange(num_heads) if num_heads <= 16 else None)
@@ -215,13 +228,14 @@ def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalis
     ax_heads.set_ylim(0, top)
 
     images = layers[0].shape[0]
-    fig.suptitle("Local or global? How far each layer's attention reaches")
+    fig.suptitle(f"Local or global? How far each layer's attention reaches "
+                 f"(averaged over {images} image{'s' if images != 1 else ''})")
     treatment = ("prefix-token columns dropped and each row renormalised over the patches" if prefix == "renormalise"
                  else "prefix-token columns dropped without renormalising (biased low)")
     assumed = f"; {layout.caveat()}" if layout.caveat() else ""
     footnote(fig, f"Attention-weighted distance between query and key patch centres, averaged over "
-                  f"{layout.grid[0]}x{layout.grid[1]} query patches and {images} image(s); {treatment}; dashed: a "
-                  f"head attending uniformly ({uniform:.0f} px){assumed}")
+                  f"{layout.grid[0]}x{layout.grid[1]} query patches and {images} image(s); {treatment}; dashed line: "
+                  f"a head that weights every patch alike ({uniform:.0f} px){assumed}")
     return distance
 
 
