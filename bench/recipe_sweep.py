@@ -1,7 +1,7 @@
 """Sweep the ``low`` stage of ``weights/train.py`` on a GPU: many hyperparameter settings at once.
 
 The shipped model's recipe must train in 90 minutes on two CPU cores, so each of its choices (learning
-rate, batch size, loss weights, how many images) can be tried on the CPU only once per session. On a GPU
+rate, batch size, loss weights, how many images) can be tried on the CPU only about once. On a GPU
 this script trains K copies of the same ViT side by side, each with its own hyperparameters, in one
 batched forward and backward pass (every parameter carries a leading model axis K): the GPU is bound by
 kernel launches for a model this small, so K models cost about what one does.
@@ -38,11 +38,12 @@ from numpy_vit.weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, T
                            WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
 
 IMG = STAGES[0]["img_size"]
-# what ROUNDS vary: stage low as the recipe had it before this sweep (session 6), written out so that the rounds
-# mean the same after the recipe adopted their result (token_w 1.0, shape_w 8.0)
+# what ROUNDS vary: stage low with the loss weights 0.5 / 0.5 the sweep started from, written out (not read from
+# weights.train, whose weights are the sweep's result, token_w 1.0 and shape_w 8.0) so that the rounds keep their
+# meaning
 BASE = dict(lr=1e-3, steps=4500, warmup=50, beta2=0.999, token_w=0.5, shape_w=0.5)
-# The rounds run so far (H200, 2026-11-26; results in bench/results/recipe_sweep/round<N>.jsonl). In each round
-# one group per batch size; "steps" at batch 32 = 4500 is the shipped low stage's 144k images.
+# The rounds (run on an H200 on 2026-11-26; results in bench/results/recipe_sweep/round<N>.jsonl). In each round
+# one group per batch size; "steps" 4500 at batch 32 is 144k images.
 ROUNDS = {
     1: {32: [dict(name="base"), dict(name="lr2e-3", lr=2e-3), dict(name="lr5e-4", lr=5e-4),
              dict(name="lr1.4e-3", lr=1.4e-3), dict(name="tw1_sw1", token_w=1.0, shape_w=1.0),

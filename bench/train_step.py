@@ -8,8 +8,8 @@ One round runs every contender's step once, in a rotating order, on the same bat
 outside the timing); the table prints the median images per second over the rounds, and each contender's
 speed relative to the recipe's float32 path (explicit attention below FUSED_ATTENTION_FROM, fused from there
 on) as the median of the per-round ratios. The choices it measures are the recipe's AUTOCAST_DTYPE and
-FUSED_ATTENTION_FROM; the numbers quoted in weights/train.py came from this script on the session-13 Zen 5
-(AVX512-BF16). A CPU without bfloat16 instructions (a Zen 3, an Intel CPU before Cooper Lake) emulates them:
+FUSED_ATTENTION_FROM; the numbers quoted in weights/train.py come from this script on a 2-core AMD EPYC with
+AVX512-BF16 (bench/README.md). A CPU without bfloat16 instructions (neither AVX512-BF16 nor AMX) emulates them:
 run this first and train with --float32 there if the bfloat16 rows are not faster.
 """
 from __future__ import annotations

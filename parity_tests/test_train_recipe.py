@@ -1,6 +1,7 @@
 """weights/train.py, the recipe of the shipped model, on a tiny model and tiny stages (seconds, not an hour):
 its targets, its position-embedding and mimetic attention start, the export our NumPy model reads, and
-resuming, both in the middle of a stage and after the list of stages grew (how the shipped model was trained)."""
+resuming, both in the middle of a stage and after the list of stages grows (a checkpoint of the last stage of a
+shorter list)."""
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""weights.evaluate: the measures behind the shipped model's targets (issue 4), on hand-made inputs and on a
-tiny random model (no torch)."""
+"""weights.evaluate: the measures behind the shipped model's targets (weights/MODEL_CARD.md), on hand-made inputs
+and on a tiny random model (no torch)."""
 import numpy as np
 import pytest
 

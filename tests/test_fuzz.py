@@ -1,4 +1,4 @@
-"""Fuzzing, bounded and seeded (issue 7): random and mutated byte strings through the image loader and every
+"""Fuzzing, bounded and seeded: random and mutated byte strings through the image loader and every
 checkpoint reader. Each case may succeed or raise one of our named errors (NumpyViTError subclasses);
 anything else, or a case running past TIMEOUT_S, is an escape and fails the test with the case's
 target, seed, mutation and the line it escaped from. Counts are printed per target.

@@ -73,8 +73,8 @@ def test_fast_enough_to_generate_on_the_fly():
     start = time.perf_counter()
     make_shapes(100, seed=1)
     seconds = time.perf_counter() - start
-    # ~10 ms an image on one free core of this machine (1000 in ~10 s); the bound leaves room for a busy,
-    # shared CPU (24 ms an image measured with a training job and a test suite running beside it)
+    # 8 ms an image on one free core of a 2-core AMD EPYC with AVX2 (weights/MODEL_CARD.md); the bound leaves room
+    # for a busy, shared CPU (24 ms an image measured with a training job and a test suite running beside it)
     assert seconds < 5.0, f"100 images at 224 px took {seconds:.2f} s"
 
 

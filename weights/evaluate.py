@@ -4,7 +4,7 @@
     python -m numpy_vit.weights.evaluate --model other.npz --seed 7 --n-accuracy 500 --n-attention 64
     python -m numpy_vit.weights.evaluate --checkpoint weights/_train/ckpt.pt   # a training checkpoint (needs torch)
 
-Four numbers (issue 4), all on images from ``--seed`` (default 2024; training
+Four numbers, all on images from ``--seed`` (default 2024; training
 used seeds >= 1_000_000 and monitored on 99):
 
 * **top-1 accuracy** on ``--n-accuracy`` images (target >= 0.95);
