@@ -13,8 +13,9 @@ it), so there the checkout's top folder is searched for those two subpackages as
 import os as _os
 
 _HERE = _os.path.dirname(_os.path.abspath(__file__))
-if not _os.path.isdir(_os.path.join(_HERE, "viz")):   # a source checkout: ../viz and ../weights
-    __path__.append(_os.path.dirname(_HERE))
+_CHECKOUT = _os.path.dirname(_HERE)
+if not _os.path.isdir(_os.path.join(_HERE, "viz")) and _os.path.isfile(_os.path.join(_CHECKOUT, "setup.cfg")):
+    __path__.append(_CHECKOUT)   # a source checkout: numpy_vit.viz is ../viz, numpy_vit.weights ../weights
 
 from .config import PRESETS, ViTConfig, param_shapes
 from .errors import ArgumentError, CheckpointError, ConfigError, ImageError, NumpyViTError

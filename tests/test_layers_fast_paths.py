@@ -22,7 +22,7 @@ import pytest
 from numpy_vit import layers
 
 
-def _gelu_expression(x):  # the formula as written in layers.gelu before it was chunked
+def _gelu_expression(x):  # GELU as one array expression: 0.5 x erfc(-x / sqrt 2), no chunks
     f = x.dtype.type
     return f(0.5) * x * layers._erfc_float32(x * f(-1.0 / math.sqrt(2.0)))
 
