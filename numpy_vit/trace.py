@@ -90,14 +90,17 @@ class Trace(Mapping):
     """A read-only mapping name -> array from one forward pass, with the metadata to interpret it.
 
     Metadata: ``config``, ``grid`` (gh, gw) of this run (not always square, not always the
-    training grid), ``prefix_names`` ("cls", "dist", "reg0", ...), ``patch_size``, and ``image``:
-    the preprocessed first image as [H, W, 3] floats in [0, 1] for overlays.
+    training grid), ``prefix_names`` ("cls", "dist", "reg0", ...), ``patch_size``, ``image``:
+    the preprocessed first image as [H, W, 3] floats in [0, 1] for overlays, and ``source_size``:
+    the first image's (height, width) in pixels before it was resized and cropped, or None where
+    it is not known (a normalised [B, 3, H, W] batch given directly has no other size).
     """
 
-    def __init__(self, config, grid, record=None, image=None):
+    def __init__(self, config, grid, record=None, image=None, source_size=None):
         self.config = config
         self.grid = tuple(grid)
         self.image = image
+        self.source_size = None if source_size is None else tuple(int(v) for v in source_size)
         self._patterns = None if record is None else [record] if isinstance(record, str) else \
             list(record) if isinstance(record, (list, tuple, set)) else [record]
         if self._patterns is not None and not all(isinstance(p, str) for p in self._patterns):

@@ -36,7 +36,8 @@ def _draw_patch_grid(fig, trace, options):
     image = trace_image(trace, options.get("image_index", 0))
     if image is None:
         raise ArgumentError("this Trace holds no image to draw the patch grid on")
-    attention.draw_patch_grid(fig, image, TokenLayout.of_trace(trace))
+    note = attention.trace_preprocessing_note(trace) if options.get("image_index", 0) == 0 else None
+    attention.draw_patch_grid(fig, image, TokenLayout.of_trace(trace), preprocessing=note)
 
 
 def _draw_position_embedding(fig, trace, options):
@@ -137,7 +138,6 @@ COMPARE_NOTE = ("Each row is its own model run on the same image: a row shows th
 COMPARE_NOTES = {
     "position_embedding": " A grid of similar neighbours needs no training: a fixed sine-cosine table gives one "
                           "(the shipped default model's position embedding started from such a table).",
-    "attention_layers": " Each panel has its own colour scale.",
 }
 
 

@@ -14,9 +14,9 @@ from matplotlib.ticker import MaxNLocator
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
 
-from ._common import (SIMILARITY_CMAP, TokenLayout, colorbar, footnote, is_trace, new_figure,
-                      overlay, query_label, resolve_attention, resolve_trace, save_figure, show_image, style,
-                      trace_array, trace_image)
+from ._common import (SIMILARITY_CMAP, UNDERLAY_NOTE, TokenLayout, colorbar, footnote, is_trace,
+                      new_figure, overlay, query_label, resolve_attention, resolve_trace, save_figure, show_image,
+                      style, trace_array, trace_image)
 
 
 # --- 4. position embedding ------------------------------------------------------------------------
@@ -303,40 +303,46 @@ def draw_cls_evolution(fig, trace, image_index=0):
         ratio = np.append(ratio, 0.0)
     ax_path, ax_norm = fig.subplots(1, 2)
 
+    # point 0 is the embedded input, point k the output of layer k-1: labelled "in", then by layer number
+    point_labels = ["in"] + [str(layer) for layer in range(depth)]
     ax_path.plot(scores[:, 0], scores[:, 1], "-", color="#6b6b6b", linewidth=1.3, zorder=1)
-    dots = ax_path.scatter(scores[1:-1, 0], scores[1:-1, 1], c=np.arange(1, depth), cmap="viridis",
-                           vmin=0, vmax=depth, s=55, zorder=2, edgecolors="black", linewidths=0.4)
+    dots = ax_path.scatter(scores[1:-1, 0], scores[1:-1, 1], c=np.arange(0, depth - 1), cmap="viridis",
+                           vmin=0, vmax=depth - 1, s=55, zorder=2, edgecolors="black", linewidths=0.4)
     ax_path.scatter(*scores[0], marker="s", s=170, color="#2ca02c", edgecolors="black", zorder=3,
-                    label="input (embedding + position)")
+                    label="in: input to layer 0 (embedding + position)")
     ax_path.scatter(*scores[-1], marker="*", s=380, color="#d62728", edgecolors="black", zorder=3,
-                    label=f"output of layer {depth - 1}")
-    for step, (x, y) in enumerate(scores):
-        ax_path.annotate(str(step), (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
+                    label=f"{depth - 1}: output of layer {depth - 1}, the last")
+    for label, (x, y) in zip(point_labels, scores):
+        ax_path.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
     ax_path.set_title(f"(a) The {name} through the layers (PCA)")
     ax_path.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
     ax_path.set_ylabel(f"PC2 ({ratio[1]:.0%} of variance)")
-    ax_path.legend(loc="best")
+    ax_path.legend(loc="best", fontsize=9)
     if depth > 1:
-        fig.colorbar(dots, ax=ax_path, shrink=0.85, pad=0.02).set_label("depth (0 = input, k = after layer k-1)")
+        bar = fig.colorbar(dots, ax=ax_path, shrink=0.85, pad=0.02)
+        bar.set_label("dot: output of layer")
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
     steps = np.arange(depth + 1)
     ax_norm.plot(steps, np.linalg.norm(path, axis=-1), "o-", color="#d62728", linewidth=2, label=name)
     ax_norm.plot(steps, patch_norm, "s--", color="#7f7f7f", linewidth=1.2, markersize=4,
                  label="patch tokens (mean norm)")
-    ax_norm.set_title(f"(b) Norm of the {name.split(' (')[0]} per depth")
-    ax_norm.set_xlabel("depth (0 = input, k = after layer k-1)")
+    ax_norm.set_title(f"(b) Norm of the {name.split(' (')[0]}, input and after each layer")
+    ax_norm.set_xlabel("in = input to layer 0; k = output of layer k")
     ax_norm.set_ylabel("L2 norm of the residual stream")
-    ax_norm.set_xticks(steps)
+    ax_norm.set_xticks(steps, point_labels)
     ax_norm.set_ylim(bottom=0)
     ax_norm.legend(loc="best")
     fig.suptitle(f"How the {name.split(' (')[0]} is built up, layer by layer, in the residual stream")
-    footnote(fig, f"Residual stream before the final LayerNorm: depth 0 is the embedded input, depth k the "
-                  f"state after layer k-1; PCA fitted on these {depth + 1} points")
+    footnote(fig, f"Residual stream before the final LayerNorm: 'in' is the embedded input (patch or CLS "
+                  f"embedding + position), k the output of layer k (layers numbered 0..{depth - 1}); PCA fitted on "
+                  f"these {depth + 1} points")
 
 
 def visualize_cls_token_evolution(model, img_tensor=None, save_path=None, *, image_index=0):
     """Figure 6: the CLS token's residual-stream state after each layer: (a) its 2-D PCA path, green
-    square = input embedding, red star = output of the last layer; (b) its norm per depth, next
+    square "in" = input embedding, dots labelled by the layer they leave, red star = output of the
+    last layer; (b) its norm at each of those points, next
     to the patch tokens' mean norm. ``img_tensor`` is anything ``model.run`` takes; or pass a Trace."""
     trace = resolve_trace(model, img_tensor, "visualize_cls_token_evolution")
     with style():
@@ -397,8 +403,10 @@ def draw_attention_rollout(fig, layers, layout, image=None, head_fusions=("mean"
     discard = (f"; lowest {discard_ratio:.0%} of patch-row weights discarded per layer (query rows kept)"
                if discard_ratio else "")
     caveat = f"; {layout.caveat()}" if layout.guessed else ""
+    underlay = f"; {UNDERLAY_NOTE}" if image is not None else ""
     footnote(fig, f"Per layer A_hat = (A + I) / row sum (the residual path); rollout = A_hat of the last "
-                  f"layer x ... x A_hat of layer 0; the map is the query's row over the patches{discard}{caveat}")
+                  f"layer x ... x A_hat of layer 0; the map is the query's row over the patches; each panel has "
+                  f"its own colour scale{discard}{caveat}{underlay}")
 
 
 def visualize_attention_rollout(attention_maps, save_path=None, *, image=None, head_fusions=("mean", "max", "min"),

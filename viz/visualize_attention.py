@@ -16,36 +16,49 @@ from matplotlib.patches import Rectangle
 from numpy_vit import ViTWithAttention, analysis  # the guide imported its model class from this module too
 from numpy_vit.errors import ArgumentError
 
-from ._common import (TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
-                      overlay, query_label, resolve_trace, save_figure, show_image, style, trace_attention,
-                      trace_image)
+from ._common import (UNDERLAY_NOTE, TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
+                      overlay, preprocessing_note, query_label, resolve_trace, save_figure, show_image, style,
+                      trace_attention, trace_image)
 
 OUTLINE = [patheffects.withStroke(linewidth=2.2, foreground="black")]
+LINE_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="white")]   # red grid lines stay visible on red
 
 
 # --- 1. patch grid ---------------------------------------------------------------------------
 
 def _grid_image(image, config):
-    """(image HxWx3 in [0, 1], TokenLayout) for a raw image, prepared exactly as the model would see it."""
+    """(image HxWx3 in [0, 1], TokenLayout, what was done to it) for a raw image, prepared exactly as the
+    model would see it."""
     from numpy_vit import ViTConfig
-    from numpy_vit.image import load_image
+    from numpy_vit.image import load_image, to_rgb_array
 
     config = getattr(config, "config", config) or ViTConfig()
-    _, pixels = load_image(image, config)                                      # [H, W, 3] in [0, 1]
+    rgb = to_rgb_array(image)                                                  # [h, w, 3] uint8, as given
+    _, pixels = load_image(rgb, config)                                        # [H, W, 3] in [0, 1]
     layout = TokenLayout(config.grid_size, config.num_prefix_tokens, config.prefix_names, config.patch_size)
-    return np.asarray(pixels, dtype=np.float64), layout
+    note = preprocessing_note(rgb.shape[:2], layout.image_size, config.crop_pct)
+    return np.asarray(pixels, dtype=np.float64), layout, note
 
 
-def draw_patch_grid(fig, image, layout: TokenLayout, show_indices=True):
+def trace_preprocessing_note(trace) -> str:
+    """What turned the trace's first image into the model's input, from its recorded ``source_size``."""
+    crop_pct = getattr(getattr(trace, "config", None), "crop_pct", 1.0)
+    layout = TokenLayout.of_trace(trace)
+    return preprocessing_note(getattr(trace, "source_size", None), layout.image_size, crop_pct)
+
+
+def draw_patch_grid(fig, image, layout: TokenLayout, show_indices=True, preprocessing=None):
+    """``preprocessing``: what turned the original image into this input (``preprocessing_note``)."""
     gh, gw = layout.grid
     p = layout.patch_size
     ax = fig.add_subplot(1, 1, 1)
     show_image(ax, image)
     for row in range(1, gh):
-        ax.axhline(row * p - 0.5, color="red", linewidth=1.0)
+        ax.axhline(row * p - 0.5, color="red", linewidth=1.0, path_effects=LINE_OUTLINE)
     for col in range(1, gw):
-        ax.axvline(col * p - 0.5, color="red", linewidth=1.0)
-    ax.add_patch(Rectangle((-0.5, -0.5), gw * p, gh * p, fill=False, edgecolor="red", linewidth=2))
+        ax.axvline(col * p - 0.5, color="red", linewidth=1.0, path_effects=LINE_OUTLINE)
+    ax.add_patch(Rectangle((-0.5, -0.5), gw * p, gh * p, fill=False, edgecolor="red", linewidth=2,
+                           path_effects=LINE_OUTLINE))
     if show_indices:
         size = max(4.5, min(11.0, 110.0 / max(gh, gw)))   # about a third of a patch wide for "195"
         for index in range(gh * gw):
@@ -53,8 +66,9 @@ def draw_patch_grid(fig, image, layout: TokenLayout, show_indices=True):
             ax.text(col * p + p * 0.5, row * p + p * 0.5, str(index), ha="center", va="center",
                     color="white", fontsize=size, path_effects=OUTLINE)
     prefix = " + ".join(name.upper() for name in layout.prefix_names)
-    ax.set_title(f"{gh * p}x{gw * p} image → {gh}x{gw} = {gh * gw} patches of {p}x{p} px")
-    footnote(fig, f"Each patch becomes one token, numbered row by row"
+    ax.set_title(f"{gw * p}x{gh * p} px model input → {gh} rows x {gw} columns = {gh * gw} patches of {p}x{p} px"
+                 + (f"\n{preprocessing}" if preprocessing else ""))
+    footnote(fig, f"Sizes are width x height. Each patch becomes one token, numbered row by row from 0"
                   + (f"; the sequence is [{prefix}] + patches 0..{gh * gw - 1}" if prefix else ""))
 
 
@@ -66,14 +80,14 @@ def visualize_patch_grid(image, save_path=None, *, config=None, show_indices=Tru
     a ViTConfig or a model.
     """
     if hasattr(image, "grid") and hasattr(image, "keys"):
-        pixels, layout = trace_image(image), TokenLayout.of_trace(image)
+        pixels, layout, note = trace_image(image), TokenLayout.of_trace(image), trace_preprocessing_note(image)
         if pixels is None:
             raise ArgumentError("this Trace holds no image; run the model on an image, not on a bare array batch")
     else:
-        pixels, layout = _grid_image(image, config)
+        pixels, layout, note = _grid_image(image, config)
     with style():
         fig = new_figure(*patch_grid_size(layout.grid))
-        draw_patch_grid(fig, pixels, layout, show_indices)
+        draw_patch_grid(fig, pixels, layout, show_indices, note)
     save_figure(fig, save_path)
     return fig
 
@@ -123,14 +137,15 @@ def draw_attention_layers(fig, trace, layer_indices=None, head_index=0, query=No
                          image, image_index)
     fig.suptitle(f"Where the model looks: {query_label(query, layout)}, head {head_index}, layer by layer")
     note = (f"{layout.grid[0]}x{layout.grid[1]} attention grid upsampled to "
-            f"{layout.image_size[0]}x{layout.image_size[1]} px ({interpolation}); each panel has its own scale")
+            f"{layout.image_size[0]}x{layout.image_size[1]} px ({interpolation}); each panel has its own colour scale"
+            + (f"; {UNDERLAY_NOTE}" if image is not None else ""))
     if dino_mask:
         note += f"; cyan outline: the fewest patches holding {keep:.0%} of the patch attention (DINO)"
     footnote(fig, note)
 
 
 def patch_grid_size(grid):
-    return (7.4, 7.4 * grid[0] / grid[1] + 0.8)
+    return (7.4, 7.4 * grid[0] / grid[1] + 1.1)
 
 
 def layers_size(count):
@@ -204,6 +219,8 @@ def draw_all_heads(fig, trace, layer_idx=None, query=None, interpolation="biline
             "each head scaled to its own max (in its title), so weak heads stay visible")
     if dino_mask:
         note += f"; cyan: the fewest patches holding {keep:.0%} of each head's patch attention"
+    if image is not None:
+        note += f"; {UNDERLAY_NOTE}"
     footnote(fig, f"Heads of one layer learn different patterns; {note}")
 
 
