@@ -8,6 +8,7 @@ from PIL import Image
 from numpy_vit import viz
 from numpy_vit import ViT, ViTConfig, analysis
 from numpy_vit.errors import ArgumentError
+from numpy_vit.viz._common import HEAT_CMAP, SIMILARITY_CMAP
 from numpy_vit.viz.figures import FIGURES, compare_figure, figure_name, make_figure
 
 DEPTH, HEADS = 3, 4
@@ -60,7 +61,8 @@ def titled_axes(fig):
 
 
 def all_text(fig):
-    return " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+    """Every text on the figure, wrapped lines joined by single spaces."""
+    return " ".join(" ".join(t.get_text().split()) for t in fig.findobj(lambda a: hasattr(a, "get_text")))
 
 
 def test_patch_grid_labels_every_patch(trace, image, tmp_path):
@@ -69,11 +71,44 @@ def test_patch_grid_labels_every_patch(trace, image, tmp_path):
     (ax,) = titled_axes(fig)
     labels = sorted(int(t.get_text()) for t in ax.texts)
     assert labels == list(range(15))                          # a 3x5 grid: patches 0..14
-    assert "3x5 = 15 patches of 16x16" in ax.get_title()
+    title = ax.get_title()
+    assert "80x48 px model input → 3 rows x 5 columns = 15 patches of 16x16 px" in title   # width x height
+    assert "original size not recorded" in title              # a Trace of an array given without its size
     rendered(fig, tmp_path / "grid2.png")
-    # from a raw image and a config, the same grid
+    # from a raw image and a config, the same grid, and the image's own size
     fig = viz.visualize_patch_grid(image, config=trace.config)
     assert len(titled_axes(fig)[0].texts) == 15
+    assert "original 80x48 px image, used as it is" in titled_axes(fig)[0].get_title()
+
+
+def test_patch_grid_says_what_was_done_to_the_original_image(model, tmp_path):
+    tall = np.full((100, 60, 3), 200, dtype=np.uint8)
+    fig = viz.visualize_patch_grid(tall, config=model.config)   # a 48x80 (h x w) input: each side resized
+    assert "original 60x100 px image, resized to 80x48 (stretched)" in titled_axes(fig)[0].get_title()
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((480, 640, 3), dtype=np.uint8)).save(path)
+    fig = viz.visualize_patch_grid(str(path))                  # the default config: 224x224, crop_pct 0.875
+    assert titled_axes(fig)[0].get_title().split("\n") == [
+        "224x224 px model input → 14 rows x 14 columns = 196 patches of 16x16 px",
+        "original 640x480 px image, resized to 341x256 and centre-cropped to 224x224"]   # crop_pct 0.875
+    # a model run through a figure function records the size; make_figure then reads it from the Trace
+    viz.visualize_attention_map(model, tall, layer_indices=[0])
+    assert model.last_trace.source_size == (100, 60)
+    fig = make_figure("patch_grid", model.last_trace)
+    assert "original 60x100 px image" in titled_axes(fig)[0].get_title()
+    assert model.run(model.last_trace["input"]).source_size is None     # a normalised batch has no other size
+
+
+def test_resized_size_matches_the_loader():
+    """resized_size follows numpy_vit.image.resize_and_crop: short side to size / crop_pct, then the crop."""
+    from numpy_vit.viz._common import preprocessing_note, resized_size
+
+    assert resized_size((480, 640), (224, 224)) == (224, 298)
+    assert resized_size((640, 480), (224, 224), crop_pct=0.875) == (341, 256)
+    assert resized_size((100, 60), (48, 80)) == (48, 80)
+    assert preprocessing_note((224, 224), (224, 224)) == "original 224x224 px image, used as it is"
+    assert preprocessing_note((300, 300), (224, 224)) == "original 300x300 px image, resized to 224x224"
+    assert preprocessing_note(None, (224, 224)) == "original size not recorded"
 
 
 def test_attention_map_panels_titles_and_values(model, image, tmp_path):
@@ -156,7 +191,11 @@ def test_cls_evolution_start_square_end_star(model, image, tmp_path):
     fig = viz.visualize_cls_token_evolution(model, image)
     path_ax, norm_ax = titled_axes(fig)
     legend = [t.get_text() for t in path_ax.get_legend().get_texts()]
-    assert legend == ["input (embedding + position)", f"output of layer {DEPTH - 1}"]
+    assert legend == ["in: input to layer 0 (embedding + position)", f"{DEPTH - 1}: output of layer {DEPTH - 1}, the last"]
+    # the points are labelled as the legend names them: "in", then the layer whose output each one is
+    assert [t.get_text() for t in path_ax.texts] == ["in"] + [str(layer) for layer in range(DEPTH)]
+    assert [t.get_text() for t in norm_ax.get_xticklabels()] == ["in"] + [str(layer) for layer in range(DEPTH)]
+    assert "depth" not in all_text(fig)
     markers = [c for c in path_ax.collections if len(c.get_offsets()) == 1]
     assert len(markers) == 2
     stream = [model.last_trace[f"blocks.{i}.resid_pre"] for i in range(DEPTH)] + \
@@ -198,8 +237,73 @@ def test_figures_registry_and_compare(model, image, tmp_path):
     assert figure_name("attention_map") == "attention_layers" == figure_name("vis_3_attention_layers")
     before, after = ViT(model.config, seed=5).run(image), model.run(image)
     fig = compare_figure("attention_rollout", [before, after], ["before", "after"])
-    assert [sub._suptitle.get_text().split("  |")[0] for sub in fig.subfigs] == ["before", "after"]
+    assert [sub._suptitle.get_text().split("\n")[0] for sub in fig.subfigs] == ["before", "after"]
     rendered(fig, tmp_path / "cmp.png")
+
+
+def text_fits(fig, text):
+    """Whether a drawn text lies inside the figure (a clipped title does not)."""
+    fig.canvas.draw()
+    box = text.get_window_extent()
+    return box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y0 >= 0 and box.y1 <= fig.bbox.height
+
+
+def test_compare_position_embedding_one_colour_map_one_scale_titles_that_fit(model, image):
+    random_like = ViT(model.config, seed=5)
+    random_like.params["pos_embed"] = random_like.params["pos_embed"] * 0 + np.random.default_rng(0).normal(
+        size=random_like.params["pos_embed"].shape)          # plenty of negative similarities
+    traces = [random_like.run(image), model.run(image)]
+    labels = ["Before: random init (untrained)", "After: trained default model (numpy_vit_shapes_patch16_224)"]
+    fig = compare_figure("position_embedding", traces, labels)
+    images = [im for ax in fig.get_axes() for im in ax.get_images()]
+    assert {im.get_cmap().name for im in images} == {SIMILARITY_CMAP}
+    assert len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1      # one scale for both rows
+    lowest = min(analysis.position_embedding_similarity(t["pos_embed"], (3, 5), 1).min() for t in traces)
+    assert images[0].norm.vmin == pytest.approx(lowest)
+    for sub, label in zip(fig.subfigs, labels):
+        title = sub._suptitle
+        assert title.get_text().split("\n")[0] == label
+        assert "learned" not in title.get_text()
+        assert text_fits(fig, title), title.get_text()
+    assert "not how it was made" in all_text(fig) and "sine-cosine" in all_text(fig)
+
+
+def test_position_embedding_title_says_what_is_shown_and_counts_from_0(model):
+    fig = viz.visualize_position_embedding(model)
+    assert fig._suptitle.get_text() == "Position embeddings: cosine similarity between positions"
+    tiles = titled_axes(fig)[3]
+    assert [t.get_text() for t in tiles.get_xticklabels()] == ["0", "1", "2", "3", "4"]   # 5 columns
+    assert [t.get_text() for t in tiles.get_yticklabels()] == ["0", "1", "2"]             # 3 rows
+    assert {ax.images[0].get_cmap().name for ax in titled_axes(fig)[:4] if ax.images} == {SIMILARITY_CMAP}
+
+
+def test_heat_maps_stay_legible_on_a_red_image(model):
+    red = np.zeros((48, 80, 3), dtype=np.uint8)
+    red[..., 0] = 220
+    red[12:36, 20:60] = (255, 90, 60)
+    fig = viz.visualize_attention_map(model, red, layer_indices=[0])
+    underlay, heat = titled_axes(fig)[1].images
+    grey = np.asarray(underlay.get_array())
+    np.testing.assert_allclose(grey[..., 0], grey[..., 1])            # the image is grey under the map,
+    np.testing.assert_allclose(grey[..., 0], grey[..., 2])            # so none of its red shows through
+    assert np.ptp(grey[..., 0]) > 0.05                                  # ... and its shapes still do
+    assert heat.get_cmap().name == HEAT_CMAP
+    colours = heat.get_cmap()(np.linspace(0, 1, 256))[:, :3]
+    reddish = (colours[:, 0] > colours[:, 1] + 0.25) & (colours[:, 0] > colours[:, 2] + 0.25)
+    assert not reddish.any(), "the heat map's colours include reds that blend into a red image"
+
+
+def test_attention_distance_explains_every_mark_and_counts_images(model, image, trace):
+    fig = viz.visualize_attention_distance(trace)
+    assert "(averaged over 1 image)" in fig._suptitle.get_text()
+    curve, bars, heads = titled_axes(fig)
+    for ax in (curve, bars, heads):
+        legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+        assert "uniform attention" in legend                             # the dashed line, on every panel
+    assert "standard deviation" in " ".join(t.get_text() for t in bars.get_legend().get_texts())
+    assert "one head" in " ".join(t.get_text() for t in heads.get_legend().get_texts())
+    fig = viz.visualize_attention_distance([trace, model.run(image[::-1].copy())])
+    assert "(averaged over 2 images)" in fig._suptitle.get_text()
 
 
 def test_bad_arguments_are_argument_errors(model, image, trace, tmp_path):
