@@ -3,19 +3,55 @@ before/after-training comparison, and checkpoint conversion.
 
     numpy-vit demo                                   # the seven figures of the sample image, offline
     numpy-vit show cat.jpg dog.jpg --figure all      # every figure for every image
-    numpy-vit predict cat.jpg                        # top-5 classes
-    numpy-vit compare cat.jpg --before random --after weights/default.npz
-    numpy-vit convert vit_base.safetensors -o vit_base.npz
+    numpy-vit predict cat.jpg --model timm/vit_base_patch16_224.augreg2_in21k_ft_in1k
+    numpy-vit compare cat.jpg --before random --after default --figure all
+    numpy-vit convert vit_base.safetensors --arch vit_base_patch16_224 -o vit_base.npz
 
-Imports are lazy: ``predict`` and ``convert`` never load matplotlib.
+Every command that loads a model takes the same three options: ``--model`` (MODEL_HELP),
+``--arch`` and ``--img-size``. Imports are lazy: ``predict`` and ``convert`` never load matplotlib.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 
 from .errors import ArgumentError, NumpyViTError
+
+MODEL_HELP = ("default (the shipped model: ten synthetic shapes, not photos), random (untrained, with the "
+              "default's architecture or --arch's), random:PRESET, a checkpoint file (numpy-vit or JAX .npz, "
+              ".safetensors, .pth), a timm or HF transformers folder, or a hub name owner/name (read from "
+              "$NUMPY_VIT_CACHE/owner--name if its files are there, else downloaded)")
+ARCH_HELP = ("the architecture, for checkpoints that do not store the number of heads (bare timm or DINO state "
+             "dicts): a preset such as vit_small_patch16_224 or vit_small_patch14_reg4_dinov2, or a timm name "
+             "vit_{tiny,small,base,large,huge}_patch<P>_<RES>; with --model random, the random model's architecture")
+IMG_SIZE_HELP = ("run the model at this input size: N, or H,W (also HxW), multiples of the patch size; the position "
+                 "embedding is resampled to the new grid (default: the checkpoint's own size, e.g. 518 for DINOv2)")
+FIGURE_NAMES = ("patch_grid, position_embedding, attention_layers, all_heads, attention_distance, cls_evolution, "
+                "attention_rollout")  # viz/_common.py imports matplotlib: listed here to keep --help light
+
+# Library messages name Python arguments; the same things on the command line are flags.
+CLI_WORDS = (
+    (r"\(a preset or timm architecture name, or a ViTConfig\)", "(a preset or timm architecture name)"),
+    (r"pass arch= with the image size \(a ViTConfig with img_size=\(H, W\)\)",
+     'put a timm config.json beside the weights whose "model_args" give "img_size": [H, W]'),
+    (r"\barch must be a timm architecture name or a ViTConfig", "--arch must be a preset or timm architecture name"),
+    (r"\barch='([^']*)'", r"--arch \1"),
+    (r"\barch= ?", "--arch "),
+    (r"\(arch vs file:", "(--arch vs file:"),
+    (r"\(img_size=\)", "(--img-size)"),
+    (r"\bhead_index\b", "--head"),
+    (r"\blayer_idx\b", "--layers"),
+)
+
+
+def cli_words(message: str) -> str:
+    """A library message as the command line says it: ``--arch NAME`` where Python says ``arch='NAME'``."""
+    for pattern, replacement in CLI_WORDS:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 # --- models ------------------------------------------------------------------------------
@@ -37,34 +73,94 @@ def default_model_exists() -> bool:
     return os.path.isfile(DEFAULT_PATH)
 
 
-def load_model(name=None, like=None, warn=None):
-    """A ViT from a name: None = the shipped default model (a random one, with a warning, while it is
-    missing), ``"random"`` = randomly initialised with ``like``'s architecture (or the default's),
-    ``"random:PRESET"`` = a random model of a preset, anything else = ``ViT.from_pretrained(name)``."""
-    from .config import ViTConfig
+def is_default(name) -> bool:
+    return name is None or name == "default"
+
+
+def is_random(name) -> bool:
+    return name is not None and (name == "random" or name.startswith("random:"))
+
+
+def load_model(name=None, like=None, warn=None, arch=None, img_size=None):
+    """A ViT from a ``--model`` value (MODEL_HELP): None or ``"default"`` = the shipped default model (a random
+    one, with a warning, while it is missing); ``"random"`` = randomly initialised with ``arch``'s, ``like``'s
+    or the default's architecture; ``"random:PRESET"``; anything else = ``ViT.from_pretrained(name, arch)``.
+    ``img_size`` (H, W): the model for inputs of that size (``at_img_size``)."""
     from .model import ViT
 
     warn = warn or (lambda message: print(f"numpy-vit: warning: {message}", file=sys.stderr))
-    if name is None:
+    if is_default(name):
         if default_model_exists():
-            return ViT.from_pretrained(None)
-        warn("there is no trained default model yet (weights/default.npz is missing), so this uses a randomly "
-             "initialised ViT: its figures show an untrained model")
-        return ViT(fallback_config(), seed=0)
-    if name == "random" or name.startswith("random:"):
-        if ":" in name:
-            return ViT(ViTConfig.preset(name.split(":", 1)[1]), seed=0)
-        if like is not None:
-            return ViT(like.config, seed=0)
-        config = ViT.from_pretrained(None).config if default_model_exists() else fallback_config()
-        return ViT(config, seed=0)
-    return ViT.from_pretrained(name)
+            model = ViT.from_pretrained(None, arch=arch)
+        else:
+            warn("there is no trained default model yet (weights/default.npz is missing), so this uses a randomly "
+                 "initialised ViT: its figures show an untrained model")
+            model = ViT(fallback_config(), seed=0)
+    elif is_random(name):
+        model = ViT(_random_config(name.partition(":")[2], arch, like), seed=0)
+    else:
+        model = ViT.from_pretrained(name, arch=arch)
+    return at_img_size(model, img_size)
+
+
+def _random_config(preset, arch, like):
+    from numpy_vit.weights.infer import config_for_arch
+
+    from .config import ViTConfig
+    from .model import ViT
+
+    if preset and arch:
+        raise ArgumentError(f"--model random:{preset} and --arch {arch} both name an architecture; give one "
+                            f"(--model random --arch {arch}, or --model random:{preset})")
+    if preset:
+        return ViTConfig.preset(preset)
+    if arch:
+        return config_for_arch(arch)
+    if like is not None:
+        return like.config
+    return ViT.from_pretrained(None).config if default_model_exists() else fallback_config()
+
+
+def at_img_size(model, img_size):
+    """``model`` for inputs of ``img_size`` (H, W): the same weights, the position embedding resampled once to
+    the new patch grid by ``model.pos_embed_for``, as ``model.run(image, img_size=...)`` does on each run."""
+    from .model import ViT
+
+    if img_size is None or tuple(img_size) == model.config.img_size:
+        return model
+    height, width = img_size
+    patch = model.config.patch_size
+    if height % patch or width % patch:
+        def spelled(h, w):
+            return f"{h}" if h == w else f"{h},{w}"
+        smaller = spelled(max(patch, height // patch * patch), max(patch, width // patch * patch))
+        larger = spelled(-(-height // patch) * patch, -(-width // patch) * patch)
+        raise ArgumentError(f"--img-size {spelled(height, width)} is not a multiple of this model's {patch}-pixel "
+                            f"patches; use e.g. --img-size {smaller} or --img-size {larger}")
+    config = model.config.replace(img_size=(height, width))
+    params = dict(model.params, pos_embed=model.pos_embed_for(config.grid_size)[None])  # [1, N_pos, D]
+    return ViT(config, params, dtype=model.dtype)
 
 
 def describe_model(model) -> str:
     c = model.config
     return (f"{c.name or 'unnamed'} ({c.depth} layers, {c.num_heads} heads, width {c.embed_dim}, "
-            f"{c.patch_size}px patches, {model.num_params / 1e6:.2f}M params)")
+            f"{c.patch_size}px patches, {c.img_size[0]}x{c.img_size[1]} input, {model.num_params / 1e6:.2f}M params)")
+
+
+def shapes_note(model):
+    """One line for a model whose classes are the synthetic shapes of weights/shapes.py, else None."""
+    from numpy_vit.weights.shapes import CLASSES
+
+    if tuple(model.config.labels) != tuple(CLASSES):
+        return None
+    count = "ten" if len(CLASSES) == 10 else str(len(CLASSES))
+    return (f"this model classifies {count} synthetic shapes ({', '.join(CLASSES)}), not photos: every image "
+            f"gets one of them (see weights/MODEL_CARD.md; for photos use --model with an ImageNet checkpoint)")
+
+
+def model_options(args) -> dict:
+    return {"arch": args.arch, "img_size": args.img_size}
 
 
 # --- small helpers ----------------------------------------------------------------------
@@ -95,6 +191,17 @@ def parse_query(text):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def parse_img_size(text):
+    """--img-size: ``224``, ``224,320`` or ``224x320`` -> (height, width)."""
+    parts = re.split(r"[,xX]", text.strip())
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: use one positive integer (224) or HEIGHT,WIDTH "
+                                         f"(224,320 or 224x320)")
+    return tuple(int(part) for part in parts)
+
+
 def figure_options(args) -> dict:
     options = {"interpolation": args.interpolation, "dino_mask": args.dino_mask, "query": parse_query(args.query)}
     if args.layers is not None:
@@ -107,7 +214,12 @@ def figure_options(args) -> dict:
 def _figure_list(name):
     from numpy_vit.viz.figures import FIGURES, figure_name
 
-    return list(FIGURES) if name == "all" else [figure_name(name)]
+    return list(FIGURES) if str(name).lower() == "all" else [figure_name(name)]
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    """Python's warnings as one line each: ``numpy-vit: warning: ...``."""
+    print(f"numpy-vit: warning: {cli_words(str(message))}", file=sys.stderr)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -115,14 +227,15 @@ def _figure_list(name):
 def cmd_demo(args):
     from numpy_vit.viz.demo import run_demo
 
-    run_demo(args.out, args.image, args.model, dpi=args.dpi)
+    model = load_model(args.model, **model_options(args))
+    run_demo(args.out, args.image, model, dpi=args.dpi)
 
 
 def cmd_show(args):
     from numpy_vit.viz.figures import make_figure
 
     names = _figure_list(args.figure)
-    model = load_model(args.model)
+    model = load_model(args.model, **model_options(args))
     options = figure_options(args)
     os.makedirs(args.out, exist_ok=True)
     stems = [os.path.splitext(os.path.basename(path))[0] for path in args.images]
@@ -141,9 +254,13 @@ def cmd_show(args):
 
 
 def cmd_predict(args):
-    model = load_model(args.model)
+    model = load_model(args.model, **model_options(args))
     if not model.config.num_classes:
-        raise ArgumentError(f"{describe_model(model)} has no classifier (num_classes=0), so it cannot predict")
+        raise ArgumentError(f"{describe_model(model)} has no classification head, so it cannot predict; "
+                            f"pass --model with a classifier checkpoint")
+    note = shapes_note(model)
+    if note:
+        print(f"numpy-vit: note: {note}", file=sys.stderr)
     for path in args.images:
         trace = model.run(path, record=["logits"])
         print(f"{path}:")
@@ -154,27 +271,39 @@ def cmd_predict(args):
 def cmd_compare(args):
     from numpy_vit.viz.figures import compare_figure
 
-    after = load_model(None if args.after == "default" else args.after)
-    before = load_model(args.before, like=after)
-    if before.config.grid_size != after.config.grid_size and args.figure != "patch_grid":
-        print("numpy-vit: note: the two models use different patch grids", file=sys.stderr)
+    names = _figure_list(args.figure)
+    after = load_model(args.after, **model_options(args))
+    before = load_model(args.before, like=after, **model_options(args))
+    if before.config.grid_size != after.config.grid_size and names != ["patch_grid"]:
+        print("numpy-vit: note: the two models use different patch grids (--img-size N runs both at one size)",
+              file=sys.stderr)
     labels = (f"Before: {_model_label(args.before, before)}", f"After: {_model_label(args.after, after)}")
     traces = (before.run(args.image), after.run(args.image))
-    out = args.out or f"compare_{_figure_list(args.figure)[0]}.png"
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    compare_figure(args.figure, traces, labels, save_path=out, dpi=args.dpi, **figure_options(args))
+    for name in names:
+        out = _compare_path(args.out, name, several=len(names) > 1)
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        compare_figure(name, traces, labels, save_path=out, dpi=args.dpi, **figure_options(args))
+        print(f"wrote {os.path.abspath(out)}")
     for label, trace in zip(labels, traces):
         if "logits" in trace:
             top, prob = trace.top_k(1)[0]
             print(f"{label}: predicts {top} ({prob:.1%})")
-    print(f"wrote {os.path.abspath(out)}")
+
+
+def _compare_path(out, name, several):
+    """-o FILE for one figure; with several, FILE's stem + _<figure> (default: compare_<figure>.png)."""
+    if out is None:
+        return f"compare_{name}.png"
+    if not several:
+        return out
+    stem, extension = os.path.splitext(out)
+    return f"{stem}_{name}{extension or '.png'}"
 
 
 def _model_label(name, model):
-    if name in (None, "default"):
+    if is_default(name):
         return f"trained default model ({model.config.name})" if default_model_exists() else "random init (no default)"
-    if str(name).startswith("random"):
+    if is_random(name):
         return "random init (untrained)"
     return os.path.basename(str(name).rstrip("/"))
 
@@ -182,7 +311,13 @@ def _model_label(name, model):
 def cmd_convert(args):
     from numpy_vit.weights.convert import convert
 
-    print(convert(args.src, args.out, args.arch))
+    if is_random(args.src) or args.img_size is not None:  # built or changed here: no file to report on
+        model = load_model(args.src, **model_options(args))
+        model.save(args.out)
+        print(f"model     {describe_model(model)}\nwrote     {args.out} "
+              f"({os.path.getsize(args.out) / 2**20:.1f} MiB)")
+        return
+    print(convert(None if is_default(args.src) else args.src, args.out, args.arch))
 
 
 # --- the parser ---------------------------------------------------------------------------
@@ -205,77 +340,85 @@ def _add_figure_options(parser):
                         help="outline the fewest patches holding 60%% of the attention (Caron et al. 2021)")
 
 
-def _model_option(parser, help_text="checkpoint path or hub name; 'random' for an untrained model "
-                                    "(default: the shipped default model)"):
-    parser.add_argument("--model", default=None, metavar="NAME", help=help_text)
+def _add_model_options(parser, model_flag=True):
+    """--model (unless the command names its models otherwise), --arch and --img-size."""
+    if model_flag:
+        parser.add_argument("--model", default="default", metavar="MODEL", help=f"{MODEL_HELP} (default: default)")
+    parser.add_argument("--arch", default=None, metavar="NAME", help=ARCH_HELP)
+    parser.add_argument("--img-size", type=parse_img_size, default=None, metavar="N|H,W", help=IMG_SIZE_HELP)
 
 
-def _figure_help():
-    # the names live in viz/_common.py, which imports matplotlib; keep --help light by listing them here
-    return ("patch_grid, position_embedding, attention_layers, all_heads, attention_distance, cls_evolution, "
-            "attention_rollout, or all")
+def _subcommand(commands, name, help_text, description):
+    return commands.add_parser(name, help=help_text, description=description,
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="A model is one of: " + MODEL_HELP.replace(", ", ",\n  ") + ".\n"
+                                      "Small images are upscaled to the model's input with a warning.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="numpy-vit", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A Vision Transformer in NumPy, and figures of what each layer and head does.",
-        epilog="Run 'numpy-vit COMMAND --help' for a command's options.")
+        epilog="Every command that loads a model takes --model (default, random, random:PRESET, a file, a folder "
+               "or a hub name owner/name), --arch and --img-size.\nRun 'numpy-vit COMMAND --help' for a command's "
+               "options.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = commands.add_parser(
-        "demo", help="draw the guide's seven figures for the sample image (offline, seconds)",
-        description="Run the model once on the shipped sample image (or --image) and write the guide's seven "
-                    "files vis_1_patch_grid.png ... vis_7_attention_rollout.png; print where they are and the "
-                    "model's prediction.")
+    demo = _subcommand(
+        commands, "demo", "draw the guide's seven figures for the sample image (offline, seconds)",
+        "Run the model once on the shipped sample image (or --image) and write the guide's seven files "
+        "vis_1_patch_grid.png ... vis_7_attention_rollout.png; print where they are and the model's prediction.")
     demo.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (created if missing; default: .)")
     demo.add_argument("--image", default=None, metavar="PATH", help="image to explain (default: the sample)")
     _add_dpi_option(demo)
-    _model_option(demo)
+    _add_model_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    show = commands.add_parser(
-        "show", help="draw figures for your own images, one file per image and figure",
-        description="Run the model on each IMAGE and write OUT/<image>_<figure>.png for each figure, with a "
-                    "progress bar. Figures: " + _figure_help() + ".")
+    show = _subcommand(
+        commands, "show", "draw figures for your own images, one file per image and figure",
+        f"Run the model on each IMAGE and write OUT/<image>_<figure>.png for each figure, with a progress bar. "
+        f"Figures: {FIGURE_NAMES}, or all.")
     show.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any mode: converted to RGB)")
     show.add_argument("--figure", default="attention_layers", metavar="NAME",
-                      help=f"which figure: {_figure_help()} (default: attention_layers)")
+                      help=f"which figure: {FIGURE_NAMES}, or all (default: attention_layers)")
     _add_figure_options(show)
-    _model_option(show)
+    _add_model_options(show)
     show.add_argument("-o", "--out", default=".", metavar="DIR", help="output folder (created if missing)")
     show.set_defaults(handler=cmd_show)
 
-    predict = commands.add_parser("predict", help="print the top classes for images",
-                                  description="Print the model's top-k classes and probabilities for each IMAGE.")
+    predict = _subcommand(commands, "predict", "print the top classes for images",
+                          "Print the model's top-k classes and probabilities for each IMAGE. The default model "
+                          "knows ten synthetic shapes, not photos: for photos pass --model with an ImageNet "
+                          "checkpoint, e.g. timm/vit_base_patch16_224.augreg2_in21k_ft_in1k.")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("-k", "--top", type=int, default=5, help="how many classes (default 5)")
-    _model_option(predict)
+    _add_model_options(predict)
     predict.set_defaults(handler=cmd_predict)
 
-    compare = commands.add_parser(
-        "compare", help="the same figure before and after training, side by side",
-        description="The guide's before/after comparison: draw one figure for two models on one image, stacked. "
-                    "--before random builds an untrained model with the --after model's architecture.")
+    compare = _subcommand(
+        commands, "compare", "the same figure before and after training, side by side",
+        "The guide's before/after comparison: draw a figure for two models on one image, stacked. --before and "
+        "--after each take any model; --before random builds an untrained model with the --after model's "
+        "architecture. --arch and --img-size apply to both.")
     compare.add_argument("image", metavar="IMAGE")
-    compare.add_argument("--before", default="random", metavar="MODEL",
-                         help="'random' (default), 'random:PRESET', or a checkpoint")
-    compare.add_argument("--after", default="default", metavar="MODEL",
-                         help="'default' (the shipped model, the default) or a checkpoint")
+    compare.add_argument("--before", default="random", metavar="MODEL", help="the upper model (default: random)")
+    compare.add_argument("--after", default="default", metavar="MODEL", help="the lower model (default: default)")
     compare.add_argument("--figure", default="attention_layers", metavar="NAME",
-                         help=f"which figure: {_figure_help().replace(', or all', '')} (default: attention_layers)")
+                         help=f"which figure: {FIGURE_NAMES}, or all (default: attention_layers)")
     _add_figure_options(compare)
+    _add_model_options(compare, model_flag=False)
     compare.add_argument("-o", "--out", default=None, metavar="FILE",
-                         help="output PNG (default: compare_<figure>.png)")
+                         help="output PNG (default: compare_<figure>.png); with --figure all, FILE's name gets "
+                              "_<figure> before the extension, one file per figure")
     compare.set_defaults(handler=cmd_compare)
 
-    convert = commands.add_parser(
-        "convert", help="convert a checkpoint (timm, HF, JAX, DINO) to numpy-vit's .npz",
-        description="Read SRC in any supported format and write OUT as numpy-vit's .npz (weights.convert).")
-    convert.add_argument("src", metavar="SRC", help="checkpoint file, folder, or hub name")
+    convert = _subcommand(
+        commands, "convert", "convert a checkpoint (timm, HF, JAX, DINO) to numpy-vit's .npz",
+        "Read the model SRC and write it as numpy-vit's .npz (weights.convert), which loads without --arch. "
+        "With --img-size the written model's position embedding is resampled to that size.")
+    convert.add_argument("src", metavar="SRC", help="the model to convert: " + MODEL_HELP)
     convert.add_argument("-o", "--out", required=True, metavar="OUT", help="output .npz")
-    convert.add_argument("--arch", default=None, metavar="NAME",
-                         help="architecture (preset / timm name) when SRC does not say")
+    _add_model_options(convert, model_flag=False)
     convert.set_defaults(handler=cmd_convert)
     return parser
 
@@ -283,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            args.handler(args)
     except NumpyViTError as error:
-        print(f"numpy-vit {args.command}: error: {error}", file=sys.stderr)
+        print(f"numpy-vit {args.command}: error: {cli_words(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:  # the file system said no: a file where the output folder should be, no permission
         print(f"numpy-vit {args.command}: error: {error}", file=sys.stderr)

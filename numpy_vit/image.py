@@ -15,7 +15,8 @@ from .errors import ImageError
 
 
 class ImageConversionWarning(UserWarning):
-    """The image was usable but had to be changed (mode, orientation, value range) to become RGB."""
+    """The image was usable but had to be changed (mode, orientation, value range) to become RGB, or is so
+    small that the model's input is mostly interpolation."""
 
 
 def _warn(message):
@@ -172,21 +173,23 @@ def to_rgb_array(src):
 _FILTERS = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL.Image.Resampling values
 
 
+def resized_size(h, w, size, crop_pct=1.0):
+    """(new_h, new_w) an h x w image is resized to before the centre crop to ``size`` (H, W): timm's eval
+    transform resizes the short side to size / crop_pct, truncating the long side as torchvision's Resize does."""
+    H, W = size
+    if H != W:
+        return math.floor(H / crop_pct), math.floor(W / crop_pct)
+    scaled = math.floor(H / crop_pct)
+    return (scaled, int(scaled * w / h)) if h <= w else (int(scaled * h / w), scaled)
+
+
 def resize_and_crop(rgb, size, crop_pct=1.0, interpolation="bicubic"):  # [h, w, 3] uint8 -> [H, W, 3] uint8
     """timm's eval transform: short side to size / crop_pct (or each side, for a non-square size), centre crop."""
     from PIL import Image
 
     H, W = size
     h, w = rgb.shape[:2]
-    if H == W:
-        scaled = math.floor(H / crop_pct)
-        # the short side becomes `scaled`, the long side is truncated as torchvision's Resize does
-        if h <= w:
-            new_h, new_w = scaled, int(scaled * w / h)
-        else:
-            new_h, new_w = int(scaled * h / w), scaled
-    else:
-        new_h, new_w = math.floor(H / crop_pct), math.floor(W / crop_pct)
+    new_h, new_w = resized_size(h, w, size, crop_pct)
     if new_h * new_w > (Image.MAX_IMAGE_PIXELS or math.inf):  # a 1-pixel-high strip scaled up to img_size
         raise ImageError(f"an image of {w}x{h} pixels would be resized to {new_w}x{new_h} before the centre crop, "
                          f"beyond Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit; crop it closer to square first")
@@ -195,6 +198,25 @@ def resize_and_crop(rgb, size, crop_pct=1.0, interpolation="bicubic"):  # [h, w,
         img = img.resize((new_w, new_h), resample=_FILTERS[interpolation])
     top, left = round((new_h - H) / 2), round((new_w - W) / 2)
     return np.asarray(img.crop((left, top, left + W, top + H)))
+
+
+MAX_UPSCALE = 2.0  # beyond this the model sees mostly interpolated pixels
+
+
+def warn_if_upscaled(h, w, size, crop_pct, patch_size, name="the image"):
+    """One ImageConversionWarning when an h x w image is smaller than the model's patch grid, or is upscaled
+    more than MAX_UPSCALE times in either side to become the model's input ``size``: its patches then hold
+    interpolation rather than detail of the image."""
+    H, W = size
+    new_h, new_w = resized_size(h, w, size, crop_pct)
+    scale = max(new_h / h, new_w / w)
+    grid_h, grid_w = H // patch_size, W // patch_size
+    if h < grid_h or w < grid_w:
+        _warn(f"{name} is {w}x{h} pixels, fewer than the model's {grid_w}x{grid_h} patches: it is upscaled "
+              f"{scale:.1f}x to the {W}x{H} input, so each patch holds less than one pixel of it; use a larger image")
+    elif scale > MAX_UPSCALE:
+        _warn(f"{name} is {w}x{h} pixels and is upscaled {scale:.1f}x to the model's {W}x{H} input, so its patches "
+              f"hold interpolated pixels; use a larger image, or run the model at a smaller size (img_size=)")
 
 
 def normalise(rgb, mean, std):  # [H, W, 3] uint8 -> [3, H, W] float32
@@ -206,7 +228,10 @@ def normalise(rgb, mean, std):  # [H, W, 3] uint8 -> [3, H, W] float32
 def load_image(src, config, img_size=None):
     """One image -> ([1, 3, H, W] float32 normalised, [H, W, 3] float in [0, 1] for overlays)."""
     size = config.img_size if img_size is None else _size(img_size, config.patch_size)
-    rgb = resize_and_crop(to_rgb_array(src), size, config.crop_pct, config.interpolation)
+    original = to_rgb_array(src)
+    rgb = resize_and_crop(original, size, config.crop_pct, config.interpolation)
+    name = repr(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else "the image"
+    warn_if_upscaled(*original.shape[:2], size, config.crop_pct, config.patch_size, name)
     return normalise(rgb, config.mean, config.std)[None], rgb.astype(np.float32) / 255.0
 
 

@@ -1,4 +1,4 @@
-"""The catalogue of bad input (issue 7): every wrong image, array, checkpoint, index, option and path a learner
+"""The catalogue of bad input: every wrong image, array, checkpoint, index, option and path a learner
 may hand the tool meets a named error (ImageError, CheckpointError, ConfigError, ArgumentError, all ValueErrors)
 whose message names the file, key, index or shape; every convertible image is converted correctly and says so
 with an ImageConversionWarning; nothing is unpickled and nothing is downloaded unless asked for.
@@ -396,6 +396,31 @@ def test_convertible_mode_gives_the_right_rgb_and_says_so(mode, image, fmt, said
     np.testing.assert_allclose(rgb, expected, atol=1)                     # 1 level: Pillow's integer rounding
 
 
+@pytest.mark.parametrize("height, width, crop_pct, said", [
+    (10, 10, 1.0, r"the image is 10x10 pixels, fewer than the model's 14x14 patches: it is upscaled 22\.4x to the "
+                  r"224x224 input, so each patch holds less than one pixel of it; use a larger image"),
+    (100, 300, 1.0, r"the image is 300x100 pixels and is upscaled 2\.2x to the model's 224x224 input, so its patches "
+                    r"hold interpolated pixels; use a larger image, or run the model at a smaller size \(img_size=\)"),
+    (112, 112, 0.875, r"is 112x112 pixels and is upscaled 2\.3x"),           # crop_pct: resized to 256, then cropped
+])
+def test_an_image_upscaled_past_2x_says_so_once(height, width, crop_pct, said):
+    config = nv.ViTConfig(img_size=224, patch_size=16, crop_pct=crop_pct)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image(np.zeros((height, width, 3), np.uint8), config)
+    assert [str(w.message) for w in caught if w.category is ImageConversionWarning] == \
+        [m for m in [str(w.message) for w in caught] if re.search(said, m)] and len(caught) == 1
+
+
+@pytest.mark.parametrize("height, width, img_size", [(112, 112, None), (224, 224, None), (600, 300, None),
+                                                     (100, 100, 160)])
+def test_an_image_upscaled_at_most_2x_is_quiet(height, width, img_size):
+    config = nv.ViTConfig(img_size=224, patch_size=16, crop_pct=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(np.zeros((height, width, 3), np.uint8), config, img_size=img_size)
+
+
 @pytest.mark.parametrize("orientation, turn", [(3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)),
                                                (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1])])
 def test_exif_orientation_rotates_the_pixels(orientation, turn, tmp_path):
@@ -564,8 +589,8 @@ def test_no_default_model_never_downloads(tmp_path, monkeypatch, no_download):
 
 CLI_CASES = [
     (["show", "{photo}", "--model", "{deep}", "--layers", "12"], r"layer 12 is out of range: there are 12"),
-    (["show", "{photo}", "--model", "{deep}", "--figure", "all_heads", "--layers", "-13"], r"layer_idx -13 is out"),
-    (["show", "{photo}", "--model", "{deep}", "--head", "12"], r"head_index 12 is out of range"),
+    (["show", "{photo}", "--model", "{deep}", "--figure", "all_heads", "--layers", "-13"], r"--layers -13 is out"),
+    (["show", "{photo}", "--model", "{deep}", "--head", "12"], r"--head 12 is out of range"),
     (["show", "{photo}", "--model", "{deep}", "--layers"], r"--layers: expected at least one argument"),
     (["show", "{photo}", "--model", "{deep}", "--figure", "heatmap"], r"unknown figure 'heatmap'; choose from"),
     (["show", "{photo}", "--model", "{deep}", "--query", "a,b"], r"--query 'a,b': use ROW,COL"),
@@ -578,17 +603,26 @@ CLI_CASES = [
     (["predict", "{photo}", "--model", "{deep}", "-k", "many"], r"-k/--top: invalid int value: 'many'"),
     (["convert", "{deep}", "-o", "{tmp}/missing_dir/out.npz"], r"folder .*missing_dir does not exist"),
     (["convert", "{deep}", "-o", "{tmp}"], r"that is a folder"),
-    (["convert", "{deep}", "-o", "{tmp}/x.npz", "--arch", "vit_base_patch16_224"], r"not arch='vit_base_patch16_224'"),
+    (["convert", "{deep}", "-o", "{tmp}/x.npz", "--arch", "vit_base_patch16_224"], r"not --arch vit_base_patch16_224 \(--arch vs file"),
     (["show", "{photo}", "--model", "{deep}", "--dpi", "3"], r"dpi must be a number from 10 to 1200, got 3"),
     (["demo", "--model", "{deep}", "--out", "{tmp}", "--dpi", "-5"], r"dpi must be a number from 10 to 1200, got -5"),
     (["explain", "{photo}"], r"invalid choice: 'explain'"),
+    (["predict", "{photo}", "--model", "{deep}", "--img-size", "20"],
+     r"--img-size 20 is not a multiple of this model's 8-pixel patches; use e\.g\. --img-size 16 or --img-size 24"),
+    (["predict", "{photo}", "--img-size", "big"], r"argument --img-size: 'big': use one positive integer"),
+    (["predict", "{photo}", "--model", "{bare}"], r"not the number of attention heads.*; pass --arch \(a preset"),
+    (["predict", "{photo}", "--model", "{bare}", "--arch", "vit_gigantic"], r"--arch vit_gigantic is neither a preset"),
+    (["predict", "{photo}", "--model", "random:vit_tiny_patch16_224", "--arch", "vit_tiny_patch16_224"],
+     r"both name an architecture; give one"),
+    (["compare", "{photo}", "--before", "{tmp}/nope.npz"], r"nope\.npz: no such file or folder"),
+    (["convert", "random:resnet50", "-o", "{tmp}/x.npz"], r"unknown preset 'resnet50'"),
 ]
 
 
 @pytest.mark.parametrize("argv, said", CLI_CASES, ids=[" ".join(a[:1] + a[2:]) for a, _ in CLI_CASES])
 def test_cli_bad_argument_is_one_line_and_exit_code_2(argv, said, world, tmp_path, capsys):
     values = dict(photo=world.path("photo.png"), deep=world.path("deep.npz"), afile=world.path("afile.txt"),
-                  tmp=str(tmp_path))
+                  bare=world.path("small.safetensors"), tmp=str(tmp_path))
     argv = [arg.format(**values) for arg in argv]
     try:
         code = cli.main(argv)
@@ -599,3 +633,4 @@ def test_cli_bad_argument_is_one_line_and_exit_code_2(argv, said, world, tmp_pat
     assert "Traceback" not in err
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert last.startswith("numpy-vit") and "error:" in last and re.search(said, last), err
+    assert not re.search(r"\barch=|ViTConfig|img_size|head_index|layer_idx", err), err   # flags, not Python names

@@ -6,10 +6,12 @@ readers against files written by timm, HF transformers and torch.
 """
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 
 import numpy as np
@@ -391,6 +393,7 @@ def test_hub_download_failure_says_which_file_and_where(tmp_path, monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(hub, "_download", offline)
+    monkeypatch.setattr(hub, "offline_reason", lambda: None)      # the network answers, the download fails
     with pytest.raises(CheckpointError, match=r"download failed \(OSError: Network is unreachable\).*"
                                               r"timm/vit_base_patch16_224\.augreg2_in21k_ft_in1k/resolve/main/"
                                               r"model\.safetensors.*timm--vit_base_patch16_224\.augreg2_in21k_ft_in1k"):
@@ -423,6 +426,7 @@ def test_hub_download_through_huggingface_hub(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path / "ours"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    monkeypatch.setattr(hub, "offline_reason", lambda: None)      # a network to download from
     config, loaded = weights.load_any("someone/tiny-vit@v2")
     assert asked == [("someone/tiny-vit", "config.json", "v2"), ("someone/tiny-vit", "model.safetensors", "v2"),
                      ("someone/tiny-vit", "preprocessor_config.json", "v2")]
@@ -433,6 +437,107 @@ def test_hub_download_through_huggingface_hub(tmp_path, monkeypatch):
     shutil.rmtree(snapshot)
     with pytest.raises(CheckpointError, match="the repository has none of model.safetensors, pytorch_model.bin"):
         weights.load_any("someone/tiny-vit")
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """hf_hub_download replaced: a download is an AssertionError; a look into its cache finds nothing."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    errors = pytest.importorskip("huggingface_hub.errors")
+    asked = []
+
+    def fake_hf_hub_download(repo_id, filename, revision=None, local_files_only=False, **kwargs):
+        asked.append((filename, local_files_only))
+        if not local_files_only:
+            raise AssertionError(f"a download of {filename} was attempted")
+        raise errors.LocalEntryNotFoundError(f"{filename} is not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    return asked
+
+
+def offline_message(name, why):
+    return (rf"no local file or folder '{name}', and it cannot be loaded as a hub name: {why}.*, and huggingface_hub's "
+            rf"cache does not hold it\. Either connect to the network")
+
+
+@pytest.mark.parametrize("failure", [socket.gaierror(-2, "Name or service not known"),
+                                     ConnectionRefusedError(111, "Connection refused")])
+def test_a_hub_name_without_network_fails_at_once(failure, tmp_path, monkeypatch, downloads):
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_network(address, timeout=None):
+        raise failure
+
+    monkeypatch.setattr(hub.socket, "create_connection", no_network)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=offline_message("google/vit-base-patch16-224",
+                                                              r"no network: huggingface\.co:443 cannot be reached")):
+        weights.load_any("google/vit-base-patch16-224")
+    assert time.perf_counter() - start < 3
+    assert downloads and all(local for _, local in downloads)            # only huggingface_hub's cache was read
+
+
+def test_a_hub_that_never_answers_is_given_up_on_in_seconds(tmp_path, monkeypatch, downloads):
+    """A name lookup or connect that hangs (a firewall dropping packets) is abandoned after CONNECT_TIMEOUT_S."""
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub.socket, "create_connection", lambda address, timeout=None: time.sleep(30))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=offline_message("google/vit-base-patch16-224",
+                                                              r"no network: .* \(no answer within 1\.5 s\)")):
+        weights.load_any("google/vit-base-patch16-224")
+    assert time.perf_counter() - start < 3
+    assert all(local for _, local in downloads)
+
+
+def test_hf_hub_offline_is_honoured_without_touching_the_network(tmp_path, monkeypatch, downloads):
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub.socket, "create_connection", lambda *a, **k: pytest.fail("the network was asked"))
+    with pytest.raises(CheckpointError, match=offline_message("google/vit-base-patch16-224",
+                                                              r"HF_HUB_OFFLINE is set \(unset it to download\)")):
+        weights.load_any("google/vit-base-patch16-224")
+    assert all(local for _, local in downloads)
+
+
+def test_offline_reads_huggingface_hubs_own_cache(tmp_path, monkeypatch):
+    """Offline, a repository huggingface_hub downloaded before still loads from its cache."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    snapshot = tmp_path / "hf-cache" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    from safetensors.numpy import save_file
+    params = random_params(SMALL)
+    save_file(params, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "num_classes": 5,
+                                                      "model_args": {"embed_dim": 32, "depth": 2, "num_heads": 4,
+                                                                     "patch_size": 8, "img_size": 32}}))
+
+    def from_cache(repo_id, filename, revision=None, local_files_only=False, **kwargs):
+        assert local_files_only
+        if not (snapshot / filename).exists():
+            raise FileNotFoundError(filename)
+        return str(snapshot / filename)
+
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path / "ours"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", from_cache)
+    config, loaded = weights.load_any("someone/tiny-vit")
+    assert config.num_heads == 4 and all(np.array_equal(loaded[k], params[k]) for k in params)
+
+
+def test_a_real_hub_call_without_network_fails_within_3_s(tmp_path, monkeypatch):
+    """Nothing replaced: on a machine without network (as this suite is run) the real lookup fails fast."""
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    if hub.offline_reason() is None:
+        pytest.skip("this machine reaches the hub")
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="no network: "):
+        weights.load_any("numpy-vit-tests/no-such-model")
+    assert time.perf_counter() - start < 3
 
 
 def test_hub_name_reads_files_put_by_hand(tmp_path, monkeypatch):
