@@ -7,7 +7,7 @@ before/after-training comparison, and checkpoint conversion.
     numpy-vit compare cat.jpg --before random --after default --figure all
     numpy-vit convert vit_base.safetensors --arch vit_base_patch16_224 -o vit_base.npz
 
-Every command that loads a model takes the same three options: ``--model`` (MODEL_HELP),
+Every command that loads a model takes the same three options: ``--model`` (MODEL_LIST),
 ``--arch`` and ``--img-size``. Imports are lazy: ``predict`` and ``convert`` never load matplotlib.
 """
 from __future__ import annotations
@@ -16,17 +16,27 @@ import argparse
 import os
 import re
 import sys
+import textwrap
 import warnings
 
 from .errors import ArgumentError, NumpyViTError
 
-MODEL_HELP = ("default (the shipped model: ten synthetic shapes, not photos), random (untrained, with the "
-              "default's architecture or --arch's), random:PRESET, a checkpoint file (numpy-vit or JAX .npz, "
-              ".safetensors, .pth), a timm or HF transformers folder, or a hub name owner/name (read from "
-              "$NUMPY_VIT_CACHE/owner--name if its files are there, else downloaded)")
+MODEL_HELP = "default, random, random:PRESET, a checkpoint file or folder, or a hub name OWNER/NAME (see below)"
+MODEL_LIST = """\
+MODEL is one of:
+  default        the shipped model: ten synthetic shapes (circle, square, ...), not photos
+  random         untrained, with --arch's architecture (else the default's; in compare, --after's)
+  random:PRESET  untrained, of a preset, e.g. random:vit_small_patch16_224
+  FILE           a checkpoint: numpy-vit or Google JAX .npz, timm .safetensors or .pth, DINO .pth
+  FOLDER         a timm or HF transformers folder (config.json + model.safetensors)
+  OWNER/NAME     a hub name, e.g. timm/vit_base_patch16_224.augreg2_in21k_ft_in1k: read from
+                 $NUMPY_VIT_CACHE/OWNER--NAME (default ~/.cache/numpy_vit) when its files are there,
+                 else downloaded; without network it fails at once; HF_HUB_OFFLINE=1 is honoured
+A file named like a keyword is given as a path: ./default. An image upscaled more than 2x to the
+model's input (--img-size) gets a warning."""
 ARCH_HELP = ("the architecture, for checkpoints that do not store the number of heads (bare timm or DINO state "
              "dicts): a preset such as vit_small_patch16_224 or vit_small_patch14_reg4_dinov2, or a timm name "
-             "vit_{tiny,small,base,large,huge}_patch<P>_<RES>; with --model random, the random model's architecture")
+             "vit_{tiny,small,base,large,huge}_patch<P>_<RES>; for random, the random model's architecture")
 IMG_SIZE_HELP = ("run the model at this input size: N, or H,W (also HxW), multiples of the patch size; the position "
                  "embedding is resampled to the new grid (default: the checkpoint's own size, e.g. 518 for DINOv2)")
 FIGURE_NAMES = ("patch_grid, position_embedding, attention_layers, all_heads, attention_distance, cls_evolution, "
@@ -82,7 +92,7 @@ def is_random(name) -> bool:
 
 
 def load_model(name=None, like=None, warn=None, arch=None, img_size=None):
-    """A ViT from a ``--model`` value (MODEL_HELP): None or ``"default"`` = the shipped default model (a random
+    """A ViT from a ``--model`` value (MODEL_LIST): None or ``"default"`` = the shipped default model (a random
     one, with a warning, while it is missing); ``"random"`` = randomly initialised with ``arch``'s, ``like``'s
     or the default's architecture; ``"random:PRESET"``; anything else = ``ViT.from_pretrained(name, arch)``.
     ``img_size`` (H, W): the model for inputs of that size (``at_img_size``)."""
@@ -349,10 +359,8 @@ def _add_model_options(parser, model_flag=True):
 
 
 def _subcommand(commands, name, help_text, description):
-    return commands.add_parser(name, help=help_text, description=description,
-                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                               epilog="A model is one of: " + MODEL_HELP.replace(", ", ",\n  ") + ".\n"
-                                      "Small images are upscaled to the model's input with a warning.")
+    return commands.add_parser(name, help=help_text, description=textwrap.fill(description, 100),
+                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MODEL_LIST)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,9 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = _subcommand(
         commands, "convert", "convert a checkpoint (timm, HF, JAX, DINO) to numpy-vit's .npz",
-        "Read the model SRC and write it as numpy-vit's .npz (weights.convert), which loads without --arch. "
+        "Read MODEL and write it as numpy-vit's .npz (weights.convert), which loads without --arch. "
         "With --img-size the written model's position embedding is resampled to that size.")
-    convert.add_argument("src", metavar="SRC", help="the model to convert: " + MODEL_HELP)
+    convert.add_argument("src", metavar="MODEL", help="the model to convert: " + MODEL_HELP)
     convert.add_argument("-o", "--out", required=True, metavar="OUT", help="output .npz")
     _add_model_options(convert, model_flag=False)
     convert.set_defaults(handler=cmd_convert)

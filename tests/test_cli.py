@@ -91,21 +91,28 @@ def test_predict_prints_top_k(small_npz, images, capsys):
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 100) < 0.05
 
 
-def test_compare_before_and_after(small_npz, images, tmp_path, capsys):
+def test_compare_figure_all_writes_every_figure(small_npz, images, tmp_path, capsys):
     out = tmp_path / "cmp.png"
-    assert cli.main(["compare", images[0], "--before", "random", "--after", small_npz, "--figure", "rollout",
-                     "-o", str(out), "--dpi", "40"]) == 0
-    assert out.is_file()
+    assert cli.main(["compare", images[0], "--before", "random", "--after", small_npz, "--figure", "all",
+                     "-o", str(out), "--dpi", "20"]) == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(f"cmp_{name}.png" for name in FIGURES)
     printed = capsys.readouterr().out
+    assert printed.count("wrote ") == len(FIGURES)
     assert "Before: random init" in printed and "After: small.npz" in printed
 
 
-def test_compare_figure_all_writes_every_figure(small_npz, images, tmp_path, capsys):
-    out = tmp_path / "cmp.png"
-    assert cli.main(["compare", images[0], "--before", small_npz, "--after", small_npz, "--figure", "all",
-                     "-o", str(out), "--dpi", "20"]) == 0
-    assert sorted(os.listdir(tmp_path)) == sorted(f"cmp_{name}.png" for name in FIGURES)
-    assert capsys.readouterr().out.count("wrote ") == len(FIGURES)
+def test_compare_one_figure_to_the_named_file(small_npz, images, tmp_path, monkeypatch):
+    from numpy_vit.viz import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "compare_figure", lambda name, traces, labels, save_path, **options:
+                        drawn.append((name, save_path)))
+    assert cli.main(["compare", images[0], "--after", small_npz, "--figure", "rollout", "-o",
+                     str(tmp_path / "cmp.png")]) == 0
+    assert drawn == [("attention_rollout", str(tmp_path / "cmp.png"))]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["compare", images[0], "--after", small_npz, "--figure", "ALL"]) == 0
+    assert [path for _, path in drawn[1:]] == [f"compare_{name}.png" for name in FIGURES]
 
 
 def test_convert_round_trip(small_npz, tmp_path, capsys):
@@ -152,7 +159,7 @@ def test_help_explains_each_command(capsys):
         assert exit_info.value.code == 0
         text = " ".join(capsys.readouterr().out.split())             # argparse wraps lines anywhere
         assert "--arch NAME" in text and "--img-size N|H,W" in text, command
-        for source in ("default", "random:PRESET", "hub name owner/name", "$NUMPY_VIT_CACHE"):
+        for source in ("default", "random", "random:PRESET", "FILE", "FOLDER", "OWNER/NAME", "$NUMPY_VIT_CACHE"):
             assert source in text, (command, source)
 
 
@@ -226,11 +233,13 @@ def command_line(command, model, image, out):
 @pytest.mark.parametrize("source", ["default", "random", "npz", "folder", "hub"])
 @pytest.mark.parametrize("command", ["demo", "show", "predict", "compare-before", "compare-after", "convert"])
 def test_every_command_loads_every_model_source(command, source, sources, images, tmp_path, monkeypatch, capsys):
-    from numpy_vit.viz import demo
+    from numpy_vit.viz import demo, figures
 
     monkeypatch.setenv("NUMPY_VIT_CACHE", sources["cache"])
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)        # the hub name is read from the cache
-    monkeypatch.setattr(demo, "draw_in_parallel", lambda *args, **kwargs: None)  # the demo's figures: above
+    monkeypatch.setattr(demo, "draw_in_parallel", lambda *args, **kwargs: None)  # figures: drawn by the tests above
+    monkeypatch.setattr(figures, "make_figure", lambda *args, **kwargs: None)
+    monkeypatch.setattr(figures, "compare_figure", lambda *args, **kwargs: None)
     loaded = []
     at_img_size = cli.at_img_size
     monkeypatch.setattr(cli, "at_img_size", lambda model, size: loaded.append(at_img_size(model, size)) or loaded[-1])
