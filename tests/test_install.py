@@ -9,6 +9,7 @@ the test needs no network.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -39,7 +40,11 @@ def installed(tmp_path_factory):
     """A fresh virtual environment with the wheel installed; returns (python, site-packages folder)."""
     tmp = tmp_path_factory.mktemp("install")
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools (in the test extra)")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp), ROOT])
+    # built from a copy, so that a build/ folder left in the checkout by an earlier build adds nothing stale
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                                "_train", "out", "runs", ".pytest_cache"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp), source])
     wheel = next(str(tmp / name) for name in os.listdir(tmp) if name.endswith(".whl"))
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True)
