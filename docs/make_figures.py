@@ -12,7 +12,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from numpy_vit.cli import describe_model, load_model  # noqa: E402  (after the path set-up)
-from numpy_vit.viz._common import with_source_size  # noqa: E402
 from numpy_vit.viz.demo import SAMPLE_IMAGE, sample_scenes  # noqa: E402
 from numpy_vit.viz.figures import FIGURES, make_figure  # noqa: E402
 
@@ -22,7 +21,7 @@ MAX_WIDTH = 1300  # pixels
 def main(out=os.path.join(HERE, "figures")):
     os.makedirs(out, exist_ok=True)
     model = load_model(None)
-    trace = with_source_size(model.run(SAMPLE_IMAGE), SAMPLE_IMAGE)
+    trace = model.run(SAMPLE_IMAGE)
     print(f"{describe_model(model)}; prediction: {trace.top_k(1)[0]}")
     for name, spec in FIGURES.items():
         path = os.path.join(out, spec.filename)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 
 import numpy as np
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

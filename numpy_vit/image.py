@@ -227,12 +227,17 @@ def normalise(rgb, mean, std):  # [H, W, 3] uint8 -> [3, H, W] float32
 
 def load_image(src, config, img_size=None):
     """One image -> ([1, 3, H, W] float32 normalised, [H, W, 3] float in [0, 1] for overlays)."""
+    batch, overlay, _ = _load(src, config, img_size)
+    return batch, overlay
+
+
+def _load(src, config, img_size=None):  # load_image, and the image's (height, width) before resizing
     size = config.img_size if img_size is None else _size(img_size, config.patch_size)
     original = to_rgb_array(src)
     rgb = resize_and_crop(original, size, config.crop_pct, config.interpolation)
     name = repr(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else "the image"
     warn_if_upscaled(*original.shape[:2], size, config.crop_pct, config.patch_size, name)
-    return normalise(rgb, config.mean, config.std)[None], rgb.astype(np.float32) / 255.0
+    return normalise(rgb, config.mean, config.std)[None], rgb.astype(np.float32) / 255.0, original.shape[:2]
 
 
 def _size(img_size, patch_size):
@@ -247,7 +252,8 @@ def _size(img_size, patch_size):
 
 
 def prepare(image, config, img_size=None):
-    """What ``ViT.run`` accepts -> ([B, 3, H, W] float batch, overlay image of the first one or None)."""
+    """What ``ViT.run`` accepts -> ([B, 3, H, W] float batch, overlay image of the first one, the first one's
+    (height, width) before resizing: None for a normalised batch, which has no other size)."""
     if isinstance(image, np.ndarray) and image.ndim == 4:
         if image.shape[1] != config.in_chans and image.shape[-1] == config.in_chans:
             raise ImageError(f"a batch must be [B, 3, H, W] normalised floats; got shape {image.shape} "
@@ -258,8 +264,8 @@ def prepare(image, config, img_size=None):
             raise ImageError(f"a [B, 3, H, W] batch must be normalised floats, got dtype {image.dtype}; "
                              f"pass uint8 images one by one (or as a list) to have them normalised")
         overlay = image[0].transpose(1, 2, 0) * np.asarray(config.std) + np.asarray(config.mean)
-        return image, np.clip(overlay, 0, 1).astype(np.float32)
+        return image, np.clip(overlay, 0, 1).astype(np.float32), None
     if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (int, float, np.number)):
-        loaded = [load_image(item, config, img_size) for item in image]
-        return np.concatenate([b for b, _ in loaded], axis=0), loaded[0][1]
-    return load_image(image, config, img_size)
+        loaded = [_load(item, config, img_size) for item in image]
+        return np.concatenate([batch for batch, _, _ in loaded], axis=0), loaded[0][1], loaded[0][2]
+    return _load(image, config, img_size)

@@ -228,8 +228,10 @@ class ViT:
         """Image(s) in, Trace out. ``image``: a path, a PIL image, an HxWx3 uint8 array, a list of those, or a
         [B, 3, H, W] float array already normalised. ``img_size`` (int or (h, w)) overrides the input size for
         images (the position embedding is resampled)."""
-        batch, overlay = image_module.prepare(image, self.config, img_size=img_size)
-        return self.forward(batch.astype(self.dtype, copy=False), record=record, image_for_overlay=overlay)
+        batch, overlay, source_size = image_module.prepare(image, self.config, img_size=img_size)
+        trace = self.forward(batch.astype(self.dtype, copy=False), record=record, image_for_overlay=overlay)
+        trace.source_size = source_size  # what figure 1 says the image was resized or cropped from
+        return trace
 
     __call__ = run
 

@@ -73,7 +73,7 @@ def test_patch_grid_labels_every_patch(trace, image, tmp_path):
     assert labels == list(range(15))                          # a 3x5 grid: patches 0..14
     title = ax.get_title()
     assert "80x48 px model input → 3 rows x 5 columns = 15 patches of 16x16 px" in title   # width x height
-    assert "original size not recorded" in title              # a Trace of an array given without its size
+    assert "original 80x48 px image, used as it is" in title  # model.run records the array's own size
     rendered(fig, tmp_path / "grid2.png")
     # from a raw image and a config, the same grid, and the image's own size
     fig = viz.visualize_patch_grid(image, config=trace.config)
@@ -99,13 +99,15 @@ def test_patch_grid_says_what_was_done_to_the_original_image(model, tmp_path):
     assert model.run(model.last_trace["input"]).source_size is None     # a normalised batch has no other size
 
 
-def test_resized_size_matches_the_loader():
-    """resized_size follows numpy_vit.image.resize_and_crop: short side to size / crop_pct, then the crop."""
-    from numpy_vit.viz._common import preprocessing_note, resized_size
+def test_preprocessing_note_follows_the_loader():
+    """numpy_vit.image.resized_size is resize_and_crop's arithmetic (short side to size / crop_pct, then the
+    crop), which the note reads."""
+    from numpy_vit.image import resized_size
+    from numpy_vit.viz._common import preprocessing_note
 
-    assert resized_size((480, 640), (224, 224)) == (224, 298)
-    assert resized_size((640, 480), (224, 224), crop_pct=0.875) == (341, 256)
-    assert resized_size((100, 60), (48, 80)) == (48, 80)
+    assert resized_size(480, 640, (224, 224)) == (224, 298)
+    assert resized_size(640, 480, (224, 224), crop_pct=0.875) == (341, 256)
+    assert resized_size(100, 60, (48, 80)) == (48, 80)
     assert preprocessing_note((224, 224), (224, 224)) == "original 224x224 px image, used as it is"
     assert preprocessing_note((300, 300), (224, 224)) == "original 300x300 px image, resized to 224x224"
     assert preprocessing_note(None, (224, 224)) == "original size not recorded"

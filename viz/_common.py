@@ -6,10 +6,8 @@ is touched, no window ever opens, and the Agg renderer writes the PNGs on any he
 """
 from __future__ import annotations
 
-import math
 import os
 import textwrap
-import warnings
 from dataclasses import dataclass
 
 import matplotlib
@@ -20,6 +18,7 @@ from matplotlib.figure import Figure
 
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
+from numpy_vit.image import resized_size
 
 # Legible at a glance, in a README as much as on a screen.
 STYLE = {
@@ -74,41 +73,9 @@ def resolve_trace(model_or_trace, image=None, function: str = "this figure"):
         if image is None:
             raise ArgumentError(f"{function} needs an image with a model: a path, a PIL image, an HxWx3 uint8 "
                                 f"array or a [1, 3, H, W] float array")
-        return with_source_size(model_or_trace.run(image), image)
+        return model_or_trace.run(image)
     raise ArgumentError(f"{function} takes a numpy_vit.ViT and an image, or a Trace; got "
                         f"{type(model_or_trace).__name__}")
-
-
-def source_size(image):
-    """(height, width) of an image as given, before any resizing: of the first one for a list, None for
-    a normalised [B, 3, H, W] batch (which has no other size). EXIF orientation is applied, as the
-    model's loader applies it."""
-    from numpy_vit.image import to_rgb_array
-
-    if isinstance(image, (list, tuple)) and image and not isinstance(image[0], (int, float, np.number)):
-        image = image[0]
-    if isinstance(image, np.ndarray) and image.ndim == 4:
-        return None
-    with warnings.catch_warnings():          # the model's own run has already said what it converted
-        warnings.simplefilter("ignore")
-        return tuple(int(v) for v in to_rgb_array(image).shape[:2])
-
-
-def with_source_size(trace, image):
-    """The trace, with ``source_size`` recorded from ``image`` where the run did not record it."""
-    if getattr(trace, "source_size", None) is None:
-        trace.source_size = source_size(image)
-    return trace
-
-
-def resized_size(size, target, crop_pct=1.0):
-    """(height, width) an image of ``size`` is resized to before the centre crop to ``target``: the
-    arithmetic of ``numpy_vit.image.resize_and_crop`` (timm's eval transform)."""
-    (h, w), (H, W) = size, target
-    if H == W:
-        scaled = math.floor(H / crop_pct)
-        return (scaled, int(scaled * w / h)) if h <= w else (int(scaled * h / w), scaled)
-    return (math.floor(H / crop_pct), math.floor(W / crop_pct))
 
 
 def preprocessing_note(size, target, crop_pct=1.0) -> str:
@@ -116,7 +83,7 @@ def preprocessing_note(size, target, crop_pct=1.0) -> str:
     if size is None:
         return "original size not recorded"
     (h, w), (H, W) = size, target
-    new_h, new_w = resized_size(size, target, crop_pct)
+    new_h, new_w = resized_size(h, w, target, crop_pct)
     steps = []
     if (new_h, new_w) != (h, w):
         stretched = abs(new_h / new_w - h / w) > 0.01 * h / w             # the aspect ratio changed

@@ -25,7 +25,6 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     """
     from numpy_vit.cli import describe_model, load_model
 
-    from ._common import with_source_size
     from .figures import FIGURES
 
     start = time.perf_counter()
@@ -33,7 +32,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     model = load_model(model) if model is None or isinstance(model, str) else model
     os.makedirs(out_dir, exist_ok=True)
     with one_blas_thread():
-        trace = with_source_size(model.run(image), image)
+        trace = model.run(image)
     echo(f"model: {describe_model(model)}")
     echo(f"image: {image if isinstance(image, str) else type(image).__name__}")
     if "logits" in trace:

@@ -68,7 +68,7 @@ def draw_patch_grid(fig, image, layout: TokenLayout, show_indices=True, preproce
     prefix = " + ".join(name.upper() for name in layout.prefix_names)
     ax.set_title(f"{gw * p}x{gh * p} px model input → {gh} rows x {gw} columns = {gh * gw} patches of {p}x{p} px"
                  + (f"\n{preprocessing}" if preprocessing else ""))
-    footnote(fig, f"Sizes are width x height. Each patch becomes one token, numbered row by row from 0"
+    footnote(fig, "Sizes are width x height. Each patch becomes one token, numbered row by row from 0"
                   + (f"; the sequence is [{prefix}] + patches 0..{gh * gw - 1}" if prefix else ""))
 
 
