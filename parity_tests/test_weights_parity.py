@@ -394,6 +394,7 @@ def test_hub_name_after_download(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path / "empty"))
     asked = []
     monkeypatch.setattr(hub, "_download", lambda name: asked.append(name) or str(snapshot))
+    monkeypatch.setattr(hub, "offline_reason", lambda: None)  # a network to download from
     config, params = weights.load_any("google/vit-test-patch8-32")
     assert asked == [hub.HubName("google/vit-test-patch8-32", "main")]
     assert config.name == "google/vit-test-patch8-32" and config.interpolation == "bicubic"

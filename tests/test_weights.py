@@ -417,7 +417,9 @@ def test_hub_download_through_huggingface_hub(tmp_path, monkeypatch):
     def fake_hf_hub_download(repo_id, filename, revision=None, **kwargs):
         asked.append((repo_id, filename, revision))
         if not (repo / filename).exists():
-            missing = errors.RemoteEntryNotFoundError.__new__(errors.RemoteEntryNotFoundError)
+            # the "not in the repository" error: RemoteEntryNotFoundError from huggingface_hub 1.0 on
+            not_found = getattr(errors, "RemoteEntryNotFoundError", None) or huggingface_hub.utils.EntryNotFoundError
+            missing = not_found.__new__(not_found)
             Exception.__init__(missing, f"404: {filename}")
             raise missing
         snapshot.mkdir(parents=True, exist_ok=True)
