@@ -170,9 +170,10 @@ def test_timm_pth_refuses_arbitrary_pickles(tmp_path):
 def test_timm_hub_folder(tmp_path, safe):
     """timm's save_for_hf writes config.json (architecture, model_args, pretrained_cfg) + weights."""
     from timm.models import save_for_hf
-    tm = randomise(timm.create_model("vit_small_patch16_224.augreg_in21k_ft_in1k", pretrained=False,
-                                     depth=2, img_size=32))  # width 384, 6 heads, 1000 classes
-    save_for_hf(tm, str(tmp_path), safe_serialization=safe)
+    model_args = dict(depth=2, img_size=32)  # width 384, 6 heads, 1000 classes
+    tm = randomise(timm.create_model("vit_small_patch16_224.augreg_in21k_ft_in1k", pretrained=False, **model_args))
+    # given by name: timm 1.0.19, for one, stores only the model_args it is given (1.0.31 reads them off the model)
+    save_for_hf(tm, str(tmp_path), model_args=model_args, safe_serialization=safe)
     config, params = weights.load_any(tmp_path)  # no arch: config.json has it
     assert config.name == "vit_small_patch16_224.augreg_in21k_ft_in1k"
     assert (config.num_heads, config.depth, config.img_size, config.mean, config.crop_pct) == \
@@ -189,6 +190,17 @@ def hf_config(**overrides):
     fields = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, image_size=32,
                   patch_size=8, attn_implementation="eager")
     return transformers.ViTConfig(**{**fields, **overrides})
+
+
+def hf_qkv_weights(state_dict, layer):
+    """Layer ``layer``'s query, key and value weights from an HF ViT's state_dict(), whose in-memory names
+    differ between transformers releases (``layers.N.attention.q_proj`` in 5.10 and 5.25,
+    ``encoder.layer.N.attention.attention.query`` in 5.0 and 4.x)."""
+    for prefix, names in ((f"vit.layers.{layer}.attention.", ("q_proj", "k_proj", "v_proj")),
+                          (f"vit.encoder.layer.{layer}.attention.attention.", ("query", "key", "value"))):
+        if prefix + names[0] + ".weight" in state_dict:
+            return [state_dict[prefix + name + ".weight"] for name in names]
+    raise KeyError(f"no query / key / value weights of layer {layer} among {sorted(state_dict)[:6]}...")
 
 
 def hf_randomise(model, seed=0):
@@ -211,10 +223,7 @@ def test_hf_image_classifier(tmp_path, safe):
     # the params are the HF tensors rearranged: q, k, v stacked into timm's qkv
     sd = state_dict_numpy(hf)
     for i in range(2):
-        a = "vit.layers.%d.attention." % i
-        np.testing.assert_array_equal(params[f"blocks.{i}.attn.qkv.weight"],
-                                      np.concatenate([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"],
-                                                      sd[a + "v_proj.weight"]]))
+        np.testing.assert_array_equal(params[f"blocks.{i}.attn.qkv.weight"], np.concatenate(hf_qkv_weights(sd, i)))
     x = random_batch(config, seed=4)
     with torch.no_grad():
         reference = hf(pixel_values=torch.from_numpy(x)).logits.numpy()
