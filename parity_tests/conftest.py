@@ -18,14 +18,19 @@ TOL = {
     np.float64: dict(pattern=1e-10, resid=1e-10, logits=1e-10),
 }
 
-# every measured error is appended here; parity_tests/report.py prints the table for the README
+# every measured error is appended here; the run ends by printing them as a table (``parity_table``), the
+# README's parity table
 MEASURED = []
+
+
+def torch_setup():
+    torch.manual_seed(0)
+    timm.layers.set_fused_attn(False)  # the probabilities are hidden inside fused SDPA otherwise
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _torch_setup():
-    torch.manual_seed(0)
-    timm.layers.set_fused_attn(False)  # the probabilities are hidden inside fused SDPA otherwise
+    torch_setup()
     yield
 
 
@@ -101,11 +106,19 @@ def compare_traces(trace, reference, dtype, label, depth):
     return worst
 
 
+TABLE_TITLE = "parity: worst errors (pattern abs | residual abs / scale | logits or pooled abs)"
+
+
+def parity_table(measured):
+    """One line per compared model: its worst attention, residual and logits errors (``MEASURED``'s rows)."""
+    return [f"{label:<60} {dtype:<8} {worst['pattern']:9.2e} {worst['resid']:9.2e} {worst['logits']:9.2e}"
+            for label, dtype, worst in measured]
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the worst error of every compared model: the parity table of the README comes from here."""
     if not MEASURED:
         return
-    tr = terminalreporter
-    tr.write_sep("-", "parity: worst errors (pattern abs | residual abs / scale | logits or pooled abs)")
-    for label, dtype, worst in MEASURED:
-        tr.write_line(f"{label:<60} {dtype:<8} {worst['pattern']:9.2e} {worst['resid']:9.2e} {worst['logits']:9.2e}")
+    terminalreporter.write_sep("-", TABLE_TITLE)
+    for line in parity_table(MEASURED):
+        terminalreporter.write_line(line)

@@ -60,45 +60,78 @@ def _run_both(tm, model, x):
     return trace, reference
 
 
-# float64 runs of the four heaviest presets use their first 4 blocks (and DINOv2 a 224 input) so that the
-# suite stays within its time budget on 2 cores; every architectural feature is still exercised, and the
-# float32 runs use every block at the native resolution.
-FLOAT64_SHORTENED = {
-    "vit_large_patch16_224": dict(depth=4),
-    "eva_large_patch14_196": dict(depth=4),
-    "vit_base_patch16_384": dict(depth=4),
-    "vit_small_patch14_reg4_dinov2": dict(depth=4, img_size=224),
+# The suite runs the heavy cases on their first blocks: every block runs the same code (same width, heads and
+# shapes) as the first, so more blocks add only the accumulation of rounding through depth, which the full-depth
+# runs at native resolution cover: ViT-Ti, ViT-S, ViT-B/16, ViT-B/32, DeiT and DINO in float32, and ViT-Ti,
+# ViT-S, DeiT and DINO in float64 (12 blocks each). Each shortened preset keeps its own features: ViT-L's width
+# 1024 and 16 heads, EVA's 14 px patches at 196, ViT-B/16-384's 24 x 24 position grid at its native 384 px,
+# DINOv2's registers, layer scale and 14 px patches (float32 at its native 518 px, the longest sequence: 1373
+# tokens). float64 checks that the formulas are timm's to rounding (1e-10), which two blocks show as well as
+# twelve. bench/parity_full.py runs every preset at full depth and native resolution in both dtypes, and the
+# resampled cases below at full depth.
+SHORTENED = {
+    np.float32: {
+        "vit_large_patch16_224": dict(depth=4),
+        "eva_large_patch14_196": dict(depth=4),
+        "vit_base_patch16_384": dict(depth=4),
+        "vit_small_patch14_reg4_dinov2": dict(depth=2),
+    },
+    np.float64: {
+        "vit_base_patch16_224": dict(depth=4),
+        "vit_base_patch32_224": dict(depth=4),
+        "vit_large_patch16_224": dict(depth=4),
+        "eva_large_patch14_196": dict(depth=4),
+        "vit_base_patch16_384": dict(depth=2),
+        "vit_small_patch14_reg4_dinov2": dict(depth=4, img_size=224),
+    },
 }
+# (preset, input size, the suite's overrides): the position embedding is resampled before the first block, so
+# ViT-B runs two blocks at 384 px (576 patches); the small models run all of theirs
+RESAMPLED = [
+    ("vit_tiny_patch16_224", (224, 160), {}),                # non-square input on a square model
+    ("vit_base_patch16_224", (384, 384), dict(depth=2)),     # 384 on a 224 model: pos-embed upsampled 14x14 -> 24x24
+    ("vit_small_patch16_224", (128, 96), {}),                # smaller than trained: downsampled with antialias
+    ("vit_small_patch14_reg4_dinov2", (224, 168), {}),       # registers + no_embed_class + layer scale, non-square
+]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("name", PRESETS)
-def test_preset_matches_timm(name, dtype):
-    overrides = FLOAT64_SHORTENED.get(name, {}) if dtype == np.float64 else {}
+def _label(name, overrides, suffix=""):
+    details = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return f"timm {name}{suffix}" + (f" ({details})" if details else "")
+
+
+def compare_preset(name, dtype, **overrides):
+    """A batch of 2 through timm and numpy_vit with the same random weights, every block compared (asserts)."""
     tm, model = _pair(name, dtype, **overrides)
     x = random_batch(model.config, batch=2, dtype=dtype)
     trace, reference = _run_both(tm, model, x)
-    label = f"timm {name}" + (f" ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else "")
-    compare_traces(trace, reference, dtype, label, model.config.depth)
+    compare_traces(trace, reference, dtype, _label(name, overrides), model.config.depth)
     # the recorded probabilities are distributions
     np.testing.assert_allclose(trace["blocks.0.attn.pattern"].sum(-1), 1.0, atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("name,size", [
-    ("vit_tiny_patch16_224", (224, 160)),      # non-square input on a square model
-    ("vit_base_patch16_224", (384, 384)),      # 384 on a 224 model: pos-embed upsampled 14x14 -> 24x24
-    ("vit_small_patch16_224", (128, 96)),       # smaller than trained: downsampled with antialias
-    ("vit_small_patch14_reg4_dinov2", (224, 168)),  # registers + no_embed_class + layer scale, non-square
-])
-def test_resampled_pos_embed_matches_timm(name, size):
-    """timm resamples with resample_abs_pos_embed (bicubic, antialias) when dynamic_img_size=True."""
-    tm, model = _pair(name, np.float32, dynamic_img_size=True)
+def compare_resampled(name, size, **overrides):
+    """timm resamples with resample_abs_pos_embed (bicubic, antialias) when dynamic_img_size=True: a float32
+    batch of 2 at ``size`` on a model of its preset's size, every block compared (asserts)."""
+    tm, model = _pair(name, np.float32, dynamic_img_size=True, **overrides)
     x = random_batch(model.config, batch=2, size=size, seed=1)
     trace, reference = _run_both(tm, model, x)
     gh, gw = size[0] // model.config.patch_size, size[1] // model.config.patch_size
     assert trace.grid == (gh, gw)
     assert trace["blocks.0.attn.pattern"].shape[-1] == model.config.num_prefix_tokens + gh * gw
-    compare_traces(trace, reference, np.float32, f"timm {name} @ {size[0]}x{size[1]}", model.config.depth)
+    compare_traces(trace, reference, np.float32, _label(name, overrides, f" @ {size[0]}x{size[1]}"),
+                   model.config.depth)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_matches_timm(name, dtype):
+    compare_preset(name, dtype, **SHORTENED[dtype].get(name, {}))
+
+
+@pytest.mark.parametrize("name,size,overrides", RESAMPLED, ids=[f"{n}-{h}x{w}" for n, (h, w), _ in RESAMPLED])
+def test_resampled_pos_embed_matches_timm(name, size, overrides):
+    compare_resampled(name, size, **overrides)
 
 
 def test_resampled_pos_embed_float64():

@@ -221,18 +221,23 @@ def test_resume_in_another_precision_says_what_to_do(tmp_path, tiny):
         tiny(tmp_path, [STAGE_A, STAGE_B], resume=True)
 
 
-def test_recipe_sweep_trains_what_the_recipe_trains():
+def test_recipe_sweep_trains_what_the_recipe_trains(monkeypatch):
     """bench/recipe_sweep.py, which chose the loss weights on a GPU, stacks K models into one batched pass and
     its own AdamW: after 3 steps with two settings its models match timm trained by weights.train's loss,
-    clipping and torch.optim.AdamW (float64, so any difference above rounding is a difference in the math)."""
+    clipping and torch.optim.AdamW (float64, so any difference above rounding is a difference in the math).
+    The recipe's model on its first 4 blocks: the sweep stacks the blocks along one axis, and 4 of them hold
+    both kinds of start (blocks 0-1 timm's, 2-3 mimetic), as the recipe's 12 do; the backward pass, most of the
+    test's time, shrinks with the depth."""
     import importlib.util
     from pathlib import Path
 
+    monkeypatch.setitem(T.ARCH, "depth", 4)         # the sweep reads the same dict (bench/recipe_sweep.py: ARCH)
     path = Path(__file__).resolve().parent.parent / "bench" / "recipe_sweep.py"
     spec = importlib.util.spec_from_file_location("recipe_sweep", path)
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
     dtype = torch.get_default_dtype()
+    assert sweep.ARCH is T.ARCH and list(T.mimetic_blocks(T.ARCH["depth"])) == [2, 3]
     params, logits = sweep.check()
     assert torch.get_default_dtype() == dtype       # the check leaves the process as it found it
     assert params < 1e-10, f"parameters differ by {params:.2e} after 3 steps"
