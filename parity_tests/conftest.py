@@ -28,10 +28,7 @@ def torch_setup():
     timm.layers.set_fused_attn(False)  # the probabilities are hidden inside fused SDPA otherwise
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _torch_setup():
-    torch_setup()
-    yield
+torch_setup()  # once, when pytest reads this file: before every test of the run
 
 
 def max_err(a, b):
