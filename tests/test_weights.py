@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 
@@ -485,12 +486,21 @@ def test_a_hub_that_never_answers_is_given_up_on_in_seconds(tmp_path, monkeypatc
     """A name lookup or connect that hangs (a firewall dropping packets) is abandoned after CONNECT_TIMEOUT_S."""
     monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hub.socket, "create_connection", lambda address, timeout=None: time.sleep(30))
+    released = threading.Event()
+
+    def hangs(address, timeout=None):  # until the test is over; then fails as a timed-out connect does
+        released.wait(30)
+        raise TimeoutError("released by the test")
+
+    monkeypatch.setattr(hub.socket, "create_connection", hangs)
     start = time.perf_counter()
-    with pytest.raises(CheckpointError, match=offline_message("google/vit-base-patch16-224",
-                                                              r"no network: .* \(no answer within 1\.5 s\)")):
-        weights.load_any("google/vit-base-patch16-224")
-    assert time.perf_counter() - start < 3
+    try:
+        with pytest.raises(CheckpointError, match=offline_message("google/vit-base-patch16-224",
+                                                                  r"no network: .* \(no answer within 1\.5 s\)")):
+            weights.load_any("google/vit-base-patch16-224")
+        assert time.perf_counter() - start < 3
+    finally:
+        released.set()
     assert all(local for _, local in downloads)
 
 
