@@ -1,4 +1,4 @@
-"""Sweep the ``low`` stage of ``weights/train.py`` on a GPU: many hyperparameter settings at once.
+"""Sweep the ``low`` stage of ``training/train.py`` on a GPU: many hyperparameter settings at once.
 
 The shipped model's recipe must train in 90 minutes on two CPU cores, so each of its choices (learning
 rate, batch size, loss weights, how many images) can be tried on the CPU only about once. On a GPU
@@ -11,7 +11,7 @@ kernel launches for a model this small, so K models cost about what one does.
     python bench/recipe_sweep.py --round 1 --out DIR    # ... or an earlier round again
     python bench/recipe_sweep.py --summary bench/results/recipe_sweep/round3.jsonl   # the table of a past round
 
-Every model starts from the same weights as ``weights.train`` (seed, sine-cosine position embedding, token
+Every model starts from the same weights as ``training.train`` (seed, sine-cosine position embedding, token
 head) and sees the same stream of images; a group shares one batch size. Each model follows its own
 warm-up + cosine schedule over its own number of steps and is frozen (lr 0) after it. The validation set
 is ``make_shapes(1024, VAL_SEED, 112)``, the seed the training monitor uses.
@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from numpy_vit.weights.shapes import make_shapes  # noqa: E402
-from numpy_vit.weights.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
-                           WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
+from training.synthetic_shapes import make_shapes  # noqa: E402
+from training.train import (ARCH, CLIP_NORM, LABEL_SMOOTHING, STAGES, TOKEN_CLASSES, VAL_SEED,  # noqa: E402
+                            WEIGHT_DECAY, cell_targets, learning_rate, patch_targets, starting_point, to_input)
 
 IMG = STAGES[0]["img_size"]
 # what ROUNDS vary: stage low with the loss weights 0.5 / 0.5 the sweep started from, written out (not read from
-# weights.train, whose weights are the sweep's result, token_w 1.0 and shape_w 8.0) so that the rounds keep their
+# training.train, whose weights are the sweep's result, token_w 1.0 and shape_w 8.0) so that the rounds keep their
 # meaning
 BASE = dict(lr=1e-3, steps=4500, warmup=50, beta2=0.999, token_w=0.5, shape_w=0.5)
 # The rounds (run on an H200 on 2026-11-26; results in bench/results/recipe_sweep/round<N>.jsonl). In each round
@@ -75,7 +75,7 @@ EVALS = 9               # evaluations per 144k images: every 16k, a whole number
 # --- K ViTs as one: every parameter [K, ...] ----------------------------------------------
 
 def stacked_params(k: int, device) -> dict:
-    """K copies of weights.train's starting point: the timm model, its sine-cosine pos_embed, the token head.
+    """K copies of training.train's starting point: the timm model, its sine-cosine pos_embed, the token head.
     Names are timm's, except that the blocks are stacked too: "blocks.attn.qkv.weight" is [K, depth, 3D, D].
     Fewer, larger tensors: the optimiser's kernel launches do not grow with the depth."""
     state = recipe_state(*starting_point())
@@ -132,7 +132,7 @@ def forward(p: dict, x: torch.Tensor):
 
 
 def losses(p, x, labels, tokens, cells, cfg):
-    """Each model's loss as weights.train computes it, summed over models (their gradients stay apart)."""
+    """Each model's loss as training.train computes it, summed over models (their gradients stay apart)."""
     logits, tl = forward(p, x)
     kk = logits.shape[0]
     ce = lambda lg, y: F.cross_entropy(lg.flatten(0, -2), y.expand(kk, *y.shape).flatten(), reduction="none",
@@ -147,7 +147,7 @@ def losses(p, x, labels, tokens, cells, cfg):
 
 class AdamW:
     """torch.optim.AdamW (decoupled weight decay on matrices, none on pos_embed and vectors) with a learning
-    rate and beta2 per model, and weights.train's gradient clipping (global norm CLIP_NORM) per model."""
+    rate and beta2 per model, and training.train's gradient clipping (global norm CLIP_NORM) per model."""
 
     def __init__(self, p: dict, beta2: torch.Tensor):
         self.p, self.beta2, self.t = p, beta2, 0
@@ -179,18 +179,18 @@ class AdamW:
 
 
 def schedule(cfg: dict, step: int) -> float:
-    """weights.train.learning_rate over the model's own steps (cfg has a stage's lr, warmup and steps), then 0."""
+    """training.train.learning_rate over the model's own steps (cfg has a stage's lr, warmup and steps), then 0."""
     return learning_rate(cfg, step) if step < cfg["steps"] else 0.0
 
 
 # --- the CPU check against timm --------------------------------------------------------------
 
 def check() -> tuple:
-    """Two batched models against two timm models trained by weights.train's loss (``recipe_loss``), clipping and
+    """Two batched models against two timm models trained by training.train's loss (``recipe_loss``), clipping and
     torch's AdamW, in float64 -> (max |parameter difference| after 3 steps, max |logit difference|).
     (In float32 the parameters differ by up to 1.8e-5 after 3 steps, 0.5% of their change: Adam divides by the
     root of tiny squared gradients; in float64 by 1e-13, so the math is the same.)"""
-    from numpy_vit.weights.train import make_optimizer, optimisation_step
+    from training.train import make_optimizer, optimisation_step
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(2)

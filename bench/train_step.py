@@ -1,4 +1,4 @@
-"""Speed of one training step of weights/train.py's recipe: float32 against bfloat16 autocast, fused against
+"""Speed of one training step of training/train.py's recipe: float32 against bfloat16 autocast, fused against
 explicit attention, at the three stage sizes.
 
     python bench/train_step.py                   # two threads, batch 32, 112 / 160 / 224 px, 7 rounds
@@ -8,7 +8,7 @@ One round runs every contender's step once, in a rotating order, on the same bat
 outside the timing); the table prints the median images per second over the rounds, and each contender's
 speed relative to the recipe's float32 path (explicit attention below FUSED_ATTENTION_FROM, fused from there
 on) as the median of the per-round ratios. The choices it measures are the recipe's AUTOCAST_DTYPE and
-FUSED_ATTENTION_FROM; the numbers quoted in weights/train.py come from this script on a 2-core AMD EPYC with
+FUSED_ATTENTION_FROM; the numbers quoted in training/train.py come from this script on a 2-core AMD EPYC with
 AVX512-BF16 (bench/README.md). A CPU without bfloat16 instructions (neither AVX512-BF16 nor AMX) emulates them:
 run this first and train with --float32 there if the bfloat16 rows are not faster.
 """
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from numpy_vit.weights import train as T
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository's top folder holds training/
+from training import train as T  # noqa: E402
 
 BATCH = 32
 CONTENDERS = (  # name, autocast dtype (None: float32), fused attention

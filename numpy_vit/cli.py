@@ -68,12 +68,12 @@ def cli_words(message: str) -> str:
 
 def fallback_config():
     """The architecture of the shipped default model, untrained: what runs while none is shipped."""
-    from numpy_vit.weights.shapes import CLASSES
+    from numpy_vit.weights.labels import SHAPE_CLASSES
 
     from .config import ViTConfig
 
-    return ViTConfig.preset("vit_tiny_patch16_224", embed_dim=128, num_heads=8, num_classes=len(CLASSES),
-                            labels=CLASSES, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    return ViTConfig.preset("vit_tiny_patch16_224", embed_dim=128, num_heads=8, num_classes=len(SHAPE_CLASSES),
+                            labels=SHAPE_CLASSES, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                             crop_pct=1.0).replace(name="untrained_patch16_224")
 
 
@@ -159,13 +159,13 @@ def describe_model(model) -> str:
 
 
 def shapes_note(model):
-    """One line for a model whose classes are the synthetic shapes of weights/shapes.py, else None."""
-    from numpy_vit.weights.shapes import CLASSES
+    """One line for a model whose classes are the shipped model's synthetic shapes, else None."""
+    from numpy_vit.weights.labels import SHAPE_CLASSES
 
-    if tuple(model.config.labels) != tuple(CLASSES):
+    if tuple(model.config.labels) != SHAPE_CLASSES:
         return None
-    count = "ten" if len(CLASSES) == 10 else str(len(CLASSES))
-    return (f"this model classifies {count} synthetic shapes ({', '.join(CLASSES)}), not photos: every image "
+    count = "ten" if len(SHAPE_CLASSES) == 10 else str(len(SHAPE_CLASSES))
+    return (f"this model classifies {count} synthetic shapes ({', '.join(SHAPE_CLASSES)}), not photos: every image "
             f"gets one of them (see weights/MODEL_CARD.md; for photos use --model with an ImageNet checkpoint)")
 
 

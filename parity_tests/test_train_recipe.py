@@ -1,4 +1,4 @@
-"""weights/train.py, the recipe of the shipped model, on a tiny model and tiny stages (seconds, not an hour):
+"""training/train.py, the recipe of the shipped model, on a tiny model and tiny stages (seconds, not an hour):
 its targets, its position-embedding and mimetic attention start, the export our NumPy model reads, and
 resuming, both in the middle of a stage and after the list of stages grows (a checkpoint of the last stage of a
 shorter list)."""
@@ -8,7 +8,8 @@ import torch
 
 import numpy_vit as nv
 from numpy_vit import analysis
-from numpy_vit.weights import train as T
+from training import recipe as R
+from training import train as T
 
 TINY_ARCH = dict(patch_size=16, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
 STAGE_A = dict(name="a", img_size=32, steps=4, batch=3, lr=1e-3, warmup=1, eval_every=2, eval_images=4)
@@ -17,7 +18,8 @@ STAGE_B = dict(name="b", img_size=48, steps=2, batch=2, lr=1e-3, warmup=1, eval_
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(T, "ARCH", TINY_ARCH)
+    for module in (T, R):                            # train.py reads ARCH, recipe.model_config exports it
+        monkeypatch.setattr(module, "ARCH", TINY_ARCH)
     monkeypatch.setattr(T, "CHECKPOINT_EVERY_S", 0)  # a checkpoint after every step
 
     def run(tmp, stages, resume=False, steps_scale=1.0, float32=False):
@@ -223,7 +225,7 @@ def test_resume_in_another_precision_says_what_to_do(tmp_path, tiny):
 
 def test_recipe_sweep_trains_what_the_recipe_trains(monkeypatch):
     """bench/recipe_sweep.py, which chose the loss weights on a GPU, stacks K models into one batched pass and
-    its own AdamW: after 3 steps with two settings its models match timm trained by weights.train's loss,
+    its own AdamW: after 3 steps with two settings its models match timm trained by training.train's loss,
     clipping and torch.optim.AdamW (float64, so any difference above rounding is a difference in the math).
     The recipe's model on its first 4 blocks: the sweep stacks the blocks along one axis, and 4 of them hold
     both kinds of start (blocks 0-1 timm's, 2-3 mimetic), as the recipe's 12 do; the backward pass, most of the

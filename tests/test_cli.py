@@ -13,7 +13,7 @@ from bad_input_files import safetensors_bytes
 from numpy_vit import ViT, ViTConfig, cli
 from numpy_vit.viz.demo import SAMPLE_IMAGE
 from numpy_vit.viz.figures import FIGURES
-from numpy_vit.weights.shapes import CLASSES
+from numpy_vit.weights.labels import SHAPE_CLASSES as CLASSES
 
 GUIDE_FILES = ["vis_1_patch_grid.png", "vis_2_position_embedding.png", "vis_3_attention_layers.png",
                "vis_4_all_heads.png", "vis_5_attention_distance.png", "vis_6_cls_evolution.png",
@@ -175,7 +175,7 @@ def test_demo_pools_the_sample_scenes_for_attention_distance(small_npz, tmp_path
     monkeypatch.setattr(figures, "make_figure", record)
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)               # in this process, so the record is kept
     demo.run_demo(str(tmp_path), model=small_npz, echo=lambda *a: None)
-    assert drawn.pop("attention_distance") == 8                           # make_shapes(8, seed=7), the sample's set
+    assert drawn.pop("attention_distance") == 8                           # the eight sample scenes
     assert set(drawn.values()) == {1} and len(drawn) == 6
     scenes = demo.sample_scenes()
     np.testing.assert_array_equal(scenes[6], np.asarray(Image.open(SAMPLE_IMAGE)))   # the sample is scene 6

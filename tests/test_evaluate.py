@@ -1,11 +1,11 @@
-"""weights.evaluate: the measures behind the shipped model's targets (weights/MODEL_CARD.md), on hand-made inputs
+"""training.evaluate: the measures behind the shipped model's targets (weights/MODEL_CARD.md), on hand-made inputs
 and on a tiny random model (no torch)."""
 import numpy as np
 import pytest
 
 import numpy_vit as nv
-from numpy_vit.weights import evaluate as E
-from numpy_vit.weights.shapes import CLASSES
+from training import evaluate as E
+from training.synthetic_shapes import CLASSES
 
 
 def test_patches_on_object_marks_any_patch_the_mask_touches():

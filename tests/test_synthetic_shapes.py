@@ -1,11 +1,15 @@
-"""weights.shapes: the synthetic data the default model is trained and evaluated on."""
+"""training.synthetic_shapes: the synthetic data the default model is trained and evaluated on, and the demo's
+sample scenes drawn from it."""
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
+import numpy_vit as nv
 from numpy_vit.errors import ArgumentError
-from numpy_vit.weights.shapes import CLASSES, make_shapes
+from numpy_vit.viz import demo
+from training.synthetic_shapes import CLASSES, make_shapes
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,14 @@ def test_fast_enough_to_generate_on_the_fly():
 def test_bad_arguments_raise_argument_error(kwargs):
     with pytest.raises(ArgumentError, match="make_shapes"):
         make_shapes(**kwargs)
+
+
+def test_the_demos_sample_scenes_are_what_make_shapes_draws():
+    """viz/assets/ ships the eight scenes the demo pools (the installed demo does not need training/)."""
+    scenes = make_shapes(8, seed=7)["images"]
+    np.testing.assert_array_equal(np.stack(demo.sample_scenes()), scenes)
+    np.testing.assert_array_equal(np.asarray(Image.open(nv.sample_image())), scenes[6])   # the sample is scene 6
+
+
+def test_the_shipped_model_knows_these_classes_in_this_order():
+    assert nv.ViT.from_pretrained(None).config.labels == CLASSES

@@ -1,8 +1,8 @@
 """Measure the shipped default model on fresh shapes, with the NumPy model (no torch needed).
 
-    python -m numpy_vit.weights.evaluate                          # weights/default.npz, the numbers in MODEL_CARD.md
-    python -m numpy_vit.weights.evaluate --model other.npz --seed 7 --n-accuracy 500 --n-attention 64
-    python -m numpy_vit.weights.evaluate --checkpoint weights/_train/ckpt.pt   # a training checkpoint (needs torch)
+    python -m training.evaluate                          # weights/default.npz, the numbers in MODEL_CARD.md
+    python -m training.evaluate --model other.npz --seed 7 --n-accuracy 500 --n-attention 64
+    python -m training.evaluate --checkpoint training/_train/ckpt.pt   # a training checkpoint (needs torch)
 
 Four numbers, all on images from ``--seed`` (default 2024; training
 used seeds >= 1_000_000 and monitored on 99):
@@ -36,9 +36,10 @@ import numpy as np
 
 import numpy_vit as nv
 from numpy_vit import analysis
-from numpy_vit.weights.shapes import make_shapes
 
-HERE = Path(__file__).resolve().parent
+from . import recipe
+from .synthetic_shapes import make_shapes
+
 TEST_SEED = 2024
 TARGETS = dict(accuracy=0.95, rollout_object_ratio=2.0, pos_embed_spearman=0.5)
 
@@ -105,19 +106,14 @@ def attention_measures(model: nv.ViT, images: np.ndarray, masks: np.ndarray, bat
 
 
 def model_from_checkpoint(path: Path) -> nv.ViT:
-    """A NumPy model from a training checkpoint (weights/train.py's ckpt.pt or final.pt), at its own size."""
+    """A NumPy model from a training checkpoint (training/train.py's ckpt.pt or final.pt), at its own size."""
     import torch
-
-    from numpy_vit.weights.train import ARCH, MEAN, NAME, STD
-    from numpy_vit.weights.shapes import CLASSES
 
     state = torch.load(path, weights_only=True)
     state = state.get("model", state)
     params = {k: v.numpy().astype(np.float32) for k, v in state.items()}
     grid = int(round(np.sqrt(params["pos_embed"].shape[1] - 1)))
-    config = nv.ViTConfig(name=NAME, img_size=grid * ARCH["patch_size"], mean=MEAN, std=STD, crop_pct=1.0,
-                          labels=CLASSES, **ARCH)
-    return nv.ViT(config, params)
+    return nv.ViT(recipe.model_config(grid * recipe.ARCH["patch_size"]), params)
 
 
 def evaluate(model: nv.ViT, seed: int, n_accuracy: int, n_attention: int) -> dict:

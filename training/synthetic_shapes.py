@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CLASSES = ("circle", "square", "triangle", "star", "hexagon",
-           "cross", "ring", "crescent", "arrow", "heart")
+from numpy_vit.weights.labels import SHAPE_CLASSES as CLASSES   # the shipped model's classes, in label order
 
 # Object size: the diameter of the object's bounding circle, as a fraction of the
 # image side (40..120 px at 224).

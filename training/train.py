@@ -1,16 +1,16 @@
-"""Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``weights.shapes``.
+"""Train the shipped default model: a ViT (224 px, 16 px patches, depth 12) on ``training.synthetic_shapes``.
 
 Run by hand, never by the tests; it needs torch and timm. From scratch it took 82 minutes on two cores of an
 AMD EPYC with AVX-512 and bfloat16 instructions (weights/MODEL_CARD.md has the measured numbers and what was
 tried on the way):
 
-    python -m numpy_vit.weights.train --threads 2           # trains, checkpoints, exports weights/default.npz
-    python -m numpy_vit.weights.train --resume              # after an interruption: continues from the last checkpoint
-    python -m numpy_vit.weights.train --export-only         # re-export weights/default.npz from the final checkpoint
-    python -m numpy_vit.weights.train --steps-scale 0.5     # every stage's steps x 0.5: for a slower CPU
-    python -m numpy_vit.weights.train --float32             # a CPU without bfloat16 instructions (bench/train_step.py)
+    python -m training.train --threads 2           # trains, checkpoints, exports weights/default.npz
+    python -m training.train --resume              # after an interruption: continues from the last checkpoint
+    python -m training.train --export-only         # re-export weights/default.npz from the final checkpoint
+    python -m training.train --steps-scale 0.5     # every stage's steps x 0.5: for a slower CPU
+    python -m training.train --float32             # a CPU without bfloat16 instructions (bench/train_step.py)
 
-The recipe, three stages in ``STAGES``:
+The recipe (its numbers in ``training/recipe.py``), three stages in ``STAGES``:
 
 1. Stage ``low``: 112 x 112 (a 7 x 7 grid, 50 tokens, about 5x cheaper per image than 224), each batch a fresh
    ``make_shapes`` draw whose seed is a function of the step, so no image is seen twice and a resumed run sees
@@ -42,8 +42,8 @@ in the early blocks buys accuracy and costs the attention rollout's hold on the 
 
 The matrix products run in bfloat16 under ``torch.autocast`` (``AUTOCAST_DTYPE``) with timm's explicit
 attention; ``--float32`` trains in float32 with the fused attention from ``FUSED_ATTENTION_FROM`` on.
-Checkpoints go to ``weights/_train/ckpt.pt`` every few minutes (atomic replace); the log is
-``weights/_train/train.log``.
+Checkpoints go to ``training/_train/ckpt.pt`` every few minutes (atomic replace); the log is
+``training/_train/train.log``.
 """
 from __future__ import annotations
 
@@ -63,33 +63,18 @@ from timm.models.vision_transformer import VisionTransformer
 from numpy_vit.config import ViTConfig
 from numpy_vit.errors import ArgumentError
 from numpy_vit.weights import save
-from numpy_vit.weights.evaluate import position_embedding_spearman
-from numpy_vit.weights.shapes import CLASSES, make_shapes
+
+from . import recipe
+from .evaluate import position_embedding_spearman
+from .recipe import (ARCH, CLIP_NORM, LABEL_SMOOTHING, MEAN, MIMETIC_FROM, MIMETIC_QK, MIMETIC_VO, SHAPE_CELLS,
+                     SHAPE_LOSS_WEIGHT, STAGES, STD, TOKEN_CLASSES, TOKEN_LOSS_WEIGHT, TOKEN_MIN_OVERLAP, TORCH_SEED,
+                     VAL_SEED, WEIGHT_DECAY, batch_seed)
+from .synthetic_shapes import CLASSES, make_shapes
 
 HERE = Path(__file__).resolve().parent
 TRAIN_DIR = HERE / "_train"
-DEFAULT_OUT = HERE / "default.npz"
+DEFAULT_OUT = HERE.parent / "weights" / "default.npz"
 
-# --- the recipe, as data ----------------------------------------------------------
-ARCH = dict(patch_size=16, embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, num_classes=len(CLASSES))
-MEAN = STD = (0.5, 0.5, 0.5)          # pixels in [0, 1] -> [-1, 1]
-STAGES = (
-    dict(name="low", img_size=112, steps=17500, batch=32, lr=1e-3, warmup=50, eval_every=1750, eval_images=512),
-    dict(name="mid", img_size=160, steps=6400, batch=32, lr=3e-4, warmup=20, eval_every=800, eval_images=512),
-    dict(name="final", img_size=224, steps=1400, batch=32, lr=2e-4, warmup=20, eval_every=350, eval_images=256),
-)
-TOKEN_LOSS_WEIGHT = 1.0               # weight of the token-labeling loss (LV-ViT used 0.5; bench/recipe_sweep.py)
-TOKEN_MIN_OVERLAP = 1 / 16            # a patch is "on the object" when >= this fraction of its pixels are
-TOKEN_CLASSES = len(CLASSES) + 1      # what token labeling tells apart: the ten classes, then background
-SHAPE_CELLS = 4                       # each patch token also predicts its part of the mask on a 4 x 4 grid of cells
-SHAPE_LOSS_WEIGHT = 8.0               # weight of that mask loss (binary cross-entropy per cell; bench/recipe_sweep.py)
-WEIGHT_DECAY = 0.05
-LABEL_SMOOTHING = 0.1
-CLIP_NORM = 1.0
-MIMETIC_QK = 0.7                      # mimetic start (Trockman & Kolter 2023): W_q^T W_k ~ 0.7 Z + 0.7 I per head
-MIMETIC_VO = 0.4                      # ... and W_v^T W_proj^T ~ 0.4 Z - 0.4 I per layer (Z: N(0, 1/D) entries)
-MIMETIC_FROM = 0.5                    # ... in the blocks from this fraction of the depth on (6-11 of 12); the
-                                      # first half keep timm's start, which keeps the rollout on the object
 # Matrix products in bfloat16 (torch.autocast; parameters, optimiser state, LayerNorm, softmax and the losses stay
 # float32). One training step at batch 32, two threads of a 2-core AMD EPYC with AVX512-BF16, median of 7 rounds
 # (python bench/train_step.py): 174 / 342 img/s at 112 px (float32 / bfloat16), 81 / 176 at 160, 34.5 / 82 at 224.
@@ -99,19 +84,11 @@ AUTOCAST_DTYPE = torch.bfloat16
 # 342 img/s at 112 px, 58.5 / 176 at 160, 39 / 82 at 224, fused / explicit; same bench, same CPU). In float32
 # the fused kernel wins from 224 px on (34.5 / 17.2 img/s there), so --float32 takes it from FUSED_ATTENTION_FROM on.
 FUSED_ATTENTION_FROM = 224            # float32 only: image sizes from which training uses the fused path
-TORCH_SEED = 0
-TRAIN_SEED_BASE = 1_000_000           # batch seeds: TRAIN_SEED_BASE + 100_000 * stage + step
-VAL_SEED = 99                         # monitoring during training; evaluate.py uses yet another seed
 CHECKPOINT_EVERY_S = 240
 # One thread by default: on a shared 2-core machine (load average 5-8) two OpenMP threads stall on each other's
 # barriers, 7.5 img/s with one thread against 2.5 with two (D=128 at 112 px, batch 64). On an idle machine two
 # threads are faster: pass --threads 2.
 THREADS = 1
-NAME = "numpy_vit_shapes_patch16_224"
-
-
-def batch_seed(stage: int, step: int) -> int:
-    return TRAIN_SEED_BASE + 100_000 * stage + step
 
 
 def sincos_pos_embed(grid: tuple, dim: int) -> torch.Tensor:
@@ -353,8 +330,7 @@ def save_checkpoint(path: Path, **state):
 
 def export(model: VisionTransformer, out: Path) -> ViTConfig:
     """Write our .npz: the flat timm state dict as float32 plus the ViTConfig that reads it."""
-    config = ViTConfig(name=NAME, img_size=model.patch_embed.img_size[0], mean=MEAN, std=STD, crop_pct=1.0,
-                       labels=CLASSES, **ARCH)
+    config = recipe.model_config(model.patch_embed.img_size[0])
     params = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     save(out, config, params)
     return config

@@ -15,6 +15,7 @@ import time
 from numpy_vit import sample_image
 
 SAMPLE_IMAGE = sample_image()
+SAMPLE_SCENES = os.path.join(os.path.dirname(SAMPLE_IMAGE), "sample_scenes.npz")
 
 
 def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
@@ -62,11 +63,13 @@ def one_blas_thread():
 
 
 def sample_scenes():
-    """The sample's scene set, ``make_shapes(8, seed=7)`` (the sample is scene 6): the attention distance is
-    an average over images (the ViT paper used 128), so the demo pools these eight."""
-    from numpy_vit.weights.shapes import make_shapes
+    """The sample's scene set, eight 224 x 224 RGB images stored in viz/assets/sample_scenes.npz (the sample is
+    scene 6; viz/assets/README.md says how they were drawn): the attention distance is an average over images
+    (the ViT paper used 128), so the demo pools these eight."""
+    import numpy as np
 
-    return list(make_shapes(8, seed=7)["images"])
+    with np.load(SAMPLE_SCENES) as scenes:
+        return list(scenes["images"])                                               # 8 x [224, 224, 3] uint8
 
 
 # What the forked workers draw from: inherited through fork, never pickled.

@@ -1,4 +1,4 @@
-"""Class names that travel with classifier checkpoints.
+"""Class names that travel with classifier checkpoints, and the ten classes of the shipped default model.
 
 ``imagenet_classes.json`` lists the 1000 ImageNet-1k classes in the order every
 timm / torchvision / Google classifier uses (sorted WordNet ids): a JSON list
@@ -15,6 +15,11 @@ import os
 import sys
 
 from numpy_vit.errors import CheckpointError
+
+# What weights/default.npz classifies, in its label order (its config.labels hold the same names):
+# the synthetic shapes that training/synthetic_shapes.py draws.
+SHAPE_CLASSES = ("circle", "square", "triangle", "star", "hexagon",
+                 "cross", "ring", "crescent", "arrow", "heart")
 
 IMAGENET_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.json")
 
