@@ -11,9 +11,9 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from numpy_vit.cli import describe_model, load_model  # noqa: E402  (after the path set-up)
-from numpy_vit.viz.demo import SAMPLE_IMAGE, sample_scenes  # noqa: E402
+from numpy_vit.viz.demo import SAMPLE_IMAGE, sample_scenes  # noqa: E402  (after the path set-up)
 from numpy_vit.viz.figures import FIGURES, make_figure  # noqa: E402
+from numpy_vit.weights.named_models import describe_model, load_model  # noqa: E402
 
 MAX_WIDTH = 1300  # pixels
 

@@ -8,7 +8,8 @@ before/after-training comparison, and checkpoint conversion.
     numpy-vit convert vit_base.safetensors --arch vit_base_patch16_224 -o vit_base.npz
 
 Every command that loads a model takes the same three options: ``--model`` (MODEL_LIST),
-``--arch`` and ``--img-size``. Imports are lazy: ``predict`` and ``convert`` never load matplotlib.
+``--arch`` and ``--img-size``; ``numpy_vit.weights.named_models`` turns them into a ViT. The figures are imported
+where they are drawn: ``predict`` and ``convert`` never load matplotlib.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import re
 import sys
 import textwrap
 import warnings
+
+from numpy_vit.weights.labels import SHAPE_CLASSES
+from numpy_vit.weights.named_models import default_model_exists, describe_model, is_default, is_random, load_model
 
 from .errors import ArgumentError, NumpyViTError
 
@@ -66,102 +70,8 @@ def cli_words(message: str) -> str:
 
 # --- models ------------------------------------------------------------------------------
 
-def fallback_config():
-    """The architecture of the shipped default model, untrained: what runs while none is shipped."""
-    from numpy_vit.weights.labels import SHAPE_CLASSES
-
-    from .config import ViTConfig
-
-    return ViTConfig.preset("vit_tiny_patch16_224", embed_dim=128, num_heads=8, num_classes=len(SHAPE_CLASSES),
-                            labels=SHAPE_CLASSES, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                            crop_pct=1.0).replace(name="untrained_patch16_224")
-
-
-def default_model_exists() -> bool:
-    from numpy_vit.weights.loader import DEFAULT_PATH
-
-    return os.path.isfile(DEFAULT_PATH)
-
-
-def is_default(name) -> bool:
-    return name is None or name == "default"
-
-
-def is_random(name) -> bool:
-    return name is not None and (name == "random" or name.startswith("random:"))
-
-
-def load_model(name=None, like=None, warn=None, arch=None, img_size=None):
-    """A ViT from a ``--model`` value (MODEL_LIST): None or ``"default"`` = the shipped default model (a random
-    one, with a warning, while it is missing); ``"random"`` = randomly initialised with ``arch``'s, ``like``'s
-    or the default's architecture; ``"random:PRESET"``; anything else = ``ViT.from_pretrained(name, arch)``.
-    ``img_size`` (H, W): the model for inputs of that size (``at_img_size``)."""
-    from .model import ViT
-
-    warn = warn or (lambda message: print(f"numpy-vit: warning: {message}", file=sys.stderr))
-    if is_default(name):
-        if default_model_exists():
-            model = ViT.from_pretrained(None, arch=arch)
-        else:
-            warn("there is no trained default model yet (weights/default.npz is missing), so this uses a randomly "
-                 "initialised ViT: its figures show an untrained model")
-            model = ViT(fallback_config(), seed=0)
-    elif is_random(name):
-        model = ViT(_random_config(name.partition(":")[2], arch, like), seed=0)
-    else:
-        model = ViT.from_pretrained(name, arch=arch)
-    return at_img_size(model, img_size)
-
-
-def _random_config(preset, arch, like):
-    from numpy_vit.weights.infer import config_for_arch
-
-    from .config import ViTConfig
-    from .model import ViT
-
-    if preset and arch:
-        raise ArgumentError(f"--model random:{preset} and --arch {arch} both name an architecture; give one "
-                            f"(--model random --arch {arch}, or --model random:{preset})")
-    if preset:
-        return ViTConfig.preset(preset)
-    if arch:
-        return config_for_arch(arch)
-    if like is not None:
-        return like.config
-    return ViT.from_pretrained(None).config if default_model_exists() else fallback_config()
-
-
-def at_img_size(model, img_size):
-    """``model`` for inputs of ``img_size`` (H, W): the same weights, the position embedding resampled once to
-    the new patch grid by ``model.pos_embed_for``, as ``model.run(image, img_size=...)`` does on each run."""
-    from .model import ViT
-
-    if img_size is None or tuple(img_size) == model.config.img_size:
-        return model
-    height, width = img_size
-    patch = model.config.patch_size
-    if height % patch or width % patch:
-        def spelled(h, w):
-            return f"{h}" if h == w else f"{h},{w}"
-        smaller = spelled(max(patch, height // patch * patch), max(patch, width // patch * patch))
-        larger = spelled(-(-height // patch) * patch, -(-width // patch) * patch)
-        raise ArgumentError(f"--img-size {spelled(height, width)} is not a multiple of this model's {patch}-pixel "
-                            f"patches; use e.g. --img-size {smaller} or --img-size {larger}")
-    config = model.config.replace(img_size=(height, width))
-    params = dict(model.params, pos_embed=model.pos_embed_for(config.grid_size)[None])  # [1, N_pos, D]
-    return ViT(config, params, dtype=model.dtype)
-
-
-def describe_model(model) -> str:
-    c = model.config
-    return (f"{c.name or 'unnamed'} ({c.depth} layers, {c.num_heads} heads, width {c.embed_dim}, "
-            f"{c.patch_size}px patches, {c.img_size[0]}x{c.img_size[1]} input, {model.num_params / 1e6:.2f}M params)")
-
-
 def shapes_note(model):
     """One line for a model whose classes are the shipped model's synthetic shapes, else None."""
-    from numpy_vit.weights.labels import SHAPE_CLASSES
-
     if tuple(model.config.labels) != SHAPE_CLASSES:
         return None
     count = "ten" if len(SHAPE_CLASSES) == 10 else str(len(SHAPE_CLASSES))

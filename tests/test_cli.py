@@ -13,6 +13,7 @@ from bad_input_files import safetensors_bytes
 from numpy_vit import ViT, ViTConfig, cli
 from numpy_vit.viz.demo import SAMPLE_IMAGE
 from numpy_vit.viz.figures import FIGURES
+from numpy_vit.weights import named_models
 from numpy_vit.weights.labels import SHAPE_CLASSES as CLASSES
 
 GUIDE_FILES = ["vis_1_patch_grid.png", "vis_2_position_embedding.png", "vis_3_attention_layers.png",
@@ -136,11 +137,11 @@ def test_errors_exit_2_with_a_message(small_npz, images, tmp_path, capsys):
 
 
 def test_missing_default_model_falls_back_with_a_warning(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "default_model_exists", lambda: False)
-    model = cli.load_model(None)
+    monkeypatch.setattr(named_models, "default_model_exists", lambda: False)
+    model = named_models.load_model(None)
     assert "no trained default model" in capsys.readouterr().err
     assert model.config.depth == 12 and model.config.grid_size == (14, 14)
-    random_like = cli.load_model("random", like=ViT(ViTConfig(img_size=32, depth=1, embed_dim=16, num_heads=2)))
+    random_like = named_models.load_model("random", like=ViT(ViTConfig(img_size=32, depth=1, embed_dim=16, num_heads=2)))
     assert random_like.config.depth == 1
 
 
@@ -241,8 +242,9 @@ def test_every_command_loads_every_model_source(command, source, sources, images
     monkeypatch.setattr(figures, "make_figure", lambda *args, **kwargs: None)
     monkeypatch.setattr(figures, "compare_figure", lambda *args, **kwargs: None)
     loaded = []
-    at_img_size = cli.at_img_size
-    monkeypatch.setattr(cli, "at_img_size", lambda model, size: loaded.append(at_img_size(model, size)) or loaded[-1])
+    at_img_size = named_models.at_img_size
+    monkeypatch.setattr(named_models, "at_img_size",
+                        lambda model, size: loaded.append(at_img_size(model, size)) or loaded[-1])
     model = sources[source][0] if source in ("npz", "folder", "hub") else source
     name, labels = sources[source][1] if source in ("npz", "folder", "hub") else sources[source]
 
@@ -273,12 +275,12 @@ def test_predict_with_the_shapes_model_says_what_it_knows(small_npz, images, cap
 
 def test_img_size_runs_the_model_at_that_size(small_npz, images, capsys):
     for text, size in (("96", (96, 96)), ("32,96", (32, 96)), ("96x32", (96, 32))):
-        model = cli.load_model(small_npz, img_size=cli.parse_img_size(text))
+        model = named_models.load_model(small_npz, img_size=cli.parse_img_size(text))
         trace = model.run(images[0])
         assert model.config.img_size == size and trace.grid == (size[0] // 16, size[1] // 16)
         assert trace["input"].shape[2:] == size
     original = ViT.from_pretrained(small_npz)
-    resampled = cli.load_model(small_npz, img_size=(96, 96))
+    resampled = named_models.load_model(small_npz, img_size=(96, 96))
     expected = original.run(images[0], img_size=96, record=["logits"]).logits     # ViT.run's own resampling
     np.testing.assert_allclose(resampled.run(images[0], record=["logits"]).logits, expected, rtol=1e-5, atol=1e-6)
     assert cli.main(["predict", images[0], "--model", small_npz, "--img-size", "50"]) == 2
@@ -307,8 +309,8 @@ def test_arch_completes_a_bare_state_dict(images, tmp_path, capsys):
 
 
 def test_random_takes_arch_or_a_preset_once(images, capsys):
-    assert cli.load_model("random", arch="vit_tiny_patch16_224").config.name == "vit_tiny_patch16_224"
-    assert cli.load_model("random:vit_tiny_patch16_224").config.name == "vit_tiny_patch16_224"
+    assert named_models.load_model("random", arch="vit_tiny_patch16_224").config.name == "vit_tiny_patch16_224"
+    assert named_models.load_model("random:vit_tiny_patch16_224").config.name == "vit_tiny_patch16_224"
     assert cli.main(["predict", images[0], "--model", "random:vit_tiny_patch16_224", "--arch",
                      "vit_small_patch16_224"]) == 2
     assert "both name an architecture; give one" in capsys.readouterr().err

@@ -13,6 +13,8 @@ import sys
 import time
 
 from numpy_vit import sample_image
+from numpy_vit.errors import NumpyViTError
+from numpy_vit.weights.named_models import describe_model, load_model
 
 SAMPLE_IMAGE = sample_image()
 SAMPLE_SCENES = os.path.join(os.path.dirname(SAMPLE_IMAGE), "sample_scenes.npz")
@@ -24,8 +26,6 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     ``model`` is a ViT, a name for ``ViT.from_pretrained`` or None (the shipped default model, or a
     randomly initialised one with a warning while none is shipped).
     """
-    from numpy_vit.cli import describe_model, load_model
-
     from .figures import FIGURES
 
     start = time.perf_counter()
@@ -107,10 +107,23 @@ def draw_in_parallel(trace, jobs, workers=None, model=None, distance_images=None
 
 
 def main(argv=None) -> int:
-    """``python -m numpy_vit.viz.demo [--out DIR] [--image PATH] [--model NAME]``: the same as ``numpy-vit demo``."""
-    from numpy_vit.cli import main as cli_main
+    """``python -m numpy_vit.viz.demo [--out DIR] [--image PATH] [--model NAME] [--dpi N]``: ``numpy-vit demo``
+    without its --arch and --img-size."""
+    import argparse
 
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="python -m numpy_vit.viz.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (default: .)")
+    parser.add_argument("--image", default=None, metavar="PATH", help="image to explain (default: the sample)")
+    parser.add_argument("--model", default="default", metavar="MODEL",
+                        help="default, random, random:PRESET, a checkpoint file or folder, or a hub name OWNER/NAME")
+    parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs in dots per inch (default 100)")
+    args = parser.parse_args(argv)
+    try:
+        run_demo(args.out, args.image, load_model(args.model), dpi=args.dpi)
+    except NumpyViTError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from numpy_vit.errors import CheckpointError
 
 from . import hub
 from .files import read_safetensors, read_torch, sniff, torch_to_safetensors_hint
-from .infer import config_for_arch, config_from_timm_json
+from .config_from_tensors import config_for_arch, config_from_timm_json
 from .labels import labels_from_synsets
 from .native import is_native, open_npz, read_native
 from .read_hf import is_hf_config, looks_like_hf, read_hf, read_json, read_preprocessor
@@ -179,7 +179,7 @@ def read_checkpoint(path_or_name=None, arch=None) -> Checkpoint:
     if path_or_name is None:
         if not os.path.isfile(DEFAULT_PATH):
             raise CheckpointError(f"there is no shipped default model yet: {DEFAULT_PATH} does not exist (it is "
-                                  f"written by weights/train.py); pass a checkpoint path or a hub name instead")
+                                  f"written by training/train.py); pass a checkpoint path or a hub name instead")
         path_or_name = DEFAULT_PATH
     try:
         path = os.fspath(path_or_name)

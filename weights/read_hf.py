@@ -20,7 +20,7 @@ import numpy as np
 from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
 from numpy_vit.errors import CheckpointError, ConfigError
 
-from .infer import infer_config
+from .config_from_tensors import infer_config
 from .mapping import apply_table, count_blocks, rule
 
 
@@ -161,7 +161,7 @@ def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=N
     params, sources = hf_params(raw, where)
     base = config_from_hf(cfg, where, preprocessor, name=name)
     if arch is not None:
-        from .infer import config_for_arch
+        from .config_from_tensors import config_for_arch
         given = config_for_arch(arch)
         if given.num_heads != base.num_heads:
             raise CheckpointError(f"{where}: config.json says {base.num_heads} heads, arch={arch!r} says "

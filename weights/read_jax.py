@@ -21,7 +21,7 @@ import numpy as np
 
 from numpy_vit.errors import CheckpointError
 
-from .infer import config_for_arch, infer_config
+from .config_from_tensors import config_for_arch, infer_config
 from .labels import imagenet_labels
 from .mapping import apply_table, count_blocks, need_rank, rule
 

@@ -11,7 +11,7 @@ timm-layout ViT without classifier (``vision_transformer.py`` there).
 """
 from __future__ import annotations
 
-from .infer import config_for_arch, infer_config
+from .config_from_tensors import config_for_arch, infer_config
 from .labels import imagenet_labels
 from .mapping import apply_table, count_blocks, rule
 
