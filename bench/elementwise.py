@@ -5,8 +5,9 @@
 
 The linear layers of numpy_vit and of torch take the same time (bench/README.md); what separates the two
 forward passes is the elementwise work: the softmax over every head's scores, the GELU over the MLP's
-hidden layer, the LayerNorms. This times each of them on the arrays a ViT-B/16 forward pass makes, once in
-numpy_vit and once in torch on the same values, both on one thread, and prints nanoseconds per value and
+hidden layer, the LayerNorms. This times each of them on the arrays a ViT-B/16 forward pass makes, once with
+numpy_vit's speed-ups (``numpy_vit.fast``: the in-place softmax and LayerNorm, the chunked GELU) and once in
+torch on the same values, both on one thread, and prints nanoseconds per value and
 the total per forward pass (times the number of such arrays in one pass). Single primitives (exp, multiply)
 write into a preallocated array in both libraries; the layers allocate their output, as they do in a forward
 pass.
@@ -23,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from numpy_vit import layers  # noqa: E402
+from numpy_vit import fast  # noqa: E402
 from numpy_vit.config import ViTConfig  # noqa: E402
 
 CONFIG = ViTConfig.preset("vit_base_patch16_224")  # the model bench/forward.py times
@@ -58,13 +59,13 @@ def cases(batch, torch):
          lambda: torch.exp(t_shifted, out=t_out_head), shifted.size, heads),
         ("multiply, the same array", lambda: np.multiply(shifted, shifted, out=out_head),
          lambda: torch.mul(t_shifted, t_shifted, out=t_out_head), shifted.size, heads),
-        ("softmax, one head [N, N]", lambda: layers.softmax(scores, out=out_head),
+        ("softmax, one head [N, N]", lambda: fast.softmax(scores, out=out_head),
          lambda: torch.softmax(t_scores, dim=-1), scores.size, heads),
-        ("GELU (erf), the MLP's hidden layer", lambda: layers.gelu(hidden),
+        ("GELU (erf), the MLP's hidden layer", lambda: fast.gelu(hidden),
          lambda: torch.nn.functional.gelu(t_hidden), hidden.size, c.depth),
         ("exp alone, on the same hidden layer", lambda: np.exp(hidden, out=out_hidden),
          lambda: torch.exp(t_hidden, out=t_out_hidden), hidden.size, c.depth),
-        ("LayerNorm, the residual stream", lambda: layers.layer_norm(stream, gamma, beta, eps=eps),
+        ("LayerNorm, the residual stream", lambda: fast.layer_norm(stream, gamma, beta, eps=eps),
          lambda: torch.nn.functional.layer_norm(t_stream, (width,), t_gamma, t_beta, eps=eps),
          stream.size, 2 * c.depth + 1),
     ]
@@ -78,7 +79,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    layers.set_num_threads(1)
+    fast.set_num_threads(1)
     print(f"one thread; ViT-B/16 arrays at batch {args.batch}; median of {args.rounds} rounds (best of 3 each)")
     print(f"{'step':38s} {'numpy ns/value':>15s} {'torch ns/value':>15s} {'ratio':>7s} "
           f"{'numpy ms/pass':>14s} {'torch ms/pass':>14s}")

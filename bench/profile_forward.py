@@ -4,13 +4,16 @@
     python bench/profile_forward.py --batch 8 --threads 2 --record all
     python bench/profile_forward.py --lines           # also line by line
 
-By function (the default): every function of ``numpy_vit.layers`` is wrapped in a timer for the run, and each
-is charged its own time, without the layer functions it calls (``attention`` without ``linear``, and so on).
-A few hundred calls per forward pass, so the timers cost nothing measurable. With --threads > 1 numpy_vit
-holds BLAS to one thread and splits the work itself. A batch cut into shards (one whole pass per thread,
-``ViT._forward_in_shards``) is timed in every shard's thread and the times are summed over the threads: the
-shares are then of wall time x threads. A single image's layers share their rows, heads and GELU chunks with
-helper threads: only the calling thread is timed, so a function's wall time is its step's, helpers included.
+By function (the default): every function of ``numpy_vit.layers``, ``numpy_vit.fast`` and ``numpy_vit.erf``
+(but the thread machinery) is wrapped in a timer for the run, and each is charged its own time, without the
+layer functions it calls (``attention`` without ``linear``, and so on); names say which module's function ran.
+A few hundred calls per forward pass, so the timers cost nothing measurable. With --threads 1 the forward pass
+runs the reference functions of ``numpy_vit.layers``; with more, those of ``numpy_vit.fast``, which hold BLAS
+to one thread and split the work themselves. A batch cut into shards (each block's images, one shard per
+thread, ``fast.block_in_shards``) is timed in every shard's thread and the times are summed over the threads:
+the shares are then of wall time x threads, and ``fast.block_in_shards`` holds the calling thread's wait for
+the others. A single image's steps share their rows, heads and GELU chunks with helper threads: only the
+calling thread is timed, so a function's wall time is its step's, helpers included.
 
 By line (``--lines``): ``sys.settrace`` on numpy_vit's files charges the time between two line events to the
 earlier line, so a line's time includes the NumPy and BLAS calls it makes. Each line event costs the tracer a
@@ -36,11 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy_vit as nv  # noqa: E402
-import numpy_vit.layers  # noqa: E402
-import numpy_vit.model  # noqa: E402
+from numpy_vit import erf, fast, layers, model as model_module  # noqa: E402
 
 PACKAGE = str(ROOT / "numpy_vit")
-NOT_TIMED = {"_share_between_threads"}  # charged to the layer function that shares its work, as it should be
+TIMED_MODULES = (layers, fast, erf)
+# the thread machinery: charged to the layer function that calls it, as it should be
+NOT_TIMED = {"share_between_threads", "run_in_shard", "blas_on_one_thread", "get_num_threads", "set_num_threads",
+             "matmul_threads", "can_put_blas_on_one_thread", "blas_is_held", "uses_threads", "equal_blocks",
+             "_blas_threads", "_thread_pool", "_threads_from_environment", "_release_openblas_control",
+             "_forget_pools", "_no_record"}
 
 
 def clocks():
@@ -52,8 +59,8 @@ def thread_clocks():  # for shards: each thread on one BLAS thread, so its own C
 
 
 class FunctionTimer:
-    """Wraps the functions of ``numpy_vit.layers`` (and the model module's references to them) so that each
-    call's time, minus the time of the wrapped functions it calls, is charged to it."""
+    """Wraps the functions of ``TIMED_MODULES`` (and every reference to them in those modules and the model's)
+    so that each call's time, minus the time of the wrapped functions it calls, is charged to it."""
 
     def __init__(self, clocks=clocks, calling_thread_only=False):
         self.own = defaultdict(lambda: [0, 0, 0])  # name -> [wall ns, cpu ns, calls]
@@ -88,15 +95,15 @@ class FunctionTimer:
         return timed
 
     def __enter__(self):
-        layers, model = numpy_vit.layers, numpy_vit.model
-        for name, function in inspect.getmembers(layers, inspect.isfunction):
-            if function.__module__ != layers.__name__ or name in NOT_TIMED:
-                continue
-            timed = self._wrap(name, function)
-            for module in (layers, model):
-                if getattr(module, name, None) is function:
-                    self._originals.append((module, name, function))
-                    setattr(module, name, timed)
+        for home in TIMED_MODULES:
+            for name, function in inspect.getmembers(home, inspect.isfunction):
+                if function.__module__ != home.__name__ or name in NOT_TIMED:
+                    continue
+                timed = self._wrap(f"{home.__name__.split('.')[-1]}.{name}", function)
+                for module in (*TIMED_MODULES, model_module):
+                    if getattr(module, name, None) is function:
+                        self._originals.append((module, name, function))
+                        setattr(module, name, timed)
         return self
 
     def __exit__(self, *exc):
@@ -178,19 +185,19 @@ def main(argv=None):
     x = np.random.default_rng(0).standard_normal((args.batch, 3, *model.config.img_size), dtype=np.float32)
     model.forward(x, record=record)
 
-    split = args.threads > 1 and numpy_vit.layers.can_put_blas_on_one_thread()  # numpy_vit splits the work
+    split = fast.uses_threads()  # numpy_vit.fast splits the work
     shards = min(args.batch, args.threads) if split and args.batch > 1 else 1
     functions = FunctionTimer(thread_clocks if shards > 1 else clocks, calling_thread_only=split and shards == 1)
     wall, cpu = profile(model, x, record, args.runs, functions)
     print(f"{args.arch}, batch {args.batch}, record={args.record}, {args.threads} BLAS thread(s), "
           f"load average {os.getloadavg()[0]:.1f}: {wall:.0f} ms wall, {cpu:.0f} ms CPU per forward")
     if shards > 1:
-        print(f"the batch runs as {shards} shards, one per thread on one BLAS thread: times are summed over the "
-              f"{shards} threads, CPU is each thread's own, shares are of {shards} x wall")
+        print(f"each block runs the batch as {shards} shards, one per thread on one BLAS thread: times are summed "
+              f"over the {shards} threads, CPU is each thread's own, shares are of {shards} x wall")
     elif split:
         print(f"one image, its layers split between {args.threads} threads on one BLAS thread each: times are "
               f"the calling thread's (a step's wall time, helpers included); CPU is the process's")
-    print(f"{'wall ms':>8} {'cpu ms':>8} {'share':>6} {'calls':>6}  numpy_vit.layers function (own time)")
+    print(f"{'wall ms':>8} {'cpu ms':>8} {'share':>6} {'calls':>6}  numpy_vit.layers / .fast / .erf function (own time)")
     timed_wall = 0
     for name, (w, c, n) in sorted(functions.own.items(), key=lambda kv: -kv[1][0]):
         timed_wall += w

@@ -20,7 +20,7 @@ if not _os.path.isdir(_os.path.join(_HERE, "viz")) and _os.path.isfile(_os.path.
 from .config import PRESETS, ViTConfig, param_shapes
 from .errors import ArgumentError, CheckpointError, ConfigError, ImageError, NumpyViTError
 from .image import ImageConversionWarning
-from .layers import get_num_threads, set_num_threads
+from .fast import get_num_threads, set_num_threads
 from .model import ViT, ViTWithAttention, init_params
 from .trace import TRACE_KEYS, Trace
 

@@ -13,8 +13,7 @@ import numpy as np
 from .config import ViTConfig, check_params, param_shapes
 from . import image as image_module
 from .errors import ArgumentError, ConfigError, ImageError
-from .layers import (block, blas_on_one_thread, can_put_blas_on_one_thread, equal_blocks, get_num_threads,
-                     layer_norm, linear, patchify, run_in_shard, _share_between_threads)
+from . import fast, layers
 from .resample import resample_pos_embed
 from .trace import Trace
 
@@ -56,8 +55,8 @@ def _stored(name, value, dtype):
     """A parameter as the model keeps it: timm's shape and values, in C order, except the [out, in] weights of
     the blocks' linear layers (qkv, proj, fc1, fc2), kept column-major. Why: ``linear`` computes
     ``x @ weight.T``; with a column-major weight, ``weight.T`` is a plain row-major [in, out] matrix, which
-    OpenBLAS packs faster than a transposed one: the forward pass is ~5% faster at batch 1 (bench/README.md).
-    The products are the same bits (``linear`` sees to the one-row case)."""
+    OpenBLAS packs faster than a transposed one (bench/README.md). The products agree with those of the
+    row-major weight within their rounding bound (tests/test_fast.py)."""
     if name.startswith("blocks.") and name.endswith(".weight") and np.ndim(value) == 2:
         return np.asfortranarray(value, dtype=dtype)
     return np.ascontiguousarray(value, dtype=dtype)
@@ -86,7 +85,7 @@ class ViT:
         else:
             check_params(config, params)
         self.params = {k: _stored(k, v, self.dtype) for k, v in params.items()}
-        self._tree = _nest(self.params)
+        self.param_tree = _nest(self.params)  # param_tree["blocks"]["0"]["attn"]["qkv"]["weight"]
         self.attention_maps = []
         self.last_trace = None
 
@@ -133,79 +132,42 @@ class ViT:
         return resample_pos_embed(self.params["pos_embed"][0], c.grid_size, grid, num_prefix, c.pos_embed_resample)
 
     # --- forward --------------------------------------------------------------------------
-    def forward(self, images, record=None, image_for_overlay=None):  # [B, 3, H, W] -> Trace
-        """Run normalised images through the model. ``record``: None keeps every intermediate, or a glob
-        (or list of globs) of trace names to keep, e.g. ``["blocks.*.attn.pattern", "logits"]``.
+    def forward(self, images, record=None, image_for_overlay=None):  # [B, C, H, W] -> Trace
+        """Run normalised images through the model (eqs. 1-4 above), recording the intermediates into a Trace.
+        ``record``: None keeps every intermediate, or a glob (or list of globs) of trace names to keep, e.g.
+        ``["blocks.*.attn.pattern", "logits"]``.
 
-        With several threads (``numpy_vit.get_num_threads()``) BLAS is held to one thread and numpy_vit splits
-        the work: a batch of several images runs as one shard of images per thread (``_forward_in_shards``),
-        one image as a single pass (``_forward``) whose layers split their work between the threads.
-        One thread, or no control of BLAS's threads (no threadpoolctl): a single pass on BLAS's threads."""
-        c = self.config
-        x = self._check_input(images)
+        On several threads (``numpy_vit.get_num_threads()``) the layer functions come from numpy_vit/fast.py,
+        which computes the same math faster and splits it between the threads; on one thread they are the
+        reference math of numpy_vit/layers.py."""
+        c, weights = self.config, self.param_tree
+        x = self._check_input(images)  # [B, C, H, W]
         B, _, H, W = x.shape
-        trace = Trace(c, (H // c.patch_size, W // c.patch_size), record=record, image=image_for_overlay)
-        threads = get_num_threads()
-        if threads > 1 and can_put_blas_on_one_thread():
-            with blas_on_one_thread():
-                if B > 1:
-                    self._forward_in_shards(x, trace, min(B, threads))
-                else:
-                    self._forward(x, trace)
-        else:
-            self._forward(x, trace)
-        self.attention_maps = [trace[k] for k in
-                               (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
-        self.last_trace = trace
-        return trace
-
-    def _forward_in_shards(self, x, trace, shards):
-        """``_forward`` of a batch as ``shards`` forward passes over consecutive images, one per thread, each on
-        one BLAS thread (the caller holds ``blas_on_one_thread``), each recording its rows into ``trace``.
-
-        Why: BLAS spreads a matrix multiply over the threads, but NumPy runs every other step (GELU, softmax,
-        LayerNorm, the bias adds) on one, so on two cores a single pass over a batch of 8 leaves one core idle
-        about a third of the time (bench/README.md). Whole passes side by side keep both busy. The math per
-        image is unchanged; BLAS may block a product differently for a different number of rows or threads,
-        which moves the last bits (well within the parity tolerances, as it does between batch sizes).
-        """
-        jobs = [(x[rows], trace.shard(rows, len(x))) for rows in equal_blocks(len(x), shards)]
-
-        def run_shards(queue):
-            for images, rows in queue:
-                run_in_shard(self._forward, images, rows)
-
-        _share_between_threads(run_shards, jobs, shards)  # returns when every shard is done
-
-    def _forward(self, x, trace):
-        """The forward pass proper, recording into ``trace`` (a Trace, or a TraceShard of one)."""
-        c, P = self.config, self._tree
-        B, _, H, W = x.shape
-        grid = (H // c.patch_size, W // c.patch_size)
+        grid = (H // c.patch_size, W // c.patch_size)  # (gh, gw)
+        trace = Trace(c, grid, record=record, image=image_for_overlay)
         trace.add("input", x)
+        ops = fast if fast.uses_threads() else layers  # as nanoGPT's `if self.flash: ... else: manual`: same math
 
-        patches = trace.add("patches", patchify(x, c.patch_size))  # [B, P, C*p*p]
-        proj = P["patch_embed"]["proj"]
-        D = c.embed_dim
-        tokens = linear(patches, proj["weight"].reshape(D, -1), proj["bias"])  # [B, P, D]
+        # eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
+        patches = trace.add("patches", ops.patchify(x, c.patch_size))  # [B, P, C*p*p]
+        proj = weights["patch_embed"]["proj"]
+        tokens = ops.linear(patches, proj["weight"].reshape(c.embed_dim, -1), proj["bias"])  # [B, P, D]
         trace.add("patch_embed", tokens)
         pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
-
-        prefix = [P[name][0] for name in ("cls_token", "dist_token", "reg_token") if name in P]  # each [k, D]
-        prefix = np.concatenate(prefix, axis=0) if prefix else np.zeros((0, D), self.dtype)  # [prefix, D]
-        prefix = np.broadcast_to(prefix, (B, *prefix.shape))  # [B, prefix, D]
+        prefix = np.broadcast_to(self.prefix_tokens(), (B, c.num_prefix_tokens, c.embed_dim))  # [B, prefix, D]
         if c.no_embed_class:  # DINOv2 / DeiT-3: only the patches carry a position
             x = np.concatenate([prefix, tokens + pos], axis=1)  # [B, N, D]
         else:  # original ViT: the class token has a position entry too; concatenate, then add
             x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
 
-        blocks = P["blocks"]
+        # eqs. 2-3: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
         for i in range(c.depth):
-            x = block(x, **blocks[str(i)], num_heads=c.num_heads, eps=c.layer_norm_eps, gelu_approximate=c.gelu,
-                      record=trace.recorder(f"blocks.{i}"))
+            x = ops.block(x, **weights["blocks"][str(i)], num_heads=c.num_heads, eps=c.layer_norm_eps,
+                          gelu_approximate=c.gelu, record=trace.recorder(f"blocks.{i}"))  # [B, N, D]
 
+        # eq. 4: y = LN(z_L^0), then the classifier head
         if not c.use_fc_norm:
-            x = trace.add("norm", layer_norm(x, **P["norm"], eps=c.layer_norm_eps))  # [B, N, D]
+            x = trace.add("norm", ops.layer_norm(x, **weights["norm"], eps=c.layer_norm_eps))  # [B, N, D]
         if c.global_pool == "token":
             pooled = x[:, 0]  # [B, D] the class token
         elif c.global_pool == "avg":
@@ -213,16 +175,25 @@ class ViT:
         else:
             pooled = None
         if pooled is not None and c.use_fc_norm:
-            pooled = layer_norm(pooled, **P["fc_norm"], eps=c.layer_norm_eps)
+            pooled = ops.layer_norm(pooled, **weights["fc_norm"], eps=c.layer_norm_eps)  # [B, D]
         if pooled is not None:
             trace.add("pooled", pooled)
             if c.representation_size:
-                pooled = trace.add("pre_logits", np.tanh(linear(pooled, **P["pre_logits"]["fc"])))  # [B, R]
+                pooled = trace.add("pre_logits", np.tanh(ops.linear(pooled, **weights["pre_logits"]["fc"])))  # [B, R]
             if c.num_classes:
-                logits = linear(pooled, **P["head"])  # [B, C]
+                logits = ops.linear(pooled, **weights["head"])  # [B, C]
                 if c.distilled:  # DeiT at inference: average the class-token head and the distillation-token head
-                    logits = (logits + linear(x[:, 1], **P["head_dist"])) / 2
+                    logits = (logits + ops.linear(x[:, 1], **weights["head_dist"])) / 2
                 trace.add("logits", logits)
+
+        self.attention_maps = [trace[k] for k in (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
+        self.last_trace = trace
+        return trace
+
+    def prefix_tokens(self):  # -> [prefix, D]
+        """The class token, DeiT's distillation token and the register tokens, in that order, as learned."""
+        tokens = [self.params[name][0] for name in ("cls_token", "dist_token", "reg_token") if name in self.params]
+        return np.concatenate(tokens, axis=0) if tokens else np.zeros((0, self.config.embed_dim), self.dtype)
 
     def run(self, image, record=None, img_size=None):
         """Image(s) in, Trace out. ``image``: a path, a PIL image, an HxWx3 uint8 array, a list of those, or a

@@ -82,8 +82,20 @@ class TraceShard:
         whole[self.rows] = array
         return array
 
-    def recorder(self, prefix):
-        return lambda name, array: self.add(f"{prefix}.{name}", array)
+
+class Recorder:
+    """The ``record(name, array)`` callback the layer functions get: files arrays under ``prefix.name`` in a
+    Trace. ``shard(rows, batch_size)``: the callback for a pass over some of the batch's images
+    (numpy_vit.fast.block_in_shards), whose arrays hold only those rows."""
+
+    def __init__(self, trace, prefix):
+        self.trace, self.prefix = trace, prefix
+
+    def __call__(self, name, array):
+        return self.trace.add(f"{self.prefix}.{name}", array)
+
+    def shard(self, rows, batch_size):
+        return Recorder(self.trace.shard(rows, batch_size), self.prefix)
 
 
 class Trace(Mapping):
@@ -119,8 +131,8 @@ class Trace(Mapping):
         return array
 
     def recorder(self, prefix):
-        """A ``record(name, array)`` callback that files arrays under ``prefix.name``."""
-        return lambda name, array: self.add(f"{prefix}.{name}", array)
+        """A ``record(name, array)`` callback that files arrays under ``prefix.name`` (a Recorder)."""
+        return Recorder(self, prefix)
 
     def shard(self, rows, batch_size):
         """A writer for one shard of a batch (images ``rows``, a slice, of ``batch_size``): see TraceShard."""

@@ -1,40 +1,10 @@
-"""The model's building blocks without torch: erf, patch order, resampling weights, config, trace recording."""
-import math
-
+"""The model's building blocks without torch: resampling weights, config, trace recording (the layer functions:
+tests/test_layers.py)."""
 import numpy as np
 import pytest
 
 import numpy_vit as nv
-from numpy_vit import layers
 from numpy_vit.resample import resize_weights
-
-
-def test_erf_matches_math_erf():
-    x = np.linspace(-7, 7, 14001)
-    exact = np.array([math.erf(v) for v in x])
-    assert np.max(np.abs(layers.erf(x) - exact)) < 1e-14  # float64: double precision
-    x32 = x.astype(np.float32)
-    exact32 = np.array([math.erf(v) for v in x32.astype(np.float64)])
-    err = np.abs(layers.erf(x32).astype(np.float64) - exact32)
-    assert np.max(err) < 3e-7 and np.max(err / np.maximum(np.abs(exact32), 1e-30)) < 1e-6  # float32 resolution
-    assert layers.erf(x32).dtype == np.float32
-
-
-def test_gelu_float64_and_tanh_form():
-    x = np.linspace(-30, 30, 601)
-    exact = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x])
-    assert np.max(np.abs(layers.gelu(x) - exact) / np.maximum(np.abs(exact), 1e-300)) < 1e-13
-    tanh = layers.gelu(x, "tanh")
-    assert 0 < np.max(np.abs(tanh - exact)) < 1e-3  # the approximation differs, but only slightly
-
-
-def test_patchify_order_is_row_major_with_channel_row_col_inside():
-    img = np.arange(2 * 3 * 4 * 6, dtype=np.float32).reshape(2, 3, 4, 6)  # B=2, C=3, H=4, W=6, p=2 -> 2x3 grid
-    patches = layers.patchify(img, 2)
-    assert patches.shape == (2, 6, 12)
-    # patch 4 = grid row 1, column 1: pixels rows 2..3, cols 2..3 of each channel, flattened (c, i, j)
-    expected = img[1, :, 2:4, 2:4].reshape(-1)
-    np.testing.assert_array_equal(patches[1, 4], expected)
 
 
 @pytest.mark.parametrize("method", ["bicubic_antialias", "bicubic_hf", "bilinear"])

@@ -6,7 +6,6 @@ the model predicted. The guide's version downloaded a CIFAR-10 image and took 2-
 """
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import sys
@@ -14,6 +13,7 @@ import time
 
 from numpy_vit import sample_image
 from numpy_vit.errors import NumpyViTError
+from numpy_vit.fast import blas_on_one_thread
 from numpy_vit.weights.named_models import describe_model, load_model
 
 SAMPLE_IMAGE = sample_image()
@@ -32,7 +32,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     image = SAMPLE_IMAGE if image is None else image
     model = load_model(model) if model is None or isinstance(model, str) else model
     os.makedirs(out_dir, exist_ok=True)
-    with one_blas_thread():
+    with blas_on_one_thread():  # small matrices; the parallelism comes from processes
         trace = model.run(image)
     echo(f"model: {describe_model(model)}")
     echo(f"image: {image if isinstance(image, str) else type(image).__name__}")
@@ -41,7 +41,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
         echo(f"prediction: {label} ({prob:.1%}); next: " + ", ".join(f"{l} ({p:.1%})" for l, p in rest[:2]))
     paths = [os.path.join(out_dir, spec.filename) for spec in FIGURES.values()]
     pool = sample_scenes() if image == SAMPLE_IMAGE else None
-    with one_blas_thread():
+    with blas_on_one_thread():  # small matrices; the parallelism comes from processes
         draw_in_parallel(trace, [(name, path, dpi) for name, path in zip(FIGURES, paths)], model=model,
                          distance_images=pool)
     echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
@@ -49,17 +49,6 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
         echo(f"  {os.path.basename(path)}")
     echo(f"done in {time.perf_counter() - start:.1f} s")
     return paths
-
-
-def one_blas_thread():
-    """BLAS on one thread while the demo runs: its matrices are small, the parallelism comes from processes,
-    and OpenBLAS threads that spin-wait on a busy machine cost more than they bring (10x on a shared 2-core
-    box). Uses threadpoolctl (installed with scikit-learn) when present."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def sample_scenes():
