@@ -141,7 +141,8 @@ def test_missing_default_model_falls_back_with_a_warning(monkeypatch, capsys):
     model = named_models.load_model(None)
     assert "no trained default model" in capsys.readouterr().err
     assert model.config.depth == 12 and model.config.grid_size == (14, 14)
-    random_like = named_models.load_model("random", like=ViT(ViTConfig(img_size=32, depth=1, embed_dim=16, num_heads=2)))
+    tiny = ViT(ViTConfig(img_size=32, depth=1, embed_dim=16, num_heads=2))
+    random_like = named_models.load_model("random", like=tiny)
     assert random_like.config.depth == 1
 
 

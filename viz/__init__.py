@@ -4,12 +4,18 @@
     visualize_attention_map(model, "cat.jpg", save_path="attention.png", layer_indices=[0, 3, 6, 11])
     visualize_attention_map(model.run("cat.jpg"), layer_indices=[0, 11], interpolation="nearest")
 
-``python -m numpy_vit.viz.demo`` (or ``numpy-vit demo``) draws all seven from the sample image.
+One module per figure, named for what it draws (patch_grid, attention_maps, position_embedding,
+attention_distance, cls_evolution, rollout, patch_embedding_filters); figures.py names them for the command
+line and the before/after comparison; _common.py holds what they share. ``python -m numpy_vit.viz.demo`` (or
+``numpy-vit demo``) draws all seven from the sample image.
 """
-from .visualize_advanced import (visualize_attention_distance, visualize_attention_rollout,
-                                 visualize_cls_token_evolution, visualize_patch_embedding_filters,
-                                 visualize_position_embedding)
-from .visualize_attention import visualize_all_heads, visualize_attention_map, visualize_patch_grid
+from .attention_distance import visualize_attention_distance
+from .attention_maps import visualize_all_heads, visualize_attention_map
+from .cls_evolution import visualize_cls_token_evolution
+from .patch_embedding_filters import visualize_patch_embedding_filters
+from .patch_grid import visualize_patch_grid
+from .position_embedding import visualize_position_embedding
+from .rollout import visualize_attention_rollout
 
 __all__ = [
     "visualize_patch_grid",               # 1

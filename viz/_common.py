@@ -250,13 +250,6 @@ def show_image(ax, image, title=None):
         ax.set_title(title)
 
 
-def blank_axes(ax):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
 def grey_underlay(image):
     """The image's luminance (ITU-R BT.601 weights) squeezed into UNDERLAY_RANGE, as HxWx3 grey: the shapes
     stay visible under a heat map while none of the image's own colours can be mistaken for the map's."""

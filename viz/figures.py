@@ -12,8 +12,7 @@ from typing import Callable, Optional
 
 from numpy_vit.errors import ArgumentError
 
-from . import visualize_advanced as advanced
-from . import visualize_attention as attention
+from . import attention_distance, attention_maps, cls_evolution, patch_grid, position_embedding, rollout
 from ._common import (DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, footnote, new_figure,
                       save_figure, style, trace_array, trace_attention, trace_image)
 
@@ -36,74 +35,75 @@ def _draw_patch_grid(fig, trace, options):
     image = trace_image(trace, options.get("image_index", 0))
     if image is None:
         raise ArgumentError("this Trace holds no image to draw the patch grid on")
-    note = attention.trace_preprocessing_note(trace) if options.get("image_index", 0) == 0 else None
-    attention.draw_patch_grid(fig, image, TokenLayout.of_trace(trace), preprocessing=note)
+    note = patch_grid.trace_preprocessing_note(trace) if options.get("image_index", 0) == 0 else None
+    patch_grid.draw_patch_grid(fig, image, TokenLayout.of_trace(trace), preprocessing=note)
 
 
 def _draw_position_embedding(fig, trace, options):
-    advanced.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace),
-                                     options.get("similarity_low"))
+    position_embedding.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace),
+                                               options.get("similarity_low"))
 
 
 def _shared_similarity_scale(traces, options):
     """Compared position embeddings share one colour scale, from the lowest similarity of any of them."""
-    return {"similarity_low": min(advanced.lowest_similarity(trace_array(t, "pos_embed"), TokenLayout.of_trace(t))
+    return {"similarity_low": min(position_embedding.lowest_similarity(trace_array(t, "pos_embed"),
+                                                                       TokenLayout.of_trace(t))
                                   for t in traces)}
 
 
 def _draw_attention_layers(fig, trace, options):
-    attention.draw_attention_layers(fig, trace, _layers_option(trace, options), options.get("head_index", 0),
-                                    options.get("query"), options.get("interpolation", "bilinear"),
-                                    options.get("dino_mask", False), options.get("keep", 0.6),
-                                    options.get("image_index", 0))
+    attention_maps.draw_attention_layers(fig, trace, _layers_option(trace, options), options.get("head_index", 0),
+                                         options.get("query"), options.get("interpolation", "bilinear"),
+                                         options.get("dino_mask", False), options.get("keep", 0.6),
+                                         options.get("image_index", 0))
 
 
 def _draw_all_heads(fig, trace, options):
     layers = options.get("layer_indices")                     # the first of --layers picks the layer
     layer = layers if layers is None or isinstance(layers, int) else (list(layers) or [None])[0]
-    attention.draw_all_heads(fig, trace, layer,
-                             options.get("query"), options.get("interpolation", "bilinear"),
-                             options.get("shared_scale", False), options.get("dino_mask", False),
-                             options.get("keep", 0.6), options.get("image_index", 0))
+    attention_maps.draw_all_heads(fig, trace, layer,
+                                  options.get("query"), options.get("interpolation", "bilinear"),
+                                  options.get("shared_scale", False), options.get("dino_mask", False),
+                                  options.get("keep", 0.6), options.get("image_index", 0))
 
 
 def _draw_attention_distance(fig, trace, options):
-    advanced.draw_attention_distance(fig, trace_attention(trace), TokenLayout.of_trace(trace),
-                                     options.get("prefix", "renormalise"))
+    attention_distance.draw_attention_distance(fig, trace_attention(trace), TokenLayout.of_trace(trace),
+                                               options.get("prefix", "renormalise"))
 
 
 def _draw_cls_evolution(fig, trace, options):
-    advanced.draw_cls_evolution(fig, trace, options.get("image_index", 0))
+    cls_evolution.draw_cls_evolution(fig, trace, options.get("image_index", 0))
 
 
 def _draw_attention_rollout(fig, trace, options):
     index = options.get("image_index", 0)
-    advanced.draw_attention_rollout(fig, trace_attention(trace), TokenLayout.of_trace(trace),
-                                    trace_image(trace, index), tuple(options.get("head_fusions",
-                                                                                 ("mean", "max", "min"))),
-                                    options.get("discard_ratio", 0.0), options.get("query"),
-                                    options.get("interpolation", "bilinear"), options.get("dino_mask", False),
-                                    options.get("keep", 0.6), index)
+    rollout.draw_attention_rollout(fig, trace_attention(trace), TokenLayout.of_trace(trace),
+                                   trace_image(trace, index),
+                                   tuple(options.get("head_fusions", ("mean", "max", "min"))),
+                                   options.get("discard_ratio", 0.0), options.get("query"),
+                                   options.get("interpolation", "bilinear"), options.get("dino_mask", False),
+                                   options.get("keep", 0.6), index)
 
 
 FIGURES = {
     "patch_grid": FigureSpec("vis_1_patch_grid.png",
-                             _draw_patch_grid, lambda t, o: attention.patch_grid_size(t.grid)),
+                             _draw_patch_grid, lambda t, o: patch_grid.patch_grid_size(t.grid)),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
-                                     _draw_position_embedding, lambda t, o: advanced.position_size(t.grid),
+                                     _draw_position_embedding, lambda t, o: position_embedding.position_size(t.grid),
                                      _shared_similarity_scale),
     "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,
-                                   lambda t, o: attention.layers_size(len(_layers_option(t, o)))),
+                                   lambda t, o: attention_maps.layers_size(len(_layers_option(t, o)))),
     "all_heads": FigureSpec("vis_4_all_heads.png", _draw_all_heads,
-                            lambda t, o: attention.heads_size(trace_attention(t)[0].shape[1])),
+                            lambda t, o: attention_maps.heads_size(trace_attention(t)[0].shape[1])),
     "attention_distance": FigureSpec("vis_5_attention_distance.png",
-                                     _draw_attention_distance, lambda t, o: advanced.DISTANCE_SIZE),
+                                     _draw_attention_distance, lambda t, o: attention_distance.DISTANCE_SIZE),
     "cls_evolution": FigureSpec("vis_6_cls_evolution.png",
-                                _draw_cls_evolution, lambda t, o: advanced.CLS_SIZE),
+                                _draw_cls_evolution, lambda t, o: cls_evolution.CLS_SIZE),
     "attention_rollout": FigureSpec("vis_7_attention_rollout.png",
                                     _draw_attention_rollout,
-                                    lambda t, o: advanced.rollout_size(len(o.get("head_fusions", "abc")))),
+                                    lambda t, o: rollout.rollout_size(len(o.get("head_fusions", "abc")))),
 }
 assert tuple(FIGURES) == FIGURE_NAMES
 ALIASES = {"attention_map": "attention_layers", "attention": "attention_layers", "heads": "all_heads",

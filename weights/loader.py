@@ -20,18 +20,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from numpy_vit.config import ViTConfig
+from numpy_vit.config import ViTConfig, check_params, count_params
 from numpy_vit.errors import CheckpointError
 
 from . import hub
-from .files import read_safetensors, read_torch, sniff, torch_to_safetensors_hint
 from .config_from_tensors import config_for_arch, config_from_timm_json
+from .files import read_safetensors, read_torch, sniff, torch_to_safetensors_hint
 from .labels import labels_from_synsets
 from .native import is_native, open_npz, read_native
 from .read_hf import is_hf_config, looks_like_hf, read_hf, read_json, read_preprocessor
 from .read_jax import is_jax, read_jax
 from .read_timm import is_dino, read_dino, read_timm_state_dict, unwrap_state_dict, with_imagenet_labels
-from .schema import check_params, count_params
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.npz")
 ACCEPTED = ("a numpy-vit .npz, a Google JAX / big_vision .npz, a timm state dict (.safetensors, or .pth / .bin "

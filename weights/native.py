@@ -11,10 +11,8 @@ import os
 
 import numpy as np
 
-from numpy_vit.config import ViTConfig
+from numpy_vit.config import ViTConfig, check_params
 from numpy_vit.errors import CheckpointError, ConfigError
-
-from .schema import check_params
 
 CONFIG_KEY = "__config__"
 FORMAT_KEY = "__format__"

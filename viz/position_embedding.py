@@ -1,0 +1,136 @@
+"""Figure 4, the position embedding: cosine similarity between the patch positions' embeddings, as a matrix,
+from the centre patch, as a 2-D PCA and as the ViT paper's grid of tiles (Dosovitskiy et al. 2021, Fig. 7
+centre). The numbers come from :func:`numpy_vit.analysis.position_embedding_similarity`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from numpy_vit import analysis
+from numpy_vit.errors import ArgumentError
+
+from ._common import (SIMILARITY_CMAP, TokenLayout, colorbar, footnote, is_trace, new_figure, save_figure, style,
+                      trace_array)
+
+
+def _position_source(model):
+    """(pos_embed [N_pos, D], TokenLayout) from a Trace (the embedding actually used) or a model."""
+    if is_trace(model):
+        return trace_array(model, "pos_embed"), TokenLayout.of_trace(model)
+    config, params = getattr(model, "config", None), getattr(model, "params", None)
+    if config is None or params is None or "pos_embed" not in params:
+        raise ArgumentError(f"visualize_position_embedding takes a numpy_vit.ViT (with params['pos_embed']) or a "
+                            f"Trace; got {type(model).__name__}")
+    layout = TokenLayout(config.grid_size, config.num_prefix_tokens, config.prefix_names, config.patch_size)
+    return np.asarray(params["pos_embed"]), layout
+
+
+def position_size(grid):
+    return (15.5, 10.5 * min(1.3, max(0.8, grid[0] / max(grid[1], 1))))
+
+
+def similarity_scale(matrix, low=None):
+    """(norm, cmap) for cosine similarities: one colour map (SIMILARITY_CMAP) from the lowest similarity
+    present (or ``low``, to give several figures one scale) up to 1, so a model whose similarities all
+    lie in [0.5, 1] still shows its structure; the colour bar gives the numbers."""
+    low = float(np.min(matrix)) if low is None else float(low)
+    return Normalize(min(low, 0.999), 1.0), SIMILARITY_CMAP
+
+
+def similarity_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
+    """The ViT paper's Fig. 7 (centre) as one image: [gh, gw, gh, gw] tiles -> [gh*(gh+gap), gw*(gw+gap)], NaN gaps."""
+    gh, gw = tiles.shape[:2]
+    mosaic = np.full((gh * (gh + gap) - gap, gw * (gw + gap) - gap), np.nan)
+    for row in range(gh):
+        for col in range(gw):
+            top, left = row * (gh + gap), col * (gw + gap)
+            mosaic[top:top + gh, left:left + gw] = tiles[row, col]
+    return mosaic
+
+
+def lowest_similarity(pos_embed, layout: TokenLayout) -> float:
+    """The lowest cosine similarity between two patch positions: where the colour scale starts."""
+    return float(analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens).min())
+
+
+def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=None):
+    """``similarity_low``: where the colour scale starts (default: this embedding's lowest similarity)."""
+    gh, gw = layout.grid
+    tiles = analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens)  # [gh,gw,gh,gw]
+    matrix = tiles.reshape(gh * gw, gh * gw)
+    norm, cmap = similarity_scale(matrix, similarity_low)
+    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.85])
+    ax_matrix, ax_centre, ax_pca = left.subplots(3, 1)
+
+    ax_matrix.imshow(matrix, cmap=cmap, norm=norm, interpolation="nearest")
+    ax_matrix.set_title("(a) Cosine similarity, all pairs")
+    ax_matrix.set_xlabel("patch index")
+    ax_matrix.set_ylabel("patch index")
+    ax_matrix.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax_matrix.yaxis.set_major_locator(MaxNLocator(5, integer=True))
+    colorbar(left, ax_matrix, norm, cmap, "cosine sim.", shrink=0.9)
+
+    centre = (gh // 2, gw // 2)
+    ax_centre.imshow(tiles[centre], cmap=cmap, norm=norm, interpolation="nearest")
+    ax_centre.add_patch(Rectangle((centre[1] - 0.5, centre[0] - 0.5), 1, 1, fill=False, edgecolor="black", lw=2))
+    ax_centre.set_title(f"(b) Centre patch {centre[0] * gw + centre[1]} (row {centre[0]}, col {centre[1]}) "
+                        f"vs all")
+    ax_centre.set_xlabel("patch column")
+    ax_centre.set_ylabel("patch row")
+    ax_centre.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_centre.yaxis.set_major_locator(MaxNLocator(integer=True))
+    colorbar(left, ax_centre, norm, cmap, "cosine sim.", shrink=0.9)
+
+    patch_embed = analysis.patch_position_embeddings(pos_embed, layout.grid, layout.num_prefix_tokens)  # [P, D]
+    scores, _, ratio = analysis.pca(patch_embed, 2)                                                      # [P, 2]
+    points = scores.reshape(gh, gw, -1)
+    for row in range(gh):
+        ax_pca.plot(points[row, :, 0], points[row, :, 1], color="#bbbbbb", linewidth=0.8, zorder=1)
+    cols = np.tile(np.arange(gw), gh)
+    dots = ax_pca.scatter(scores[:, 0], scores[:, 1], c=cols, cmap="viridis", s=18, zorder=2,
+                          edgecolors="white", linewidths=0.3)
+    for index in sorted({0, gw - 1, gh * gw - gw, gh * gw - 1}):
+        ax_pca.annotate(str(index), scores[index], fontsize=9, xytext=(4, 4), textcoords="offset points",
+                        fontweight="bold")
+    ax_pca.set_title("(c) PCA of the position embeddings\n(lines join each grid row; corners numbered)")
+    ax_pca.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
+    ax_pca.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
+    ax_pca.xaxis.set_major_locator(MaxNLocator(4))
+    ax_pca.yaxis.set_major_locator(MaxNLocator(4))
+    left.colorbar(dots, ax=ax_pca, shrink=0.9, pad=0.02).set_label("patch column")
+
+    ax_tiles = right.subplots(1, 1)
+    ax_tiles.imshow(similarity_mosaic(tiles), cmap=cmap, norm=norm, interpolation="nearest")
+    step_h, step_w = gh + 1, gw + 1
+    ax_tiles.set_xticks(np.arange(gw) * step_w + (gw - 1) / 2, [str(c) for c in range(gw)])
+    ax_tiles.set_yticks(np.arange(gh) * step_h + (gh - 1) / 2, [str(r) for r in range(gh)])
+    ax_tiles.tick_params(length=0)
+    for spine in ax_tiles.spines.values():
+        spine.set_visible(False)
+    ax_tiles.set_xlabel("input patch column")
+    ax_tiles.set_ylabel("input patch row")
+    ax_tiles.set_title("(d) Tile at (row, col): that position's similarity to every position\n"
+                       "(ViT paper, Fig. 7 centre)")
+    colorbar(right, ax_tiles, norm, cmap, "cosine similarity", shrink=0.8)
+    fig.suptitle("Position embeddings: cosine similarity between positions")
+    scale = (f"colours span {norm.vmin:.2f} to 1" if similarity_low is not None else
+             f"colours span the similarities present, from {matrix.min():.2f} to 1")
+    footnote(fig, f"{gh}x{gw} patch positions, numbered from 0 like the tokens ({layout.num_prefix_tokens} prefix "
+                  f"token row(s) excluded); {scale}. The figure shows the embedding as it is, not how it got "
+                  f"there: a fixed sine-cosine table makes neighbours similar without any training.")
+
+
+def visualize_position_embedding(model, save_path=None):
+    """Figure 4: (a) the cosine-similarity matrix of the patch position embeddings, (b) the centre
+    patch's similarity to every position, (c) their 2-D PCA, and (d) the ViT paper's grid of tiles
+    (Dosovitskiy et al. 2021, Fig. 7 centre). ``model`` is a ViT or a Trace (whose ``pos_embed``
+    is the one actually used, resampled if the image size differed)."""
+    pos_embed, layout = _position_source(model)
+    with style():
+        fig = new_figure(*position_size(layout.grid))
+        draw_position_embedding(fig, pos_embed, layout)
+    save_figure(fig, save_path)
+    return fig
