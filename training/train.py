@@ -52,6 +52,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -351,122 +352,178 @@ def scaled_stages(steps_scale: float) -> tuple:
     return tuple(stage if steps_scale == 1 else scaled(stage) for stage in STAGES)
 
 
+@dataclass
+class Run:
+    """What one training run carries from step to step: the models, the optimiser, the clock, where it writes."""
+    model: VisionTransformer
+    token_head: torch.nn.Linear
+    optimizer: torch.optim.Optimizer
+    stages: tuple
+    steps_scale: float
+    precision: str                        # "float32" or "bfloat16 autocast", as the checkpoint records it
+    float32: bool
+    log_path: Path
+    ckpt_path: Path
+    elapsed: float = 0.0                  # seconds spent in training steps
+    last_save: float = 0.0                # time.time() of the last checkpoint (or of the start)
+
+    def log(self, message: str):
+        log(message, self.log_path)
+
+
 def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, steps_scale: float = 1.0,
           float32: bool = False):
+    """Train by the recipe (STAGES scaled by steps_scale) into train_dir, resuming from its ckpt.pt if asked, then
+    export the model to ``out``."""
     stages = scaled_stages(steps_scale)
-    precision = "float32" if float32 else f"{str(AUTOCAST_DTYPE).removeprefix('torch.')} autocast"
-    autocast = None if float32 else AUTOCAST_DTYPE
     torch.set_num_threads(threads)
     blas_one_thread()
     train_dir.mkdir(parents=True, exist_ok=True)
-    log_path, ckpt_path = train_dir / "train.log", train_dir / "ckpt.pt"
-
-    stage_index, step, elapsed = 0, 0, 0.0
     model, token_head = starting_point()
-    optimizer = make_optimizer(model, token_head)
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
-        stage_index, step, elapsed = state["stage"], state["step"], state["elapsed"]
-        saved_scale = state.get("steps_scale", 1.0)
-        if saved_scale != steps_scale:
-            raise SystemExit(f"{ckpt_path} was written with --steps-scale {saved_scale}, this run asks for "
-                             f"{steps_scale}: resume with --steps-scale {saved_scale}, or move the checkpoint away")
-        saved_precision = state.get("precision", "float32")
-        if saved_precision != precision:
-            flag = "with --float32" if saved_precision == "float32" else "without --float32"
-            raise SystemExit(f"{ckpt_path} was trained in {saved_precision}, this run asks for {precision}: resume "
-                             f"{flag}, or move the checkpoint away")
-        if stage_index >= len(stages):
-            raise SystemExit(f"{ckpt_path} is past the last stage ({stage_index} of {len(stages)}): nothing to resume; "
-                             f"add a stage to STAGES or run --export-only")
-        saved_grid = int(round(math.sqrt(state["model"]["pos_embed"].shape[1] - 1)))
-        model = build_model(saved_grid * ARCH["patch_size"], float32)
-        model.load_state_dict(state["model"])
-        saved_outputs = state["token_head"]["weight"].shape[0]
-        if saved_outputs != token_head.out_features:
-            raise SystemExit(f"{ckpt_path} was written by another recipe: its token head has {saved_outputs} outputs, "
-                             f"this recipe's {token_head.out_features} ({TOKEN_CLASSES} token classes + "
-                             f"{SHAPE_CELLS ** 2} mask cells); train from scratch without --resume, or move the "
-                             f"checkpoint away")
-        token_head.load_state_dict(state["token_head"])
-        if saved_grid * ARCH["patch_size"] == stages[stage_index]["img_size"]:
-            optimizer = make_optimizer(model, token_head)
-            optimizer.load_state_dict(state["optimizer"])
-        else:   # a checkpoint written at the end of a shorter stage list: the stage change the loop makes
-            model, optimizer = start_stage(model, token_head, stages[stage_index]["img_size"], float32)
-            log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
-                f"{stages[stage_index]['img_size']} px for stage {stages[stage_index]['name']}; optimiser restarts",
-                log_path)
-        torch.set_rng_state(state["torch_rng"])
-        log(f"resumed from {ckpt_path}: stage {stages[stage_index]['name']} step {step}, {elapsed/60:.1f} min so far",
-            log_path)
+    run = Run(model, token_head, make_optimizer(model, token_head), stages, steps_scale,
+              "float32" if float32 else f"{str(AUTOCAST_DTYPE).removeprefix('torch.')} autocast", float32,
+              train_dir / "train.log", train_dir / "ckpt.pt")
+    stage_index, step = 0, 0
+    if resume and run.ckpt_path.exists():
+        stage_index, step = resume_from_checkpoint(run)
     elif resume:
-        log(f"--resume: no checkpoint at {ckpt_path}, starting from scratch", log_path)
-    # on every start, so that a resumed log says which recipe it continues with
-    log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(stages)} steps_scale={steps_scale} wd={WEIGHT_DECAY} "
-        f"label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} token_loss_weight={TOKEN_LOSS_WEIGHT} "
-        f"token_min_overlap={TOKEN_MIN_OVERLAP:.4f} shape_cells={SHAPE_CELLS} shape_loss_weight={SHAPE_LOSS_WEIGHT} "
-        f"mimetic_qk={MIMETIC_QK} mimetic_vo={MIMETIC_VO} mimetic_blocks={list(mimetic_blocks(ARCH['depth']))} "
-        f"precision={precision} threads={torch.get_num_threads()}", log_path)
-
-    last_save = time.time()
+        run.log(f"--resume: no checkpoint at {run.ckpt_path}, starting from scratch")
+    log_recipe(run)   # on every start, so that a resumed log says which recipe it continues with
+    run.last_save = time.time()
     while stage_index < len(stages):
-        stage = stages[stage_index]
-        val = make_shapes(stage["eval_images"], VAL_SEED, img_size=stage["img_size"])
-        val_images, val_labels = torch.from_numpy(val["images"]), torch.from_numpy(val["labels"])
-        loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, stage, step, ARCH["patch_size"]),
-                                             batch_size=None, num_workers=1,
-                                             prefetch_factor=4, persistent_workers=False)
-        seen, correct, loss_sum, token_sum, shape_sum, window_start = 0, 0, 0.0, 0.0, 0.0, time.time()
-        for step, images, labels, token_labels, cell_labels in loader:
-            t0 = time.time()
-            lr = learning_rate(stage, step)
-            logits, (_, class_loss, token_loss, shape_loss), grad_norm = optimisation_step(
-                model, token_head, optimizer, lr, to_input(images), labels, token_labels, cell_labels,
-                autocast=autocast)
-            elapsed += time.time() - t0
-            seen += len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            loss_sum += class_loss.item() * len(labels)
-            token_sum += token_loss.item() * len(labels)
-            shape_sum += shape_loss.item() * len(labels)
-            done = step + 1
-            if done % 20 == 0 or done == stage["steps"]:
-                rate = seen / (time.time() - window_start)
-                log(f"stage={stage['name']} step={done}/{stage['steps']} loss={loss_sum/seen:.4f} "
-                    f"token_loss={token_sum/seen:.4f} shape_loss={shape_sum/seen:.4f} "
-                    f"train_acc={correct/seen:.3f} lr={lr:.2e} grad_norm={float(grad_norm):.2f} "
-                    f"img/s={rate:.1f} train_min={elapsed/60:.1f}", log_path)
-                seen, correct, loss_sum, token_sum, shape_sum, window_start = 0, 0, 0.0, 0.0, 0.0, time.time()
-            if done % stage["eval_every"] == 0 or done == stage["steps"]:
-                acc = accuracy(model, val_images, val_labels)
-                rho = position_embedding_spearman(model.pos_embed.detach().numpy(), model.patch_embed.grid_size,
-                                                  model.num_prefix_tokens)
-                log(f"eval stage={stage['name']} step={done} val_acc={acc:.4f} (n={len(val_labels)}, "
-                    f"seed {VAL_SEED}) pos_embed_spearman={rho:.3f}", log_path)
-            if time.time() - last_save > CHECKPOINT_EVERY_S or done == stage["steps"]:
-                next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
-                if next_stage < len(stages) and next_stage != stage_index:
-                    # the checkpoint holds the grown model
-                    model, optimizer = start_stage(model, token_head, stages[next_stage]["img_size"], float32)
-                    log(f"grew model to {stages[next_stage]['img_size']} px, pos_embed "
-                        f"{tuple(model.pos_embed.shape)} (bicubic, antialias)", log_path)
-                save_checkpoint(ckpt_path, stage=next_stage, step=next_step, elapsed=elapsed, steps_scale=steps_scale,
-                                precision=precision,
-                                model=model.state_dict(), token_head=token_head.state_dict(),
-                                optimizer=optimizer.state_dict(),
-                                torch_rng=torch.get_rng_state())
-                if next_stage != stage_index:
-                    torch.save(model.state_dict(), train_dir / f"after_{stage['name']}.pt")
-                last_save = time.time()
-                log(f"checkpoint {ckpt_path} (stage {next_stage} step {next_step})", log_path)
-                if next_stage != stage_index:
-                    break
+        train_stage(run, stage_index, step, train_dir)
         stage_index, step = stage_index + 1, 0
+    config = export(run.model, out)
+    torch.save(run.model.state_dict(), train_dir / "final.pt")
+    run.log(f"done: {run.elapsed/60:.1f} min of training steps; exported {config.name} to {out}")
 
-    config = export(model, out)
-    torch.save(model.state_dict(), train_dir / "final.pt")
-    log(f"done: {elapsed/60:.1f} min of training steps; exported {config.name} to {out}", log_path)
+
+def resume_from_checkpoint(run: Run) -> tuple:
+    """Load run.ckpt_path into ``run`` (model, token head, optimiser, clock, torch RNG), after checking that it
+    was written by this recipe at this scale and precision. -> (stage index, step) to go on from"""
+    ckpt_path, stages = run.ckpt_path, run.stages
+    state = torch.load(ckpt_path, weights_only=True)  # ints, floats, tensors and state dicts only
+    stage_index, step, run.elapsed = state["stage"], state["step"], state["elapsed"]
+    saved_scale = state.get("steps_scale", 1.0)
+    if saved_scale != run.steps_scale:
+        raise SystemExit(f"{ckpt_path} was written with --steps-scale {saved_scale}, this run asks for "
+                         f"{run.steps_scale}: resume with --steps-scale {saved_scale}, or move the checkpoint away")
+    saved_precision = state.get("precision", "float32")
+    if saved_precision != run.precision:
+        flag = "with --float32" if saved_precision == "float32" else "without --float32"
+        raise SystemExit(f"{ckpt_path} was trained in {saved_precision}, this run asks for {run.precision}: resume "
+                         f"{flag}, or move the checkpoint away")
+    if stage_index >= len(stages):
+        raise SystemExit(f"{ckpt_path} is past the last stage ({stage_index} of {len(stages)}): nothing to resume; "
+                         f"add a stage to STAGES or run --export-only")
+    saved_grid = int(round(math.sqrt(state["model"]["pos_embed"].shape[1] - 1)))
+    run.model = build_model(saved_grid * ARCH["patch_size"], run.float32)
+    run.model.load_state_dict(state["model"])
+    saved_outputs = state["token_head"]["weight"].shape[0]
+    if saved_outputs != run.token_head.out_features:
+        raise SystemExit(f"{ckpt_path} was written by another recipe: its token head has {saved_outputs} outputs, "
+                         f"this recipe's {run.token_head.out_features} ({TOKEN_CLASSES} token classes + "
+                         f"{SHAPE_CELLS ** 2} mask cells); train from scratch without --resume, or move the "
+                         f"checkpoint away")
+    run.token_head.load_state_dict(state["token_head"])
+    if saved_grid * ARCH["patch_size"] == stages[stage_index]["img_size"]:
+        run.optimizer = make_optimizer(run.model, run.token_head)
+        run.optimizer.load_state_dict(state["optimizer"])
+    else:   # a checkpoint written at the end of a shorter stage list: the stage change the loop makes
+        run.model, run.optimizer = start_stage(run.model, run.token_head, stages[stage_index]["img_size"],
+                                               run.float32)
+        run.log(f"resampled the checkpoint's {saved_grid}x{saved_grid} position embedding to "
+                f"{stages[stage_index]['img_size']} px for stage {stages[stage_index]['name']}; optimiser restarts")
+    torch.set_rng_state(state["torch_rng"])
+    run.log(f"resumed from {ckpt_path}: stage {stages[stage_index]['name']} step {step}, "
+            f"{run.elapsed/60:.1f} min so far")
+    return stage_index, step
+
+
+def log_recipe(run: Run):
+    run.log(f"recipe: arch={json.dumps(ARCH)} stages={json.dumps(run.stages)} steps_scale={run.steps_scale} "
+            f"wd={WEIGHT_DECAY} label_smoothing={LABEL_SMOOTHING} clip={CLIP_NORM} "
+            f"token_loss_weight={TOKEN_LOSS_WEIGHT} token_min_overlap={TOKEN_MIN_OVERLAP:.4f} "
+            f"shape_cells={SHAPE_CELLS} shape_loss_weight={SHAPE_LOSS_WEIGHT} mimetic_qk={MIMETIC_QK} "
+            f"mimetic_vo={MIMETIC_VO} mimetic_blocks={list(mimetic_blocks(ARCH['depth']))} "
+            f"precision={run.precision} threads={torch.get_num_threads()}")
+
+
+class Window:
+    """Running sums over the steps since the last log line: images, correct predictions, the three losses."""
+
+    def __init__(self):
+        self.seen, self.correct, self.loss, self.token, self.shape, self.start = 0, 0, 0.0, 0.0, 0.0, time.time()
+
+    def add(self, logits, labels, class_loss, token_loss, shape_loss):
+        self.seen += len(labels)
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.loss += class_loss.item() * len(labels)
+        self.token += token_loss.item() * len(labels)
+        self.shape += shape_loss.item() * len(labels)
+
+    def summary(self) -> str:
+        n = self.seen
+        return (f"loss={self.loss/n:.4f} token_loss={self.token/n:.4f} shape_loss={self.shape/n:.4f} "
+                f"train_acc={self.correct/n:.3f}")
+
+    def rate(self) -> float:
+        return self.seen / (time.time() - self.start)
+
+
+def train_stage(run: Run, stage_index: int, start: int, train_dir: Path):
+    """Steps ``start`` .. the end of stage ``stage_index``: log every 20 steps, validate every eval_every,
+    checkpoint every CHECKPOINT_EVERY_S seconds and at the end, where the model grows to the next stage's size."""
+    stage = run.stages[stage_index]
+    autocast = None if run.float32 else AUTOCAST_DTYPE
+    val = make_shapes(stage["eval_images"], VAL_SEED, img_size=stage["img_size"])
+    val_images, val_labels = torch.from_numpy(val["images"]), torch.from_numpy(val["labels"])
+    loader = torch.utils.data.DataLoader(ShapeBatches(stage_index, stage, start, ARCH["patch_size"]),
+                                         batch_size=None, num_workers=1,
+                                         prefetch_factor=4, persistent_workers=False)
+    window = Window()
+    for step, images, labels, token_labels, cell_labels in loader:
+        t0 = time.time()
+        lr = learning_rate(stage, step)
+        logits, (_, class_loss, token_loss, shape_loss), grad_norm = optimisation_step(
+            run.model, run.token_head, run.optimizer, lr, to_input(images), labels, token_labels, cell_labels,
+            autocast=autocast)
+        run.elapsed += time.time() - t0
+        window.add(logits, labels, class_loss, token_loss, shape_loss)
+        done = step + 1
+        if done % 20 == 0 or done == stage["steps"]:
+            run.log(f"stage={stage['name']} step={done}/{stage['steps']} {window.summary()} lr={lr:.2e} "
+                    f"grad_norm={float(grad_norm):.2f} img/s={window.rate():.1f} train_min={run.elapsed/60:.1f}")
+            window = Window()
+        if done % stage["eval_every"] == 0 or done == stage["steps"]:
+            acc = accuracy(run.model, val_images, val_labels)
+            rho = position_embedding_spearman(run.model.pos_embed.detach().numpy(), run.model.patch_embed.grid_size,
+                                              run.model.num_prefix_tokens)
+            run.log(f"eval stage={stage['name']} step={done} val_acc={acc:.4f} (n={len(val_labels)}, "
+                    f"seed {VAL_SEED}) pos_embed_spearman={rho:.3f}")
+        if time.time() - run.last_save > CHECKPOINT_EVERY_S or done == stage["steps"]:
+            save_progress(run, stage_index, done, train_dir)
+            if done == stage["steps"]:
+                break
+
+
+def save_progress(run: Run, stage_index: int, done: int, train_dir: Path):
+    """Checkpoint after ``done`` steps of stage ``stage_index``; at a stage's end the model first grows to the next
+    stage's size, so that the checkpoint holds the grown model, and its weights are kept as after_<stage>.pt."""
+    stage = run.stages[stage_index]
+    next_stage, next_step = (stage_index, done) if done < stage["steps"] else (stage_index + 1, 0)
+    if next_stage < len(run.stages) and next_stage != stage_index:
+        run.model, run.optimizer = start_stage(run.model, run.token_head, run.stages[next_stage]["img_size"],
+                                               run.float32)
+        run.log(f"grew model to {run.stages[next_stage]['img_size']} px, pos_embed "
+                f"{tuple(run.model.pos_embed.shape)} (bicubic, antialias)")
+    save_checkpoint(run.ckpt_path, stage=next_stage, step=next_step, elapsed=run.elapsed, steps_scale=run.steps_scale,
+                    precision=run.precision, model=run.model.state_dict(), token_head=run.token_head.state_dict(),
+                    optimizer=run.optimizer.state_dict(), torch_rng=torch.get_rng_state())
+    if next_stage != stage_index:
+        torch.save(run.model.state_dict(), train_dir / f"after_{stage['name']}.pt")
+    run.last_save = time.time()
+    run.log(f"checkpoint {run.ckpt_path} (stage {next_stage} step {next_step})")
 
 
 def export_only(train_dir: Path, out: Path):
