@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository's top folder holds training/
+from numpy_vit.fast import blas_on_one_thread  # noqa: E402
 from training import train as T  # noqa: E402
 
 BATCH = 32
@@ -61,7 +62,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    T.blas_one_thread()
+    with blas_on_one_thread():   # the batches' NumPy drawing: small products, one thread
+        measure(args)
+
+
+def measure(args):
+    """Time each contender's step at every size in args.sizes and print the table."""
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {BATCH}, median of {args.rounds} rounds")
     print(f"{'size':>5}  {'contender':<20} {'img/s':>7}  {'vs recipe float32':>17}")
     for size in args.sizes:

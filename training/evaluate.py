@@ -36,6 +36,7 @@ import numpy as np
 
 import numpy_vit as nv
 from numpy_vit import analysis
+from numpy_vit.fast import blas_on_one_thread
 
 from . import recipe
 from .synthetic_shapes import make_shapes
@@ -180,13 +181,10 @@ def main(argv=None):
     parser.add_argument("--n-attention", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
-    from threadpoolctl import threadpool_limits   # scikit-learn's dependency, in the venv
-
-    # NumPy's OpenBLAS uses two spinning threads per product by default; on this shared CPU that makes the
-    # per-head attention products 10-50x slower than one thread does.
-    threadpool_limits(1, user_api="blas")
     model = model_from_checkpoint(args.checkpoint) if args.checkpoint else nv.ViT.from_pretrained(args.model)
-    result = evaluate(model, args.seed, args.n_accuracy, args.n_attention)
+    # OpenBLAS's threads spin-wait between the small per-head products; on a shared CPU one thread is 10-50x faster
+    with blas_on_one_thread():
+        result = evaluate(model, args.seed, args.n_accuracy, args.n_attention)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

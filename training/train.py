@@ -63,6 +63,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from numpy_vit.config import ViTConfig
 from numpy_vit.errors import ArgumentError
+from numpy_vit.fast import blas_on_one_thread
 from numpy_vit.weights import save
 
 from . import recipe
@@ -148,14 +149,6 @@ def mimetic_attention_init(model: VisionTransformer):
             w_v, w_proj_t = low_rank_factors(MIMETIC_VO * (z - eye), dim)  # W_v^T W_proj^T = MIMETIC_VO (Z - I)
             qkv[2 * dim:] = w_v
             block.attn.proj.weight.copy_(w_proj_t.T)
-
-
-def blas_one_thread():
-    """NumPy's OpenBLAS spins two threads per call by default; on a busy shared CPU that makes small matrix
-    products 10-50x slower (measured: 0.73 s -> 0.05 s for one layer's attention of 10 images)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
 
 
 def build_model(img_size: int, float32: bool = False) -> VisionTransformer:
@@ -294,11 +287,11 @@ class ShapeBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         torch.set_num_threads(1)
-        blas_one_thread()
         stage = self.stage
-        for step in range(self.start, stage["steps"]):
-            yield step, *training_batch(stage["batch"], batch_seed(self.stage_index, step), stage["img_size"],
-                                        self.patch_size)
+        with blas_on_one_thread():   # the worker's NumPy drawing: small products, one thread (numpy_vit.fast)
+            for step in range(self.start, stage["steps"]):
+                yield step, *training_batch(stage["batch"], batch_seed(self.stage_index, step), stage["img_size"],
+                                            self.patch_size)
 
 
 # --- monitoring -------------------------------------------------------------------
@@ -377,7 +370,11 @@ def train(train_dir: Path, resume: bool, out: Path, threads: int = THREADS, step
     export the model to ``out``."""
     stages = scaled_stages(steps_scale)
     torch.set_num_threads(threads)
-    blas_one_thread()
+    with blas_on_one_thread():   # the NumPy monitoring (make_shapes, the Spearman rho): one BLAS thread
+        run_recipe(train_dir, resume, out, stages, steps_scale, float32)
+
+
+def run_recipe(train_dir: Path, resume: bool, out: Path, stages: tuple, steps_scale: float, float32: bool):
     train_dir.mkdir(parents=True, exist_ok=True)
     model, token_head = starting_point()
     run = Run(model, token_head, make_optimizer(model, token_head), stages, steps_scale,
