@@ -1,14 +1,19 @@
-"""Small valid files (images, checkpoints) and byte-string mutations, shared by test_bad_input.py and test_fuzz.py.
+"""Small valid files (images, checkpoints), bad ones, and byte-string mutations, shared by the bad-input tests
+(test_bad_input.py, test_image_conversion.py, test_loading_security.py, test_cli_errors.py) and test_fuzz.py.
 
 Everything here is tiny on purpose (16x16 images, a one-block model of width 8), so that a mutation
 has a fair chance of hitting a header, a length field or a zip directory instead of pixel data.
 """
 import io
 import json
+import os
 import struct
+import types
 import zipfile
+import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import numpy_vit as nv
@@ -275,3 +280,84 @@ def mutate_json(value, rng, depth=0):
         out[int(rng.integers(len(out)))] = JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
         return out
     return JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
+
+
+# --- the world of files the bad-input tests share, and bad files built from them ---------------------------
+
+# 12 layers and 12 heads, so that "layer 12 of a 12-layer model" and "head 12 of 12" are the real questions;
+# width 24 and a 2x2 grid keep it instant.
+DEEP = dict(img_size=16, patch_size=8, embed_dim=24, depth=12, num_heads=12, num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Files every case may use: images, a tiny model saved in each format, a 12-layer model and its trace."""
+    root = tmp_path_factory.mktemp("world")
+    small, deep = tiny_model(seed=1), nv.ViT(nv.ViTConfig(**DEEP), seed=2)
+    Image.fromarray(pattern_image(20, 28)).save(root / "photo.png")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "noise.png")
+    Image.fromarray(noise).save(root / "noise.jpg", quality=95)
+    small.save(str(root / "small.npz"))
+    deep.save(str(root / "deep.npz"))
+    (root / "small.safetensors").write_bytes(safetensors_bytes(small.params))
+    (root / "afile.txt").write_text("a file where a folder is expected")
+    return types.SimpleNamespace(root=root, small=small, deep=deep,
+                                 trace=deep.run(str(root / "photo.png")), path=lambda name: str(root / name))
+
+
+# --- building bad files ---------------------------------------------------------------------------
+
+def png_header_only(width, height):
+    """A PNG signature, an IHDR chunk declaring ``width`` x ``height`` RGB, and IEND: a bomb costing 45 bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def written(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+def safetensors_with_header(path, header: dict):
+    """A .safetensors file whose JSON header is ``header`` exactly (and no data)."""
+    text = json.dumps(header).encode()
+    return written(path, struct.pack("<Q", len(text)) + text)
+
+
+def truncated(source, destination, fraction=0.5):
+    data = open(source, "rb").read()
+    with open(destination, "wb") as f:
+        f.write(data[:int(len(data) * fraction)])
+    return destination
+
+
+def rewrite_npz(source, destination, change):
+    """Copy an .npz with ``change(arrays)`` applied to its {name: array}."""
+    arrays = dict(np.load(source))
+    change(arrays)
+    with open(destination, "wb") as f:
+        np.savez(f, **arrays)
+    return destination
+
+
+class RunsCode:
+    """Unpickling this calls os.system(command): the marker file it creates proves that code ran."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def torch_zip_with(payload: bytes) -> bytes:
+    """torch's zip serialization layout (``archive/data.pkl`` + ``archive/version``) holding any pickle."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+        archive.writestr("archive/version", "3\n")
+        archive.writestr("archive/byteorder", "little")
+    return buffer.getvalue()
