@@ -282,6 +282,26 @@ def mutate_json(value, rng, depth=0):
     return JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
 
 
+# --- a small model's checkpoint, for the weights tests ------------------------------------------------------
+
+SMALL = nv.ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5,
+                     labels=("a", "b", "c", "d", "e"), name="small")
+
+
+def random_params(config, seed=0):
+    """{name: float32 array} of random normal values, every parameter of ``config``."""
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in nv.param_shapes(config).items()}
+
+
+def write_timm_safetensors(path, config, seed=0):
+    """A timm state dict of random weights as .safetensors (written without torch); returns the params."""
+    from safetensors.numpy import save_file
+    params = random_params(config, seed)
+    save_file(params, str(path))
+    return params
+
+
 # --- the world of files the bad-input tests share, and bad files built from them ---------------------------
 
 # 12 layers and 12 heads, so that "layer 12 of a 12-layer model" and "head 12 of 12" are the real questions;
