@@ -146,36 +146,19 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     depth = len({k.split(".")[1] for k in params if k.startswith("blocks.")})
     mlp_dim = int(get("blocks.0.mlp.fc1.weight").shape[0]) if depth else 4 * D
     if base is not None:
-        clash = [f"{name} {ours} vs {theirs}" for name, ours, theirs in (
-            ("embed_dim", base.embed_dim, D), ("depth", base.depth, depth), ("patch_size", base.patch_size, ph),
-            ("mlp width", base.mlp_dim, mlp_dim), ("in_chans", base.in_chans, C)) if ours != theirs]
-        if clash:
-            raise CheckpointError(f"{where}: the checkpoint does not have the architecture of "
-                                  f"{base.name or 'the given config'} (config vs checkpoint: {', '.join(clash)})")
-    heads = num_heads or (base.num_heads if base is not None else None)
-    if heads is None:
-        matches = presets_with(D, depth, ph)
-        raise CheckpointError(
-            f"{where}: the shapes say depth {depth}, width {D}, patch {ph}, but not the number of attention heads, "
-            f"and nothing else in the file does; pass arch= (a preset or timm architecture name, or a ViTConfig)"
-            + (f", e.g. arch={matches[0]!r} (presets with these shapes: {', '.join(matches)})" if matches else ""))
+        _check_base_fits(base, where, {"embed_dim": D, "depth": depth, "patch_size": ph, "mlp width": mlp_dim,
+                                       "in_chans": C})
+    heads = _num_heads(num_heads, base, where, D, depth, ph)
 
     class_token, distilled = "cls_token" in params, "dist_token" in params
     num_reg_tokens = int(get("reg_token").shape[1]) if "reg_token" in params else 0
     fc_norm = "fc_norm.weight" in params
     img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
                                                      class_token + distilled + num_reg_tokens, ph, base, where)
-    # Pooling leaves no trace in the shapes: take the base's, unless the shapes contradict it.
-    global_pool = base.global_pool if base is not None else None
-    if global_pool == "token" and not class_token:
-        global_pool = None
-    if global_pool is not None and base.fc_norm is None and (global_pool == "avg") != fc_norm:
-        global_pool = None  # timm's rule (fc_norm exactly when avg-pooling) disagrees with the keys present
-    if global_pool is None:  # a norm after pooling, or no class token to read, means average pooling
-        global_pool = "avg" if fc_norm or not class_token else "token"
+    global_pool = _global_pool(base, class_token, fc_norm)
     layer_scale = (base.init_values if base is not None else None) or defaults.get("init_values") or 1e-5
     fields = dict(
-        embed_dim=D, depth=depth, patch_size=ph, in_chans=C, mlp_ratio=mlp_dim / D, num_heads=int(heads),
+        embed_dim=D, depth=depth, patch_size=ph, in_chans=C, mlp_ratio=mlp_dim / D, num_heads=heads,
         img_size=img_size, no_embed_class=no_embed_class, class_token=class_token, distilled=distilled,
         num_reg_tokens=num_reg_tokens, qkv_bias="blocks.0.attn.qkv.bias" in params or depth == 0,
         init_values=layer_scale if "blocks.0.ls1.gamma" in params else None,
@@ -185,9 +168,44 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     )
     try:
         start = base if base is not None else ViTConfig(**{k: v for k, v in defaults.items() if k != "init_values"},
-                                                         embed_dim=D, num_heads=int(heads))
+                                                         embed_dim=D, num_heads=heads)
         if start.labels and len(start.labels) != fields["num_classes"]:
             fields["labels"] = ()  # the base's class names belong to another head
         return start.replace(**fields)
     except ConfigError as e:
         raise CheckpointError(f"{where}: the shapes give a config numpy_vit cannot build: {e}") from None
+
+
+def _check_base_fits(base: ViTConfig, where: str, shapes: dict):
+    """A base config whose geometry disagrees with the shapes describes another model: an error naming both."""
+    ours = {"embed_dim": base.embed_dim, "depth": base.depth, "patch_size": base.patch_size,
+            "mlp width": base.mlp_dim, "in_chans": base.in_chans}
+    clash = [f"{name} {ours[name]} vs {theirs}" for name, theirs in shapes.items() if ours[name] != theirs]
+    if clash:
+        raise CheckpointError(f"{where}: the checkpoint does not have the architecture of "
+                              f"{base.name or 'the given config'} (config vs checkpoint: {', '.join(clash)})")
+
+
+def _num_heads(num_heads, base, where: str, width: int, depth: int, patch: int) -> int:
+    """The heads from ``num_heads`` or the base: the shapes cannot tell them (they only reshape q, k and v)."""
+    heads = num_heads or (base.num_heads if base is not None else None)
+    if heads is None:
+        matches = presets_with(width, depth, patch)
+        raise CheckpointError(
+            f"{where}: the shapes say depth {depth}, width {width}, patch {patch}, but not the number of attention "
+            f"heads, and nothing else in the file does; pass arch= (a preset or timm architecture name, or a "
+            f"ViTConfig)"
+            + (f", e.g. arch={matches[0]!r} (presets with these shapes: {', '.join(matches)})" if matches else ""))
+    return int(heads)
+
+
+def _global_pool(base, class_token: bool, fc_norm: bool) -> str:
+    """Pooling leaves no trace in the shapes: take the base's, unless the shapes contradict it."""
+    global_pool = base.global_pool if base is not None else None
+    if global_pool == "token" and not class_token:
+        global_pool = None
+    if global_pool is not None and base.fc_norm is None and (global_pool == "avg") != fc_norm:
+        global_pool = None  # timm's rule (fc_norm exactly when avg-pooling) disagrees with the keys present
+    if global_pool is None:  # a norm after pooling, or no class token to read, means average pooling
+        global_pool = "avg" if fc_norm or not class_token else "token"
+    return global_pool
