@@ -93,3 +93,12 @@ def test_the_command_runs_from_any_folder(installed, tmp_path):
     image = run([python, "-c", "import numpy_vit; print(numpy_vit.sample_image())"]).strip()
     out = run([command, "predict", image], cwd=tmp_path)
     assert "heart" in out
+
+
+def test_the_installed_demo_needs_nothing_outside_the_wheel(installed, tmp_path):
+    """The demo pools the eight sample scenes shipped in viz/assets/; training/ stays in the repository."""
+    python, site = installed
+    assert os.path.isfile(os.path.join(site, "numpy_vit", "viz", "assets", "sample_scenes.npz"))
+    assert not os.path.exists(os.path.join(site, "training"))
+    out = run([python, "-m", "numpy_vit.viz.demo", "--out", str(tmp_path / "figures"), "--dpi", "30"], cwd=tmp_path)
+    assert len(os.listdir(tmp_path / "figures")) == 7 and "prediction: heart" in out
