@@ -2,6 +2,7 @@
 
     python bench/forward.py                  # batch 1 and 8, 5 interleaved rounds, torch's default threads
     python bench/forward.py --batch 1 --rounds 9 --threads 1
+    python bench/forward.py --threads 1 --speedups   # numpy_vit.fast's functions on one thread too
 
 ViT-B/16 at 224 (``vit_base_patch16_224``) with the same random weights in both. Each round times, in a
 rotating order so that a busy neighbour process hurts every contender alike:
@@ -12,7 +13,8 @@ rotating order so that a busy neighbour process hurts every contender alike:
 Ratios are taken within a round (numpy_vit time / torch time of the same round), then the median, min and max
 over the rounds are printed. numpy's BLAS is limited to torch's thread count through threadpoolctl, and
 numpy_vit's own threads (a batch's shards, or a single image's split layers) through
-``numpy_vit.set_num_threads``.
+``numpy_vit.set_num_threads``. On several threads numpy_vit runs the speed-ups of ``numpy_vit.fast``; on one, the
+reference functions of ``numpy_vit.layers`` unless --speedups (``model.speedups = True``).
 
 Also printed: the achieved GFLOP/s against this machine's own float32 GEMM rate on the same matrix sizes, the
 trace's memory at batch 8, the demo's wall time and ``import numpy_vit``'s time (fresh interpreters).
@@ -197,6 +199,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and numpy's BLAS "
                         "(default: torch's default)")
     parser.add_argument("--skip-extras", action="store_true", help="only the timings (no GEMM floor, demo, import)")
+    parser.add_argument("--speedups", action="store_true", help="numpy_vit.fast's functions even on one thread "
+                        "(model.speedups = True; by default one thread runs the reference numpy_vit.layers)")
     args = parser.parse_args(argv)
 
     import torch
@@ -214,6 +218,7 @@ def main(argv=None):
             print(f"  {var}={os.environ[var]}")
 
     fused, unfused, model = make_models(torch, timm)
+    model.speedups = True if args.speedups else None
     rows = []
     for batch in args.batch:
         x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)

@@ -3,17 +3,19 @@
     python bench/profile_forward.py                   # ViT-B/16, batch 1, patterns+logits, 1 BLAS thread
     python bench/profile_forward.py --batch 8 --threads 2 --record all
     python bench/profile_forward.py --lines           # also line by line
+    python bench/profile_forward.py --speedups        # numpy_vit.fast's functions on one thread too
 
 By function (the default): every function of ``numpy_vit.layers``, ``numpy_vit.fast`` and ``numpy_vit.erf``
 (but the thread machinery) is wrapped in a timer for the run, and each is charged its own time, without the
 layer functions it calls (``attention`` without ``linear``, and so on); names say which module's function ran.
 A few hundred calls per forward pass, so the timers cost nothing measurable. With --threads 1 the forward pass
-runs the reference functions of ``numpy_vit.layers``; with more, those of ``numpy_vit.fast``, which hold BLAS
-to one thread and split the work themselves. A batch cut into shards (each block's images, one shard per
-thread, ``fast.block_in_shards``) is timed in every shard's thread and the times are summed over the threads:
-the shares are then of wall time x threads, and ``fast.block_in_shards`` holds the calling thread's wait for
-the others. A single image's steps share their rows, heads and GELU chunks with helper threads: only the
-calling thread is timed, so a function's wall time is its step's, helpers included.
+runs the reference functions of ``numpy_vit.layers`` (unless --speedups); with more, those of
+``numpy_vit.fast``, which hold BLAS to one thread and split the work themselves. A batch cut into shards
+(one shard of images per thread, each through every block, ``fast.encoder_in_shards``) is timed in every
+shard's thread and the times are summed over the threads: the shares are then of wall time x threads, and
+``fast.encoder_in_shards`` holds the calling thread's wait for the others. A single image's steps share their
+rows, heads and GELU chunks with helper threads: only the calling thread is timed, so a function's wall time
+is its step's, helpers included.
 
 By line (``--lines``): ``sys.settrace`` on numpy_vit's files charges the time between two line events to the
 earlier line, so a line's time includes the NumPy and BLAS calls it makes. Each line event costs the tracer a
@@ -169,6 +171,8 @@ def main(argv=None):
                         "(numpy_vit.set_num_threads; BLAS gets as many through threadpoolctl; default 1)")
     parser.add_argument("--record", choices=["patterns", "all"], default="patterns",
                         help='"patterns": ["blocks.*.attn.pattern", "logits"]; "all": everything')
+    parser.add_argument("--speedups", action="store_true", help="numpy_vit.fast's functions even on one thread "
+                        "(model.speedups = True)")
     parser.add_argument("--runs", type=int, default=3, help="forward passes profiled (after one warm-up)")
     parser.add_argument("--lines", type=int, nargs="?", const=25, default=0, metavar="TOP",
                         help="also time line by line and show the TOP lines (default 25)")
@@ -182,6 +186,7 @@ def main(argv=None):
     nv.set_num_threads(args.threads)  # numpy_vit's own threads (see the module docstring)
     record = None if args.record == "all" else ["blocks.*.attn.pattern", "logits"]
     model = nv.ViT.from_preset(args.arch)
+    model.speedups = True if args.speedups else None
     x = np.random.default_rng(0).standard_normal((args.batch, 3, *model.config.img_size), dtype=np.float32)
     model.forward(x, record=record)
 
@@ -192,7 +197,7 @@ def main(argv=None):
     print(f"{args.arch}, batch {args.batch}, record={args.record}, {args.threads} BLAS thread(s), "
           f"load average {os.getloadavg()[0]:.1f}: {wall:.0f} ms wall, {cpu:.0f} ms CPU per forward")
     if shards > 1:
-        print(f"each block runs the batch as {shards} shards, one per thread on one BLAS thread: times are summed "
+        print(f"the batch runs as {shards} shards, one per thread on one BLAS thread: times are summed "
               f"over the {shards} threads, CPU is each thread's own, shares are of {shards} x wall")
     elif split:
         print(f"one image, its layers split between {args.threads} threads on one BLAS thread each: times are "

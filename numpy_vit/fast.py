@@ -4,12 +4,13 @@ Every function here that computes a layer names (in its docstring) the function 
 accelerates; tests/test_fast.py compares each with it, with the tolerance it states: bit for bit where the
 same elementwise operations run in the same order, within the rounding bound of a dot product where a matrix
 product is another BLAS call. ``ViT.forward`` takes this module in place of ``layers`` when it may use several
-threads (``uses_threads``); with one thread it runs the reference math. bench/README.md has the timings.
+threads (``wanted``), and runs the reference math on one unless told otherwise (``ViT.speedups``).
+bench/README.md has the timings.
 
 How the work is split: BLAS spreads every matrix multiply over its threads, but NumPy runs each elementwise
 ufunc on one. So on several threads BLAS is held to one thread (``blas_on_one_thread``) and numpy_vit splits
 the work itself, as torch does: a batch of several images is cut into one shard of images per thread
-(``block_in_shards``); a single image's steps split their output features (``linear``), groups of heads
+(``encoder_in_shards``); a single image's steps split their output features (``linear``), groups of heads
 (``attend_in_head_groups``) and GELU chunks (``gelu_float32_in_cache``) between the threads. The thread count
 follows the usual environment variables, as BLAS and torch do, or ``set_num_threads``.
 
@@ -63,9 +64,9 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Like torch.set_num_threads: how many threads numpy_vit may use. 1 runs the reference math of
-    numpy_vit.layers on the calling thread, and BLAS spreads each matrix multiply over its own threads
-    (OPENBLAS_NUM_THREADS, or threadpoolctl). On a machine whose cores are busy, 1 is faster."""
+    """Like torch.set_num_threads: how many threads numpy_vit may use. With 1, ViT.forward runs the reference
+    math of numpy_vit.layers on the calling thread (this module's functions with ``model.speedups = True``),
+    and BLAS spreads each matrix multiply over its own threads (OPENBLAS_NUM_THREADS, or threadpoolctl)."""
     global _num_threads
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ArgumentError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
@@ -73,9 +74,15 @@ def set_num_threads(n):
 
 
 def uses_threads():
-    """Whether ``ViT.forward`` runs this module (several threads, and BLAS's thread count can be held to one)
-    rather than the reference functions of numpy_vit.layers."""
+    """Whether numpy_vit may split its work between threads: several threads, and BLAS's thread count can be
+    held to one (else BLAS spreads each product over its own threads)."""
     return get_num_threads() > 1 and can_put_blas_on_one_thread()
+
+
+def wanted(speedups=None):
+    """Whether ``ViT.forward`` runs this module rather than the reference functions of numpy_vit.layers:
+    ``speedups`` (the model's setting) True or False, or None: where it may use several threads."""
+    return uses_threads() if speedups is None else bool(speedups)
 
 
 def run_in_shard(function, *args, **kwargs):
@@ -268,7 +275,7 @@ def softmax(x, axis=-1, out=None):
 
 
 def gelu(x, approximate="erf"):
-    """``layers.gelu``; its exact float32 form by ``gelu_float32_in_cache`` (bit for bit, 2-3.5x faster)."""
+    """``layers.gelu``; its exact float32 form by ``gelu_float32_in_cache``, bit for bit."""
     if approximate == "erf" and x.dtype == np.float32:
         return gelu_float32_in_cache(x)
     return layers.gelu(x, approximate)
@@ -404,41 +411,44 @@ def mlp_block(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B,
     return linear(h, **fc2)  # [B, N, D]
 
 
-def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, record=_no_record, **options):  # [B, N, D] -> [B, N, D]
-    """``layers.block`` on numpy_vit's threads with BLAS held to one thread: a batch of several images as one
-    shard of images per thread (``block_in_shards``), one image with each step split between the threads
-    (``block_step_by_step``). ``options``: num_heads, eps, gelu_approximate, as for ``layers.block``.
-    Tolerance: that of the products, which BLAS may block differently for another number of rows or threads."""
-    shards = min(len(x), get_num_threads())
+def encoder(x, blocks, *, record=_no_record, **options):  # [B, N, D] -> [B, N, D]
+    """``layers.encoder`` on numpy_vit's threads with BLAS held to one thread: a batch of several images as one
+    shard of images per thread, each through every block (``encoder_in_shards``); one image block by block,
+    each step split between the threads (``block``). Tolerance: that of the products, which BLAS may block
+    differently for another number of rows or threads."""
+    shards = min(len(x), matmul_threads())
     with blas_on_one_thread() if matmul_threads() > 1 else contextlib.nullcontext():
         if shards > 1 and hasattr(record, "shard"):  # a plain callback wants whole-batch arrays: one pass
-            return block_in_shards(x, shards, norm1, attn, norm2, mlp, ls1, ls2, record=record, **options)
-        return block_step_by_step(x, norm1, attn, norm2, mlp, ls1, ls2, record=record, **options)
+            return encoder_in_shards(x, shards, blocks, record=record, **options)
+        for i, weights in enumerate(blocks):
+            x = block(x, **weights, **options, record=lambda name, a, i=i: record(f"{i}.{name}", a))
+        return x
 
 
-def block_in_shards(x, shards, *weights, record, **options):  # [B, N, D] -> [B, N, D]
-    """``block_step_by_step`` of a batch as ``shards`` passes over consecutive images, one per thread, each on
-    one BLAS thread (the caller holds ``blas_on_one_thread``), each recording its rows through
+def encoder_in_shards(x, shards, blocks, *, record, **options):  # [B, N, D] -> [B, N, D]
+    """``encoder`` of a batch as ``shards`` passes over consecutive images, one per thread, each on one BLAS
+    thread (the caller holds ``blas_on_one_thread``), each recording its rows through
     ``record.shard(rows, batch_size)`` (a numpy_vit.trace.Recorder).
 
     Why: BLAS spreads a matrix multiply over the threads, but NumPy runs every other step (GELU, softmax,
-    LayerNorm, the bias adds) on one, so on two cores a single pass over a batch of 8 leaves one core idle
-    about a third of the time. Passes side by side keep both busy. The math per image is unchanged."""
+    LayerNorm, the bias adds) on one, so a single pass over a batch leaves the other cores idle between the
+    products (bench/README.md). Passes side by side keep them busy, and a shard that runs through every block
+    waits for the others once, not once a block. The math per image is unchanged."""
     out = np.empty_like(x)
 
     def run_shards(queue):
         for rows in queue:
-            out[rows] = run_in_shard(block_step_by_step, x[rows], *weights,
-                                     record=record.shard(rows, len(x)), **options)
+            out[rows] = run_in_shard(encoder, x[rows], blocks, record=record.shard(rows, len(x)), **options)
 
     share_between_threads(run_shards, equal_blocks(len(x), shards), shards)  # returns when every shard is done
     return out
 
 
-def block_step_by_step(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
-                       record=_no_record):  # [B, N, D] -> [B, N, D]
+def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
+          record=_no_record):  # [B, N, D] -> [B, N, D]
     """``layers.block`` line for line, each step this module's faster one (``layer_norm``, ``attention``,
-    ``mlp_block``), which splits its work between the threads where it has several."""
+    ``mlp_block``), which splits its work between the threads where it has several. The same names recorded;
+    the tolerance of its products."""
     record("resid_pre", x)
     h = layer_norm(x, **norm1, eps=eps)
     record("ln1", h)

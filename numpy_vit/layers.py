@@ -121,3 +121,12 @@ def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gel
     x = x + h
     record("resid_post", x)
     return x
+
+
+def encoder(x, blocks, *, record=_no_record, **options):  # [B, N, D] -> [B, N, D]
+    """The Transformer encoder (ViT eqs. 2-3): ``block`` after ``block``, block i recording its arrays as
+    ``i.name`` (the trace's ``blocks.3.attn.pattern``). ``blocks``: each block's weights; ``options``: num_heads,
+    eps, gelu_approximate, as for ``block``."""
+    for i, weights in enumerate(blocks):
+        x = block(x, **weights, **options, record=lambda name, a, i=i: record(f"{i}.{name}", a))
+    return x

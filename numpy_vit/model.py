@@ -88,6 +88,9 @@ class ViT:
         self.param_tree = _nest(self.params)  # param_tree["blocks"]["0"]["attn"]["qkv"]["weight"]
         self.attention_maps = []
         self.last_trace = None
+        # numpy_vit.fast's speed-ups: None uses them on several threads (numpy_vit.get_num_threads()) and the
+        # reference math of numpy_vit.layers on one; True or False: always or never
+        self.speedups = None
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -137,16 +140,15 @@ class ViT:
         ``record``: None keeps every intermediate, or a glob (or list of globs) of trace names to keep, e.g.
         ``["blocks.*.attn.pattern", "logits"]``.
 
-        On several threads (``numpy_vit.get_num_threads()``) the layer functions come from numpy_vit/fast.py,
-        which computes the same math faster and splits it between the threads; on one thread they are the
-        reference math of numpy_vit/layers.py."""
+        The layer functions are the reference math of numpy_vit/layers.py, or numpy_vit/fast.py's faster
+        versions of them, which split their work between threads: see ``speedups``."""
         c, weights = self.config, self.param_tree
         x = self._check_input(images)  # [B, C, H, W]
         B, _, H, W = x.shape
         grid = (H // c.patch_size, W // c.patch_size)  # (gh, gw)
         trace = Trace(c, grid, record=record, image=image_for_overlay)
         trace.add("input", x)
-        ops = fast if fast.uses_threads() else layers  # as nanoGPT's `if self.flash: ... else: manual`: same math
+        ops = fast if fast.wanted(self.speedups) else layers  # as nanoGPT's `if self.flash: ... else: manual`
 
         # eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
         patches = trace.add("patches", ops.patchify(x, c.patch_size))  # [B, P, C*p*p]
@@ -160,10 +162,10 @@ class ViT:
         else:  # original ViT: the class token has a position entry too; concatenate, then add
             x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
 
-        # eqs. 2-3: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
-        for i in range(c.depth):
-            x = ops.block(x, **weights["blocks"][str(i)], num_heads=c.num_heads, eps=c.layer_norm_eps,
-                          gelu_approximate=c.gelu, record=trace.recorder(f"blocks.{i}"))  # [B, N, D]
+        # eqs. 2-3, block after block: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
+        blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
+        x = ops.encoder(x, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps, gelu_approximate=c.gelu,
+                        record=trace.recorder("blocks"))  # [B, N, D]
 
         # eq. 4: y = LN(z_L^0), then the classifier head
         if not c.use_fc_norm:

@@ -86,7 +86,7 @@ class TraceShard:
 class Recorder:
     """The ``record(name, array)`` callback the layer functions get: files arrays under ``prefix.name`` in a
     Trace. ``shard(rows, batch_size)``: the callback for a pass over some of the batch's images
-    (numpy_vit.fast.block_in_shards), whose arrays hold only those rows."""
+    (numpy_vit.fast.encoder_in_shards), whose arrays hold only those rows."""
 
     def __init__(self, trace, prefix):
         self.trace, self.prefix = trace, prefix

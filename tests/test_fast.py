@@ -189,24 +189,23 @@ def test_linear_split_between_threads_equals_the_reference(monkeypatch, threads)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_mlp_and_block_equal_the_reference(monkeypatch, dtype):
-    """``fast.mlp_block``, ``fast.block_step_by_step`` and ``fast.block`` on two threads record the same names as
-    ``layers``' and the same numbers within 1e-5 (float32) / 1e-12 (float64) of each array's scale."""
+def test_mlp_block_and_encoder_equal_the_reference(monkeypatch, dtype):
+    """``fast.mlp_block``, ``fast.block`` and ``fast.encoder`` on two threads record the same names as ``layers``'
+    and the same numbers within 1e-5 (float32) / 1e-12 (float64) of each array's scale."""
     model = _small_model(dtype)
-    weights = model.param_tree["blocks"]["0"]
+    blocks = [model.param_tree["blocks"][str(i)] for i in range(2)]
     x = np.random.default_rng(10).standard_normal((3, 17, 48)).astype(dtype)
     options = dict(num_heads=3, eps=1e-6, gelu_approximate="erf")
-    ref, got = {}, {}
-    expected = layers.block(x, **weights, **options, record=ref.__setitem__)
     monkeypatch.setattr(fast, "_num_threads", 2)
-    for block in (fast.block_step_by_step, fast.block):  # a plain callback: fast.block makes one pass
-        got.clear()
-        _assert_same_arrays(block(x, **weights, **options, record=got.__setitem__), expected, dtype)
-        assert list(got) == list(ref)
-        for name in ref:
-            _assert_same_arrays(got[name], ref[name], dtype, name)
+    for name, args in (("block", blocks[0]), ("encoder", dict(blocks=blocks))):  # encoder: a plain callback, one pass
+        ref, got = {}, {}
+        expected = getattr(layers, name)(x, **args, **options, record=ref.__setitem__)
+        _assert_same_arrays(getattr(fast, name)(x, **args, **options, record=got.__setitem__), expected, dtype)
+        assert list(got) == list(ref) and len(ref) == (15 if name == "block" else 30)
+        for key in ref:
+            _assert_same_arrays(got[key], ref[key], dtype, key)
     h = np.random.default_rng(11).standard_normal((2, 5, 48)).astype(dtype)
-    _assert_same_arrays(fast.mlp_block(h, **weights["mlp"]), layers.mlp_block(h, **weights["mlp"]), dtype)
+    _assert_same_arrays(fast.mlp_block(h, **blocks[0]["mlp"]), layers.mlp_block(h, **blocks[0]["mlp"]), dtype)
 
 
 # --- threads, BLAS, shards ----------------------------------------------------------------------------------
@@ -298,9 +297,29 @@ def test_one_thread_runs_the_reference_functions(monkeypatch):
     x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
     monkeypatch.setattr(fast, "_num_threads", 1)
     assert not fast.uses_threads()
-    for name in ("block", "linear", "layer_norm", "attention", "gelu"):
+    for name in ("encoder", "block", "linear", "layer_norm", "attention", "gelu"):
         monkeypatch.setattr(fast, name, lambda *a, **k: pytest.fail("one thread runs numpy_vit.layers"))
     assert model.forward(x)["logits"].shape == (2, 5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_model_setting_chooses_the_path(monkeypatch, threads):
+    """``model.speedups``: None (fast on several threads), True (fast on one too), False (the reference on any)."""
+    model = _small_model()
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setattr(fast, "_num_threads", threads)
+    reference = layers.encoder
+    ran = []
+    monkeypatch.setattr(fast, "encoder", lambda *a, _f=fast.encoder, **k: ran.append("fast") or _f(*a, **k))
+    monkeypatch.setattr(layers, "encoder", lambda *a, **k: ran.append("layers") or reference(*a, **k))
+    expected = {None: "fast" if fast.uses_threads() else "layers", True: "fast", False: "layers"}
+    results = {}
+    for setting in (None, True, False):
+        model.speedups = setting
+        ran.clear()
+        results[setting] = model.forward(x)
+        assert ran[0] == expected[setting], setting
+    _assert_same_trace(results[True], results[False], np.float32)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -313,13 +332,14 @@ def test_batch_in_shards_equals_the_reference(monkeypatch, batch, threads, dtype
     monkeypatch.setattr(fast, "_num_threads", 1)
     reference = model.forward(x)
     calls = []
-    original = fast.block_in_shards
-    monkeypatch.setattr(fast, "block_in_shards", lambda x, shards, *a, **k: calls.append(shards) or original(x, shards, *a, **k))
+    original = fast.encoder_in_shards
+    monkeypatch.setattr(fast, "encoder_in_shards",
+                        lambda x, shards, *a, **k: calls.append(shards) or original(x, shards, *a, **k))
     monkeypatch.setattr(fast, "_num_threads", threads)
     blas_before = _blas_threads()
     sharded = model.forward(x)
     if fast.can_put_blas_on_one_thread():
-        assert calls == [min(batch, threads)] * 2  # the shards really ran, in both blocks
+        assert calls == [min(batch, threads)]  # the shards really ran
     assert _blas_threads() == blas_before and not fast.blas_is_held()  # and BLAS got its threads back
     _assert_same_trace(sharded, reference, dtype)
     assert model.last_trace is sharded and len(model.attention_maps) == 2
@@ -333,14 +353,14 @@ def test_a_failing_shard_raises_and_gives_blas_its_threads_back(monkeypatch):
     model = _small_model()
     x = np.random.default_rng(5).standard_normal((4, 3, 32, 32)).astype(np.float32)
     monkeypatch.setattr(fast, "_num_threads", 2)
-    original = fast.block_step_by_step
+    original = fast.encoder
 
-    def failing(x, *args, record, **kwargs):
-        if record.trace.rows.start > 0:  # the helper thread's shard
+    def failing(x, blocks, *, record, **kwargs):
+        if getattr(record.trace, "rows", slice(0, 0)).start > 0:  # the helper thread's shard
             raise RuntimeError("shard failed")
-        return original(x, *args, record=record, **kwargs)
+        return original(x, blocks, record=record, **kwargs)
 
-    monkeypatch.setattr(fast, "block_step_by_step", failing)
+    monkeypatch.setattr(fast, "encoder", failing)
     blas_before = _blas_threads()
     if fast.can_put_blas_on_one_thread():
         with pytest.raises(RuntimeError, match="shard failed"):
@@ -354,7 +374,7 @@ def test_reference_functions_when_blas_threads_cannot_be_set(monkeypatch):
     monkeypatch.setattr(fast, "_num_threads", 2)
     monkeypatch.setattr(fast, "_blas_handle", [None])
     assert not fast.uses_threads() and fast.matmul_threads() == 1
-    monkeypatch.setattr(fast, "block", lambda *a, **k: pytest.fail("BLAS has its threads"))
+    monkeypatch.setattr(fast, "encoder", lambda *a, **k: pytest.fail("BLAS has its threads"))
     monkeypatch.setattr(fast, "linear_split_between_threads", lambda *a: pytest.fail("BLAS has its threads"))
     for batch in (1, 3):
         assert model.forward(np.zeros((batch, 3, 48, 48), np.float32))["logits"].shape == (batch, 5)
