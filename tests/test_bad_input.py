@@ -18,7 +18,7 @@ import numpy_vit as nv
 from numpy_vit import viz
 from numpy_vit import weights
 from bad_input_files import (hf_arrays, png_header_only, rewrite_npz, safetensors_bytes, safetensors_with_header,
-                             tiny_config, truncated, world, written)  # noqa: F401 (world: a fixture)
+                             tiny_config, truncated, written)
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError, CheckpointError, ConfigError, ImageError
 from numpy_vit.image import ImageConversionWarning, load_image, to_rgb_array

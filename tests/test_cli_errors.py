@@ -3,7 +3,6 @@ import re
 
 import pytest
 
-from bad_input_files import world  # noqa: F401 (world: a fixture)
 from numpy_vit import cli
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import numpy_vit as nv
-from bad_input_files import animated_gif, pattern_image, world  # noqa: F401 (world: a fixture)
+from bad_input_files import animated_gif, pattern_image
 from numpy_vit.image import ImageConversionWarning, load_image, to_rgb_array
 
 

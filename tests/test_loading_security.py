@@ -13,7 +13,7 @@ import pytest
 
 import numpy_vit as nv
 from numpy_vit import weights
-from bad_input_files import RunsCode, torch_zip_with, world  # noqa: F401 (world: a fixture)
+from bad_input_files import RunsCode, torch_zip_with
 from numpy_vit.errors import CheckpointError
 from numpy_vit.weights import files, hub, native
 
