@@ -18,6 +18,10 @@ img_size=112)`` renders the same scenes (same classes, positions, sizes,
 colours) directly at 112 x 112: training at low resolution and fine-tuning at
 224 see one distribution. Only the pixel noise differs between sizes.
 
+``make_two_shapes(n, seed)`` draws scenes in the same clutter holding two
+objects of different classes, a patch apart, for checking class-specific
+explanations (a map for one class should sit on that class's object).
+
 Shapes: n images, S image side in pixels, K polygon vertices.
 """
 from __future__ import annotations
@@ -167,17 +171,35 @@ def _sample_scene(rng):
                 colour=colour, clutter=clutter, noise_sigma=noise_sigma)
 
 
-def _render(scene, size, noise_rng):
-    """Pixels of one scene at S x S: background, clutter, the object on top, then noise. -> ([S,S,3] uint8, [S,S] bool)."""
+def _render(scene, size, noise_rng, objects=None):
+    """Pixels of one scene at S x S: background, clutter, the objects on top, then noise.
+
+    ``objects``: the objects to draw, each a dict with label, center, radius, angle and colour; None draws the
+    scene's own one. -> ([S, S, 3] uint8, [k, S, S] bool: one mask per object, in order).
+    """
     image = _background(size, scene["base"], scene["texture"])                     # [S, S, 3]
     clutter = _draw_clutter(scene["clutter"], size)                              # [S, S, 4] uint8
     drawn = clutter[..., 3] > 0                                                  # blend only where clutter was drawn
     alpha = clutter[drawn, 3:].astype(np.float32) / 255                          # [n_drawn, 1]
     image[drawn] = image[drawn] * (1 - alpha) + clutter[drawn, :3] * alpha
-    mask = _draw_object(CLASSES[scene["label"]], scene["center"], scene["radius"], scene["angle"], size)
-    image[mask] = scene["colour"]
+    masks = []
+    for thing in [scene] if objects is None else objects:
+        mask = _draw_object(CLASSES[thing["label"]], thing["center"], thing["radius"], thing["angle"], size)
+        image[mask] = thing["colour"]
+        masks.append(mask)
     image += noise_rng.standard_normal(image.shape, dtype=np.float32) * np.float32(scene["noise_sigma"])
-    return np.clip(image, 0, 255).astype(np.uint8), mask
+    return np.clip(image, 0, 255).astype(np.uint8), np.stack(masks)             # [S, S, 3], [k, S, S]
+
+
+def _check_request(name, n, seed, img_size):
+    from numpy_vit.errors import ArgumentError
+
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise ArgumentError(f"{name}: n must be an integer >= 0, got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ArgumentError(f"{name}: seed must be an integer >= 0, got {seed!r}")
+    if not isinstance(img_size, (int, np.integer)) or isinstance(img_size, bool) or img_size < 16:
+        raise ArgumentError(f"{name}: img_size must be an integer >= 16 (pixels per side), got {img_size!r}")
 
 
 def make_shapes(n: int, seed: int, img_size: int = 224) -> dict:
@@ -187,19 +209,86 @@ def make_shapes(n: int, seed: int, img_size: int = 224) -> dict:
     images of ``make_shapes(1000, s)``, and the same scenes come out at every
     ``img_size`` (only the pixel noise is drawn per size).
     """
-    from numpy_vit.errors import ArgumentError
-
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-        raise ArgumentError(f"make_shapes: n must be an integer >= 0, got {n!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ArgumentError(f"make_shapes: seed must be an integer >= 0, got {seed!r}")
-    if not isinstance(img_size, (int, np.integer)) or isinstance(img_size, bool) or img_size < 16:
-        raise ArgumentError(f"make_shapes: img_size must be an integer >= 16 (pixels per side), got {img_size!r}")
+    _check_request("make_shapes", n, seed, img_size)
     images = np.empty((n, img_size, img_size, 3), np.uint8)
     masks = np.empty((n, img_size, img_size), bool)
     labels = np.empty(n, np.int64)
     for i in range(n):
         scene = _sample_scene(np.random.default_rng([seed, i]))
-        images[i], masks[i] = _render(scene, img_size, np.random.default_rng([seed, i, img_size]))
+        images[i], (masks[i],) = _render(scene, img_size, np.random.default_rng([seed, i, img_size]))
         labels[i] = scene["label"]
+    return dict(images=images, labels=labels, masks=masks, classes=CLASSES)
+
+
+# --- two objects of different classes in one scene ---------------------------------------------
+
+# The gap between the two objects, in patches of the shipped model's grid (16 px patches at 224, a 14 x 14 grid):
+# the patch cells each object's bounding box touches are at least one whole cell row or column apart, so no patch
+# holds any of both objects and an explanation map can be scored object by object (training/synthetic_shapes).
+GAP_GRID = 14
+GAP_CELLS = 1
+
+
+def _cells(center, radius):
+    """The patch cells (first, last) along x and y that an object's bounding circle touches, on GAP_GRID."""
+    low = np.floor((np.asarray(center) - radius) * GAP_GRID).astype(int)          # (x, y)
+    high = np.floor((np.asarray(center) + radius) * GAP_GRID).astype(int)        # (x, y), inclusive
+    return low, high
+
+
+def _apart(first, second):
+    """Whether two objects' cell boxes have at least GAP_CELLS whole cells between them along x or along y."""
+    (low_a, high_a), (low_b, high_b) = _cells(first["center"], first["radius"]), _cells(second["center"], second["radius"])
+    return bool(np.any((low_b > high_a + GAP_CELLS) | (low_a > high_b + GAP_CELLS)))
+
+
+def _sample_two_object_scene(rng, max_tries=1000):
+    """One scene (background, clutter, noise as ``_sample_scene``) holding two objects of different classes.
+
+    The first object's class and colour are the scene's; the second's class is drawn from the other nine and its
+    colour stands out from the background and from the first object. Sizes and positions of both are drawn
+    again until they are apart (``_apart``), so large pairs that cannot be separated are never chosen.
+    """
+    scene = _sample_scene(rng)
+    second = int(rng.integers(len(CLASSES) - 1))
+    second += second >= scene["label"]                                           # any class but the first's
+    while True:
+        colour = rng.uniform(0, 255, size=3)
+        if np.linalg.norm(colour - scene["base"]) >= MIN_CONTRAST and \
+                np.linalg.norm(colour - scene["colour"]) >= MIN_CONTRAST:
+            break
+    for _ in range(max_tries):
+        objects = []
+        for label, tint in ((scene["label"], scene["colour"]), (second, colour)):
+            radius = rng.uniform(*OBJECT_SIZE) / 2
+            center = rng.uniform(radius + MARGIN, 1 - radius - MARGIN, size=2)    # (x, y), wholly inside
+            objects.append(dict(label=label, center=center, radius=radius, angle=rng.uniform(0, 2 * np.pi),
+                                colour=tint))
+        if _apart(*objects):
+            return scene, objects
+    raise RuntimeError(f"no placement of two objects {max_tries} draws long: the object sizes cannot fit")
+
+
+def make_two_shapes(n: int, seed: int, img_size: int = 224) -> dict:
+    """``n`` images holding two objects of different classes each, in the clutter of ``make_shapes``.
+
+    The two objects never overlap: the 16 px patches (at 224; a 14 x 14 grid at any size) that their bounding
+    circles touch are at least one whole patch row or column apart, so every patch shows at most one of them.
+    Meant for explanations: a map for class A should sit on object A, a map for class B on object B.
+    Deterministic for (n, seed, img_size); scene i depends only on (seed, i); the same scenes at every img_size.
+
+        data = make_two_shapes(4, seed=0)
+        data["images"]   # [n, S, S, 3] uint8
+        data["labels"]   # [n, 2] int64, the two objects' classes (always different), index into data["classes"]
+        data["masks"]    # [n, 2, S, S] bool, each object's pixels (disjoint)
+        data["classes"]  # the ten class names
+    """
+    _check_request("make_two_shapes", n, seed, img_size)
+    images = np.empty((n, img_size, img_size, 3), np.uint8)
+    masks = np.empty((n, 2, img_size, img_size), bool)
+    labels = np.empty((n, 2), np.int64)
+    for i in range(n):
+        scene, objects = _sample_two_object_scene(np.random.default_rng([seed, i, 2]))   # 2: not make_shapes' scenes
+        images[i], masks[i] = _render(scene, img_size, np.random.default_rng([seed, i, 2, img_size]), objects)
+        labels[i] = [thing["label"] for thing in objects]
     return dict(images=images, labels=labels, masks=masks, classes=CLASSES)
