@@ -489,3 +489,254 @@ def patch_embedding_filters(weight, n_components: int = 28):
     low = images.min(axis=(1, 2, 3), keepdims=True)
     span = images.max(axis=(1, 2, 3), keepdims=True) - low
     return (images - low) / np.where(span > 0, span, 1.0), ratio
+
+
+# --- gradient explanations ---------------------------------------------------------------------
+#
+# Class-specific maps from the gradients of one class's logit (numpy_vit.model.ViT.backward). Every function here
+# takes arrays: attention patterns and d target / d pattern, tokens and d target / d tokens, images and
+# d target / d images; integrated gradients takes a callable that returns gradients, so this module never runs a
+# model. ``explanation_map(trace, grads, method)`` reads the arrays off a Trace and its gradients.
+# Shapes: as at the top of this module; C colour channels, H_img x W_img pixels, S integration steps.
+
+EXPLANATION_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "rollout")
+IG_RULES = ("midpoint", "trapezoid")
+
+
+def _attention_and_gradients(attentions, gradients) -> tuple:
+    """Both lists over layers of [B, H, N, N], checked to pair up layer by layer."""
+    layers = as_attention_layers(attentions)
+    grads = as_attention_layers(gradients, "gradients")
+    if len(grads) != len(layers):
+        raise ArgumentError(f"gradients has {len(grads)} layers but attentions has {len(layers)}: pass "
+                            f"d target / d pattern for every layer whose pattern is given")
+    for index, (a, g) in enumerate(zip(layers, grads)):
+        if a.shape != g.shape:
+            raise ArgumentError(f"gradients[{index}] has shape {g.shape} but attentions[{index}] has {a.shape}; "
+                                f"each gradient has its pattern's shape")
+    return layers, grads
+
+
+def chefer_relevance(attentions, gradients, start_layer: int = 0) -> np.ndarray:
+    """Generic attention relevance (Chefer, Gur & Wolf 2021, ICCV, arXiv 2103.15679, eqs. 5-6): -> [B, N, N].
+
+    For each layer l from ``start_layer`` on, with A_l its pattern and dA_l = d target / d A_l:
+        A_bar_l = E_h[(dA_l * A_l)^+]              eq. 5: ReLU per head, THEN the mean over heads
+        R <- R + A_bar_l @ R,  R starting at I      eq. 6 (self-attention rule)
+    No row normalisation: relevance accumulates. Row ``q`` of R over the patch columns is the map for query
+    token q (the class token, row 0, for a classifier). Heads whose gradient-weighted attention is negative are
+    cut to 0 before averaging, so they cannot cancel the positive heads (compare :func:`gradient_rollout`).
+    Layers before ``start_layer`` are skipped, as in their CLIP notebook (``if i < start_layer: continue``).
+    """
+    layers, grads = _attention_and_gradients(attentions, gradients)
+    start = check_index(start_layer, len(layers), "start_layer")
+    b, _, n, _ = layers[0].shape
+    relevance = np.broadcast_to(np.eye(n), (b, n, n)).copy()           # [B, N, N]
+    for a, g in zip(layers[start:], grads[start:]):
+        weighted = np.maximum(g * a, 0.0).mean(axis=1)                   # [B, H, N, N] -> [B, N, N]
+        relevance = relevance + weighted @ relevance                     # [B, N, N] @ [B, N, N]
+    return relevance
+
+
+def gradient_rollout(attentions, gradients, discard_ratio: float = 0.0, num_prefix_tokens: int = 1) -> np.ndarray:
+    """Gradient-weighted attention rollout as jacobgil/vit-explain's ``grad_rollout``: -> [B, N, N], row-stochastic.
+
+    Per layer, with A its pattern and dA = d target / d A:
+        F = (E_h[dA * A])^+          the mean over heads FIRST, then negatives set to 0 (Chefer: ReLU per head first)
+        F <- discard_lowest(F)       optional: the smallest ``discard_ratio`` of the patch rows' entries set to 0
+        A_hat = (F + I) / rowsum     vit-explain writes (F + I) / 2 and then divides by the row sums; the / 2
+                                     cancels in the row normalisation, so it is left out
+        R <- A_hat @ R,  R starting at I
+    Then rollout as Abnar & Zuidema (2020, eq. 1) with the gradient-weighted matrix in place of the attention.
+    Differences from vit-explain's code, on purpose: rows are normalised (their ``a / a.sum(dim=-1)`` broadcasts
+    over the columns for one image, vit-explain issue #16); discarding leaves the prefix rows alone (they
+    discard over the whole matrix of the first image only), as :func:`discard_lowest` does for the plain
+    rollout. Against :func:`chefer_relevance`: the head fusion order differs (here heads with a negative
+    product cancel positive ones before the clamp) and every step is renormalised, so R stays a distribution.
+    """
+    layers, grads = _attention_and_gradients(attentions, gradients)
+    rollout = None
+    for index, (a, g) in enumerate(zip(layers, grads)):
+        fused = np.maximum((g * a).mean(axis=1), 0.0)                   # [B, H, N, N] -> [B, N, N]
+        if discard_ratio:
+            fused = discard_lowest(fused, discard_ratio, num_prefix_tokens)
+        a_hat = add_residual(fused)                                      # [B, N, N], rows sum to 1
+        _assert_row_stochastic(a_hat, f"gradient-weighted A_hat of layer {index}")
+        rollout = a_hat if rollout is None else a_hat @ rollout          # [B, N, N] @ [B, N, N]
+    return rollout
+
+
+def grad_cam(tokens, gradients, grid, num_prefix_tokens: int) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017, eqs. 1-2) on a layer's patch tokens: [B, N, D] x2 -> [B, gh, gw].
+
+        alpha_c = mean over patches of d target / d token[:, c]        eq. 1 (global-average-pooled gradients)
+        map     = ReLU(sum_c alpha_c * token[:, c])                    eq. 2
+    The D channels of the tokens play the CNN's feature maps and the patch grid its spatial axes; prefix tokens
+    are left out of both the pooling and the map, as pytorch-grad-cam's ViT ``reshape_transform`` drops them.
+    Which layer: pytorch-grad-cam's ViT example uses ``model.blocks[-1].norm1``, the last block's first LayerNorm
+    output (trace name ``blocks.{L-1}.ln1``): after the last block the class token (what the head reads) no
+    longer mixes with the patches, so the gradient at the last block's output patch tokens is 0.
+    """
+    tokens = np.asarray(tokens, dtype=np.float64)
+    gradients = np.asarray(gradients, dtype=np.float64)
+    if tokens.ndim != 3 or tokens.shape != gradients.shape:
+        raise ArgumentError(f"grad_cam needs tokens and their gradients as [B, N, D] of one shape, got "
+                            f"{tokens.shape} and {gradients.shape}")
+    gh, gw = _check_tokens(tokens.shape[1], grid, num_prefix_tokens, "tokens")
+    patches = tokens[:, num_prefix_tokens:]                              # [B, P, D]
+    weights = gradients[:, num_prefix_tokens:].mean(axis=1)              # [B, P, D] -> [B, D]
+    cam = np.maximum(np.einsum("bpd,bd->bp", patches, weights), 0.0)     # [B, P]
+    return cam.reshape(-1, gh, gw)                                       # [B, P] -> [B, gh, gw]
+
+
+def _as_images(images, what: str) -> np.ndarray:
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 4 or x.size == 0:
+        raise ArgumentError(f"{what} must be a batch [B, C, H_img, W_img], got shape {np.shape(images)}")
+    return x
+
+
+def input_times_gradient(images, gradients) -> np.ndarray:
+    """Gradient * input (Shrikumar et al. 2016, arXiv 1605.01713), summed over colour: -> [B, H_img, W_img].
+
+        R_i = x_i * dF / dx_i       the first-order Taylor term of F at x, read as x_i's share (signed)
+    ``images`` are the model's (normalised) input and ``gradients`` d target / d input. :func:`sum_per_patch` turns it into one value per patch.
+    """
+    x, g = _as_images(images, "images"), _as_images(gradients, "gradients")
+    if x.shape != g.shape:
+        raise ArgumentError(f"images {x.shape} and gradients {g.shape} must have one shape")
+    return (x * g).sum(axis=1)                                           # [B, C, H, W] -> [B, H, W]
+
+
+def sum_per_patch(pixel_map, patch_size: int) -> np.ndarray:
+    """Add up a per-pixel map over each patch: [B, H_img, W_img] -> [B, gh, gw] (pixels past the last whole patch
+    are not seen by the model and are dropped)."""
+    m = np.asarray(pixel_map, dtype=np.float64)
+    p = int(patch_size)
+    if m.ndim != 3 or p < 1 or m.shape[1] < p or m.shape[2] < p:
+        raise ArgumentError(f"sum_per_patch needs a map [B, H_img, W_img] at least one patch ({patch_size} px) "
+                            f"on a side, got shape {m.shape}")
+    gh, gw = m.shape[1] // p, m.shape[2] // p
+    m = m[:, :gh * p, :gw * p].reshape(m.shape[0], gh, p, gw, p)        # [B, gh, p, gw, p]
+    return m.sum(axis=(2, 4))                                            # [B, gh, gw]
+
+
+def black_baseline(images, mean, std) -> np.ndarray:
+    """The all-black image in the model's normalised pixels: (0 - mean) / std per channel, shaped like ``images``."""
+    x = _as_images(images, "images")
+    mean = np.asarray(mean, dtype=np.float64).reshape(1, -1, 1, 1)      # [1, C, 1, 1]
+    std = np.asarray(std, dtype=np.float64).reshape(1, -1, 1, 1)
+    if mean.shape[1] != x.shape[1] or std.shape[1] != x.shape[1]:
+        raise ArgumentError(f"mean and std need one value per channel ({x.shape[1]}), got {mean.size} and {std.size}")
+    return np.broadcast_to((0.0 - mean) / std, x.shape).copy()
+
+
+def blurred_baseline(images, sigma: float = 8.0) -> np.ndarray:
+    """The images blurred by a Gaussian of ``sigma`` pixels: an integrated-gradients baseline that keeps colour
+    but removes edges (Sturmfels, Lundberg & Lee 2020, Distill, "Visualizing the Impact of Feature Attribution
+    Baselines"; Sundararajan et al. 2017 use the black image). Separable kernel cut at 3 sigma, edges mirrored;
+    blurring commutes with the per-channel normalisation, so normalised pixels may be passed."""
+    x = _as_images(images, "images")
+    if not sigma > 0:
+        raise ArgumentError(f"sigma must be a positive number of pixels, got {sigma!r}")
+    radius = max(1, int(np.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()                                                   # [2r+1], sums to 1
+    for axis in (2, 3):
+        pad = [(0, 0)] * 4
+        pad[axis] = (radius, radius)
+        padded = np.pad(x, pad, mode="reflect")
+        x = sum(w * np.take(padded, np.arange(k, k + x.shape[axis]), axis=axis) for k, w in enumerate(taps))
+    return x
+
+
+def integrated_gradients(images, gradient_of, baseline, steps: int = 16, rule: str = "midpoint") -> np.ndarray:
+    """Integrated gradients (Sundararajan, Taly & Yan 2017, eq. 1) per input value: -> [B, C, H_img, W_img].
+
+        IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da
+    The integral is a Riemann sum over ``steps`` evaluations (their eq. 3): ``rule="midpoint"`` at a = (k + 1/2) / S,
+    k = 0..S-1, weight 1/S each (exact for an integrand linear in a); ``"trapezoid"`` at a = k / S, k = 0..S,
+    end points weighted 1/(2S). ``gradient_of(images) -> d target / d images`` (same shape) is called once per
+    step with the whole batch; the target must be fixed beforehand (a class index, not "the top class of this
+    interpolated image"). ``baseline`` is an array shaped like ``images`` (:func:`black_baseline`,
+    :func:`blurred_baseline`). Completeness (their Proposition 1): the sum over inputs approaches
+    F(x) - F(x'), a check on ``steps``.
+    """
+    x = _as_images(images, "images")
+    x0 = np.broadcast_to(np.asarray(baseline, dtype=np.float64), x.shape)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ArgumentError(f"steps must be an integer >= 1, got {steps!r}")
+    if rule == "midpoint":
+        alphas, weights = (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
+    elif rule == "trapezoid":
+        alphas, weights = np.arange(steps + 1) / steps, np.full(steps + 1, 1.0 / steps)
+        weights[[0, -1]] /= 2
+    else:
+        raise ArgumentError(f"rule must be one of {IG_RULES}, got {rule!r}")
+    if not callable(gradient_of):
+        raise ArgumentError("gradient_of must be a function images -> d target / d images")
+    total = np.zeros_like(x)
+    for alpha, weight in zip(alphas, weights):
+        g = np.asarray(gradient_of(x0 + alpha * (x - x0)), dtype=np.float64)
+        if g.shape != x.shape:
+            raise ArgumentError(f"gradient_of returned shape {g.shape}; it must return d target / d images, {x.shape}")
+        total += weight * g
+    return (x - x0) * total                                              # [B, C, H, W]
+
+
+def _relevance_row(matrix, grid, num_prefix_tokens, prefix_names, query) -> np.ndarray:
+    """Row ``query`` of a [B, N, N] token-to-token matrix, over the patch columns: -> [B, gh, gw]."""
+    token = query_token_index(query, grid, prefix_names)
+    rows = matrix[:, num_prefix_tokens:].mean(1) if token == "mean" else matrix[:, token]   # [B, N]
+    return attention_to_grid(rows, grid, num_prefix_tokens)                                 # [B, gh, gw]
+
+
+def explanation_map(trace, grads, method: str, **options) -> np.ndarray:
+    """One value per patch for each image of a Trace: -> [B, gh, gw], larger = more for the target.
+
+    ``grads``: ``model.backward(trace, target)`` (d target / d every trace array), which fixes the class
+    explained; ``trace`` must hold what the method reads (the default ``record=None`` keeps everything).
+    ``method`` (EXPLANATION_METHODS) and its ``options``:
+      "chefer"        :func:`chefer_relevance`; ``start_layer`` (0), ``query`` (None: the class token, or the mean
+                      over patch rows for a model without one; see :func:`query_token_index`). Values >= 0.
+      "grad_rollout"  :func:`gradient_rollout`; ``discard_ratio`` (0.0), ``query``. Values >= 0, a distribution.
+      "grad_cam"      :func:`grad_cam` on ``blocks.{layer}.ln1``; ``layer`` (-1, the last block). Values >= 0.
+      "input_x_grad"  :func:`input_times_gradient` summed per patch (:func:`sum_per_patch`). Signed.
+      "rollout"       plain attention rollout, class-agnostic (``grads`` unused, may be None); ``head_fusion``,
+                      ``discard_ratio``, ``query``.
+    Integrated gradients runs the model again for every step: ``numpy_vit.viz.explanations.integrated_gradients_map``
+    (or :func:`integrated_gradients` with your own ``gradient_of``).
+    """
+    known = {"chefer": {"start_layer", "query"}, "grad_rollout": {"discard_ratio", "query"},
+             "grad_cam": {"layer"}, "input_x_grad": set(),
+             "rollout": {"head_fusion", "discard_ratio", "query"}}
+    if method not in known:
+        raise ArgumentError(f"method must be one of {EXPLANATION_METHODS} (integrated gradients needs the model: "
+                            f"numpy_vit.viz.explanations.integrated_gradients_map), got {method!r}")
+    unknown = set(options) - known[method]
+    if unknown:
+        raise ArgumentError(f"method {method!r} takes the options {sorted(known[method]) or 'none'}, "
+                            f"not {sorted(unknown)}")
+    if grads is None and method != "rollout":
+        raise ArgumentError(f"method {method!r} needs gradients: grads = model.backward(trace, target)")
+    grid, prefix, names = trace.grid, trace.num_prefix_tokens, trace.prefix_names
+    depth = trace.depth
+    patterns = [f"blocks.{i}.attn.pattern" for i in range(depth)]
+    query = options.get("query")
+    if method == "chefer":
+        matrix = chefer_relevance([trace[k] for k in patterns], [grads[k] for k in patterns],
+                                  options.get("start_layer", 0))
+        return _relevance_row(matrix, grid, prefix, names, query)
+    if method == "grad_rollout":
+        matrix = gradient_rollout([trace[k] for k in patterns], [grads[k] for k in patterns],
+                                  options.get("discard_ratio", 0.0), prefix)
+        return _relevance_row(matrix, grid, prefix, names, query)
+    if method == "rollout":
+        matrix = attention_rollout([trace[k] for k in patterns], options.get("head_fusion", "mean"),
+                                   options.get("discard_ratio", 0.0), prefix)
+        return _relevance_row(matrix, grid, prefix, names, query)
+    if method == "grad_cam":
+        name = f"blocks.{check_index(options.get('layer', -1), depth, 'layer')}.ln1"
+        return grad_cam(trace[name], grads[name], grid, prefix)
+    pixels = input_times_gradient(trace["input"], grads["input"])       # [B, H_img, W_img]
+    return sum_per_patch(pixels, trace.patch_size)                       # [B, gh, gw]
