@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ class ViTConfig:
     crop_pct: float = 0.875              # resize the short side to img_size / crop_pct, then centre-crop img_size
     interpolation: str = "bicubic"       # resize filter used in evaluation
     pos_embed_resample: str = "bicubic_antialias"  # how to resize the position embedding to another grid (see DESIGN)
+    pos_embed_grid: tuple | None = None  # (gh, gw) the position embedding was learned at, where it was resampled
+                                         # to this img_size (the figures say so); None: learned at this grid
     # --- bookkeeping --------------------------------------------------------
     name: str = ""                       # timm architecture name, if any
     labels: tuple = ()                   # class names, one per output (ImageNet names travel with classifiers)
@@ -69,6 +72,8 @@ class ViTConfig:
     def __post_init__(self):
         # Normalise the forms a user may type (lists from JSON, an int image size) so that equal configs compare equal.
         object.__setattr__(self, "img_size", _pair(self.img_size, "img_size"))
+        if self.pos_embed_grid is not None:
+            object.__setattr__(self, "pos_embed_grid", _pair(self.pos_embed_grid, "pos_embed_grid"))
         for name in ("mean", "std"):
             value = getattr(self, name)
             try:
@@ -210,17 +215,132 @@ class ViTConfig:
     def preset(cls, name: str, **overrides) -> "ViTConfig":
         """The config of a timm architecture by name, e.g. ``ViTConfig.preset("vit_base_patch16_224")``.
 
-        A pretrained tag after the dot is accepted where it changes nothing but the weights
-        (``vit_base_patch16_224.augreg2_in21k_ft_in1k``); tags with their own preset (``.dino``) win.
+        A name of the table PRESETS, or any timm name of the plain ViT, DeiT, DeiT-3 and DINOv2 families
+        (``vit_small_patch14_dinov2.lvd142m``, ``vit_base_patch14_reg4_dinov2``, ``deit3_small_patch16_224.fb_in1k``,
+        ``vit_base_patch16_224.augreg_in21k_ft_in1k``): see :func:`config_from_timm_name`. The config keeps
+        the name as given, tag included.
         """
         if not isinstance(name, str):
             raise ConfigError(f"a preset name must be a string, got {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         base = name if name in PRESETS else name.split(".")[0]
-        if base not in PRESETS:
-            close = [p for p in PRESETS if base.split("_")[0] in p]
-            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
-                              + (f" (closest: {', '.join(close[:5])})" if close else ""))
-        return cls.from_dict({**PRESETS[base], "name": name, **overrides})
+        if base in PRESETS:
+            fields = dict(PRESETS[base])
+            if base != name:  # a pretrained tag on a preset: only the head and preprocessing may change
+                fields.update(_tag_fields(name.partition(".")[2], _family_of(base), fields.get("img_size", 224), name))
+            return cls.from_dict({**fields, "name": name, **overrides})
+        try:
+            fields = timm_name_fields(name)
+        except UnknownName as e:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}; "
+                              f"as a timm name: {e}") from None
+        return cls.from_dict({**fields, "name": name, **overrides})
+
+
+# --- timm's architecture names, read as a grammar ----------------------------------------------------
+# timm names a plain ViT ``{family}_{size}_[distilled_]patch{P}[_reg{K}]_{res | dinov2}[.{tag}]``. The family
+# fixes the recipe (timm/models/vision_transformer.py and deit.py): the size the width, depth and heads; the
+# tag the pretraining data, hence the head and the preprocessing. Anything else in a name (clip, siglip, gap,
+# rope, ...) changes the architecture in ways this model does not have, and is refused by name.
+
+class UnknownName(ConfigError):
+    """A name that is no timm ViT / DeiT / DINOv2 name (its message says which part is unknown)."""
+
+
+TIMM_SIZES = {  # size: (embed_dim, depth, num_heads), as timm's model functions give them
+    "tiny": (192, 12, 3), "small": (384, 12, 6), "medium": (512, 12, 8), "base": (768, 12, 12),
+    "large": (1024, 24, 16), "huge": (1280, 32, 16),
+}
+_NAME = re.compile(r"^(?P<family>vit|deit3|deit)_(?P<size>[a-z]+)_(?P<distilled>distilled_)?patch(?P<patch>\d+)"
+                   r"(?:_reg(?P<reg>\d+))?_(?P<rest>.+)$")
+_FAMILIES = {
+    # family: fields every member has (the recipe of its paper)
+    "vit": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9),        # Dosovitskiy et al. 2021, augreg
+    "deit": dict(crop_pct=0.9),                                               # Touvron et al. 2021, ImageNet mean
+    "deit3": dict(crop_pct=0.9, init_values=1e-6, no_embed_class=True),       # Touvron et al. 2022: layer scale
+    "dinov2": dict(img_size=518, crop_pct=1.0, init_values=1e-5, num_classes=0),  # Oquab et al. 2023: a backbone
+}
+# pretrained tag: (families it exists for, fields it sets); resolution-dependent crops are applied after
+_TAGS = {
+    "augreg_in1k": (("vit",), {}),
+    "augreg_in21k": (("vit",), dict(num_classes=21843)),
+    "augreg_in21k_ft_in1k": (("vit",), {}),
+    "augreg2_in21k_ft_in1k": (("vit",), {}),
+    "orig_in21k": (("vit",), dict(num_classes=0)),                 # timm strips the zeroed in21k head
+    "orig_in21k_ft_in1k": (("vit",), {}),
+    "sam_in1k": (("vit",), {}),
+    "dino": (("vit",), dict(num_classes=0, mean=IMAGENET_MEAN, std=IMAGENET_STD)),   # Caron et al. 2021
+    "mae": (("vit",), dict(num_classes=0, mean=IMAGENET_MEAN, std=IMAGENET_STD)),    # He et al. 2022
+    "fb_in1k": (("deit", "deit3"), {}),
+    "fb_in22k_ft_in1k": (("deit3",), dict(crop_pct=1.0)),
+    "lvd142m": (("dinov2",), {}),
+}
+
+
+def _family_of(base: str) -> str:
+    m = _NAME.match(base)
+    if m is None:
+        return "vit"
+    return "dinov2" if m["rest"] == "dinov2" else m["family"]
+
+
+def _tag_fields(tag: str, family: str, res, name: str) -> dict:
+    """What a pretrained tag changes: the head (in21k: 21843 classes; self-supervised: none) and the crop."""
+    if tag not in _TAGS:
+        raise ConfigError(f"unknown pretrained tag {tag!r} in {name!r}; known tags: {', '.join(_TAGS)} "
+                          f"(or give the name without a tag)")
+    families, fields = _TAGS[tag]
+    if family not in families:
+        raise ConfigError(f"the pretrained tag {tag!r} in {name!r} belongs to {' / '.join(families)} models, not to "
+                          f"the {family} family; its tags are {', '.join(t for t, (f, _) in _TAGS.items() if family in f)}")
+    fields = dict(fields)
+    if _pair(res, "img_size")[0] >= 384 and family in ("vit", "deit", "deit3"):
+        fields["crop_pct"] = 1.0                      # timm evaluates its 384 px fine-tunes without a crop
+    return fields
+
+
+def timm_name_fields(name: str) -> dict:
+    """The ViTConfig fields of a timm architecture name, or a ConfigError that names the part it cannot read.
+
+    ``vit_small_patch14_dinov2`` -> img 518, patch 14, layer scale 1e-5, no head, the class token's position
+    in the embedding (timm's non-register DINOv2); ``_reg4_`` adds 4 registers and drops the prefix tokens
+    from the position embedding (Darcet et al. 2023); ``deit3_*`` -> layer scale 1e-6, patch-only positions.
+    """
+    base, _, tag = name.partition(".")
+    m = _NAME.match(base)
+    if m is None:
+        raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES> or "
+                          f"vit_<size>_patch14[_reg<K>]_dinov2")
+    family, size, rest = m["family"], m["size"], m["rest"]
+    if size not in TIMM_SIZES:
+        raise UnknownName(f"unknown size {size!r} in {name!r}: timm's plain ViT sizes are {', '.join(TIMM_SIZES)}"
+                          + (" (giant DINOv2 uses a SwiGLU MLP, which numpy_vit does not model)"
+                             if size == "giant" else ""))
+    if rest == "dinov2":
+        if family != "vit" or m["distilled"]:
+            raise ConfigError(f"{name!r}: DINOv2 names start with vit_ and have no distillation token")
+        family, res = "dinov2", 518
+    elif rest.isdigit():
+        res = int(rest)
+        if m["reg"]:
+            raise ConfigError(f"{name!r}: registers (_reg{m['reg']}_) exist in timm only for the DINOv2 names "
+                              f"vit_<size>_patch14_reg<K>_dinov2")
+    else:
+        raise UnknownName(f"unknown part {rest!r} in {name!r}: after patch<P> this reads only a resolution "
+                          f"(_224) or _dinov2 (parts such as clip, siglip, gap or rope change the architecture "
+                          f"in ways numpy_vit does not model)")
+    if m["distilled"] and family != "deit":
+        raise ConfigError(f"{name!r}: only deit_ models have a distilled_ variant")
+    width, depth, heads = TIMM_SIZES[size]
+    fields = dict(embed_dim=width, depth=depth, num_heads=heads, patch_size=int(m["patch"]), img_size=res,
+                  distilled=bool(m["distilled"]))
+    fields.update(_FAMILIES[family])
+    if m["reg"]:  # timm's register models put no position on the prefix tokens
+        fields.update(num_reg_tokens=int(m["reg"]), no_embed_class=True)
+    if res >= 384 and family in ("vit", "deit", "deit3"):
+        fields["crop_pct"] = 1.0
+    if tag:
+        fields.update(_tag_fields(tag, family, res, name))
+    return fields
 
 
 _GOOGLE = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)  # augreg / original Google ViT weights
@@ -241,8 +361,8 @@ PRESETS = {
                                           init_values=1e-5, num_reg_tokens=4, no_embed_class=True,
                                           num_classes=0, crop_pct=1.0),                       # 22M
     # DINO self-supervised ViT-S/16: a backbone without a classifier
-    "vit_small_patch16_224.dino": dict(embed_dim=384, depth=12, num_heads=6, num_classes=0),   # 22M
-    "vit_base_patch16_224.dino": dict(embed_dim=768, depth=12, num_heads=12, num_classes=0),   # 86M
+    "vit_small_patch16_224.dino": dict(embed_dim=384, depth=12, num_heads=6, num_classes=0, crop_pct=0.9),   # 22M
+    "vit_base_patch16_224.dino": dict(embed_dim=768, depth=12, num_heads=12, num_classes=0, crop_pct=0.9),   # 86M
     # global average pooling over patches, LayerNorm after pooling (EVA / MAE-style fine-tuning)
     "eva_large_patch14_196": dict(img_size=196, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
                                   global_pool="avg", crop_pct=1.0),                             # 304M

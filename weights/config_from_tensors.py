@@ -9,40 +9,24 @@ from a *base* config: a preset or timm architecture name (``arch=``), timm's
 from __future__ import annotations
 
 import math
-import re
 
-from numpy_vit.config import PRESETS, ViTConfig
+from numpy_vit.config import PRESETS, UnknownName, ViTConfig, timm_name_fields
 from numpy_vit.errors import CheckpointError, ConfigError
 
-# timm's standard sizes (``vit_{size}_patch{p}_{res}``, ``deit_{size}_...``): width, depth, heads.
-TIMM_SIZES = {
-    "tiny": (192, 12, 3), "small": (384, 12, 6), "medium": (512, 12, 8), "base": (768, 12, 12),
-    "large": (1024, 24, 16), "huge": (1280, 32, 16),
-}
-_TIMM_NAME = re.compile(r"^(vit|deit3?)_(tiny|small|medium|base|large|huge)_(distilled_)?patch(\d+)_(\d+)")
-
-
 def config_for_arch(arch, **overrides) -> ViTConfig:
-    """The config an ``arch=`` argument names: a ViTConfig, a preset, or a timm ``vit_*/deit_*`` name."""
+    """The config an ``arch=`` argument names: a ViTConfig, a preset, or a timm name of the ViT, DeiT, DeiT-3 or
+    DINOv2 families with or without a pretrained tag (``ViTConfig.preset`` reads the name); it keeps the name."""
     if isinstance(arch, ViTConfig):
         return arch.replace(**overrides) if overrides else arch
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"arch must be a timm architecture name or a ViTConfig, got {arch!r}")
-    base = arch if arch in PRESETS else arch.split(".")[0]
-    if base in PRESETS:
-        return ViTConfig.preset(arch, **overrides)
-    m = _TIMM_NAME.match(base)
-    if not m:
-        raise CheckpointError(f"arch={arch!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a timm name of "
-                              f"the form vit_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES>")
-    family, size, distilled, patch, res = m.groups()
-    width, depth, heads = TIMM_SIZES[size]
-    fields = dict(embed_dim=width, depth=depth, num_heads=heads, patch_size=int(patch), img_size=int(res),
-                  distilled=bool(distilled), name=arch)
-    if family == "vit":  # Google / augreg weights; DeiT keeps the ImageNet mean and std of the defaults
-        fields.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9)
     try:
-        return ViTConfig(**{**fields, **overrides})
+        if arch not in PRESETS and arch.split(".")[0] not in PRESETS:
+            timm_name_fields(arch)  # an unknown name is refused here, naming its unknown part
+        return ViTConfig.preset(arch, **overrides)
+    except UnknownName as e:
+        raise CheckpointError(f"arch={arch!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a timm name "
+                              f"numpy_vit reads: {e}") from None
     except ConfigError as e:
         raise CheckpointError(f"arch={arch!r}: {e}") from None
 
@@ -171,9 +155,24 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
                                                          embed_dim=D, num_heads=heads)
         if start.labels and len(start.labels) != fields["num_classes"]:
             fields["labels"] = ()  # the base's class names belong to another head
+        if start.num_reg_tokens != num_reg_tokens and start.name:
+            fields["name"] = name_with_registers(start.name, num_reg_tokens)  # the name must not claim others
         return start.replace(**fields)
     except ConfigError as e:
         raise CheckpointError(f"{where}: the shapes give a config numpy_vit cannot build: {e}") from None
+
+
+def name_with_registers(name: str, count: int) -> str:
+    """A timm name with its register count set to ``count``: ``vit_small_patch14_reg4_dinov2.lvd142m`` with 0
+    registers is ``vit_small_patch14_dinov2.lvd142m`` (timm's names say ``_reg<K>_`` after the patch size)."""
+    base, dot, tag = name.partition(".")
+    parts = [part for part in base.split("_") if not (part.startswith("reg") and part[3:].isdigit())]
+    if not any(part.startswith("patch") for part in parts):
+        return name  # not a timm name: nothing in it counts registers
+    if count:
+        at = next((i + 1 for i, part in enumerate(parts) if part.startswith("patch")), len(parts))
+        parts.insert(at, f"reg{count}")
+    return "_".join(parts) + dot + tag
 
 
 def _check_base_fits(base: ViTConfig, where: str, shapes: dict):

@@ -89,7 +89,9 @@ def at_img_size(model: ViT, img_size) -> ViT:
         larger = spelled(-(-height // patch) * patch, -(-width // patch) * patch)
         raise ArgumentError(f"--img-size {spelled(height, width)} is not a multiple of this model's {patch}-pixel "
                             f"patches; use e.g. --img-size {smaller} or --img-size {larger}")
+    learned_at = model.config.pos_embed_grid or model.config.grid_size   # what the figures say it was resampled from
     config = model.config.replace(img_size=(height, width))
+    config = config.replace(pos_embed_grid=None if config.grid_size == learned_at else learned_at)
     params = dict(model.params, pos_embed=model.pos_embed_for(config.grid_size)[None])  # [1, N_pos, D]
     return ViT(config, params, dtype=model.dtype)
 
