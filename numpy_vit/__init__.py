@@ -21,10 +21,12 @@ from .config import PRESETS, ViTConfig, param_shapes
 from .errors import ArgumentError, CheckpointError, ConfigError, ImageError, NumpyViTError
 from .image import ImageConversionWarning
 from .fast import get_num_threads, set_num_threads
+from .grads import BACKWARD_RECORD, Grads
 from .model import ViT, ViTWithAttention, init_params
 from .trace import TRACE_KEYS, Trace
 
-__all__ = ["ViT", "ViTWithAttention", "ViTConfig", "PRESETS", "Trace", "TRACE_KEYS", "init_params", "param_shapes",
+__all__ = ["ViT", "ViTWithAttention", "ViTConfig", "PRESETS", "Trace", "TRACE_KEYS", "Grads", "BACKWARD_RECORD",
+           "init_params", "param_shapes",
            "NumpyViTError", "ConfigError", "ImageError", "CheckpointError", "ArgumentError", "ImageConversionWarning",
            "get_num_threads", "set_num_threads", "sample_image"]
 __version__ = "0.1.0"

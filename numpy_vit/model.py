@@ -14,7 +14,9 @@ from .config import ViTConfig, check_params, param_shapes
 from . import image as image_module
 from .errors import ArgumentError, ConfigError, ImageError
 from . import fast, layers
-from .resample import resample_pos_embed
+from . import grads as grads_module
+from .grads import Grads
+from .resample import resample_pos_embed, resample_pos_embed_backward
 from .trace import Trace
 
 __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
@@ -49,6 +51,17 @@ def _nest(flat):
             node = node.setdefault(part, {})
         node[leaf] = value
     return tree
+
+
+def _flatten(tree, prefix=""):
+    """The inverse of ``_nest``: {"blocks": {"0": {"attn": ...}}} -> {"blocks.0.attn...": a}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, prefix + key + "."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _stored(name, value, dtype):
@@ -170,12 +183,7 @@ class ViT:
         # eq. 4: y = LN(z_L^0), then the classifier head
         if not c.use_fc_norm:
             x = trace.add("norm", ops.layer_norm(x, **weights["norm"], eps=c.layer_norm_eps))  # [B, N, D]
-        if c.global_pool == "token":
-            pooled = x[:, 0]  # [B, D] the class token
-        elif c.global_pool == "avg":
-            pooled = x[:, c.num_prefix_tokens:].mean(axis=1)  # [B, D] mean over patch tokens only
-        else:
-            pooled = None
+        pooled = layers.pool(x, c.global_pool, c.num_prefix_tokens) if c.global_pool else None  # [B, D]
         if pooled is not None and c.use_fc_norm:
             pooled = ops.layer_norm(pooled, **weights["fc_norm"], eps=c.layer_norm_eps)  # [B, D]
         if pooled is not None:
@@ -191,6 +199,90 @@ class ViT:
         self.attention_maps = [trace[k] for k in (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
         self.last_trace = trace
         return trace
+
+    # --- backward ------------------------------------------------------------------------
+    def backward(self, trace, target):  # Trace -> Grads
+        """The gradients of ``target`` with respect to every array of ``trace`` and every parameter: the
+        forward pass (eqs. 1-4) in reverse, the chain rule written out by the ``*_backward`` functions of
+        numpy_vit/layers.py, in the trace's dtype.
+
+        ``trace``: of ``model.run`` or ``model.forward`` on this model, by the reference math or the speed-ups,
+        recorded with ``record=None`` or with at least ``numpy_vit.BACKWARD_RECORD``. ``target``: an int class
+        (for every image), a list of ints (one per image), "top" (each image's largest logit), or a float
+        array [B, C] of output cotangents (d target / d logits, so any linear function of the logits); for a
+        model without a classifier, of the shape of what it ends with (``grads.output``: pooled [B, D], or
+        pre_logits [B, R]). Returns a Grads: ``grads[name]`` for each name of the trace, ``grads.params`` by
+        the names of ``model.params``, summed over the batch."""
+        c, weights = self.config, self.param_tree
+        grads_module.check_trace(trace, c, self.dtype, target)
+        cotangent, classes = grads_module.cotangent_for(trace, target, c, self.dtype)
+        grads = Grads(trace, cotangent, classes, grads_module.output_name(c))
+        params = {}  # the parameters' gradients, nested like param_tree
+        last = trace[f"blocks.{c.depth - 1}.resid_post"]  # [B, N, D] the encoder's output
+        B, N, D = last.shape
+
+        # eq. 4 in reverse: the head(s), pre_logits, the pooling (and fc_norm after it), the final LayerNorm
+        d = grads.add(grads.output, cotangent)  # [B, C] (a model without classifier: its output's shape)
+        d_dist = None  # the distillation head's gradient of the token it reads
+        if c.global_pool and c.num_classes:
+            if c.distilled:  # logits = (head(h) + head_dist(final[:, 1])) / 2: each head gets half of d
+                d = d / d.dtype.type(2)
+                final = last if c.use_fc_norm else trace["norm"]  # [B, N, D] the tokens the heads read
+                d_dist, params["head_dist"] = layers.linear_backward(d, final[:, 1], **weights["head_dist"])  # [B, D]
+            head_input = trace["pre_logits"] if c.representation_size else trace["pooled"]  # [B, R] or [B, D]
+            d, params["head"] = layers.linear_backward(d, head_input, **weights["head"])  # [B, C] -> [B, R or D]
+        if c.global_pool and c.representation_size:  # pre_logits = tanh(linear(pooled))
+            grads.add("pre_logits", d)
+            d = layers.tanh_backward(d, trace["pre_logits"])  # [B, R]
+            d, fc = layers.linear_backward(d, trace["pooled"], **weights["pre_logits"]["fc"])  # [B, R] -> [B, D]
+            params["pre_logits"] = {"fc": fc}
+        if c.global_pool:
+            grads.add("pooled", d)
+            if c.use_fc_norm:  # pooled = LN(pool(last)): LayerNorm's input is recomputed, one cheap mean
+                pooled_tokens = layers.pool(last, c.global_pool, c.num_prefix_tokens)  # [B, D]
+                d, params["fc_norm"] = layers.layer_norm_backward(d, pooled_tokens, **weights["fc_norm"],
+                                                                  eps=c.layer_norm_eps)  # [B, D]
+            d = layers.pool_backward(d, N, c.global_pool, c.num_prefix_tokens)  # [B, D] -> [B, N, D]
+            if d_dist is not None:
+                d[:, 1] += d_dist
+        if not c.use_fc_norm:  # norm = LN(last)
+            grads.add("norm", d)
+            d, params["norm"] = layers.layer_norm_backward(d, last, **weights["norm"], eps=c.layer_norm_eps)
+
+        # eqs. 2-3 in reverse, the last block first
+        blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
+        saved = [{name: trace[f"blocks.{i}.{name}"] for name in layers.BLOCK_SAVED} for i in range(c.depth)]
+        d, block_grads = layers.encoder_backward(d, saved, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps,
+                                                 gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
+        params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
+
+        # eq. 1 in reverse: z_0 = [prefix; x_p E] + E_pos, the position embedding perhaps resampled to this grid
+        d_prefix, d_tokens, d_pos = layers.embed_backward(d, c.num_prefix_tokens, c.no_embed_class)
+        grads.add("pos_embed", d_pos)  # [N_pos, D]
+        grads.add("patch_embed", d_tokens)  # [B, P, D]
+        params["pos_embed"] = resample_pos_embed_backward(d_pos, c.grid_size, trace.grid,
+                                                          0 if c.no_embed_class else c.num_prefix_tokens,
+                                                          c.pos_embed_resample)[None]  # [1, N_pos of the table, D]
+        proj = weights["patch_embed"]["proj"]
+        d_patches, proj_grads = layers.linear_backward(d_tokens, trace["patches"], proj["weight"].reshape(D, -1),
+                                                       proj["bias"])  # [B, P, D] -> [B, P, C*p*p]
+        proj_grads["weight"] = proj_grads["weight"].reshape(proj["weight"].shape)  # [D, C*p*p] -> [D, C, p, p]
+        params["patch_embed"] = {"proj": proj_grads}
+        grads.add("patches", d_patches)
+        p = c.patch_size
+        grads.add("input", layers.patchify_backward(d_patches, (B, c.in_chans, trace.grid[0] * p, trace.grid[1] * p),
+                                                    p))  # [B, C, H, W]
+        start = 0
+        for name, count in (("cls_token", int(c.class_token)), ("dist_token", int(c.distilled)),
+                            ("reg_token", c.num_reg_tokens)):
+            if count:
+                params[name] = d_prefix[None, start:start + count]  # [1, count, D]
+                start += count
+
+        flat = _flatten(params)
+        # a parameter the output does not reach (the head of a model with global_pool="") has gradient zero
+        grads.params = {name: flat[name] if name in flat else np.zeros_like(value) for name, value in self.params.items()}
+        return grads
 
     def prefix_tokens(self):  # -> [prefix, D]
         """The class token, DeiT's distillation token and the register tokens, in that order, as learned."""

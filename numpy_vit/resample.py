@@ -98,3 +98,20 @@ def resample_pos_embed(pos_embed, old_grid, new_grid, num_prefix, method="bicubi
     grid = patches.reshape(old_grid[0], old_grid[1], -1)  # [gh, gw, D]
     grid = resample_grid(grid, new_grid, method)  # [nh, nw, D]
     return np.concatenate([prefix, grid.reshape(-1, grid.shape[-1])], axis=0)
+
+
+def resample_pos_embed_backward(d_pos, old_grid, new_grid, num_prefix,
+                                method="bicubic_antialias"):  # [N_new, D] -> [N_old, D]
+    """The backward of ``resample_pos_embed``: the gradient of the stored table, from that of the resampled
+    one. The prefix rows are copied by the forward, so their gradient passes unchanged. The patch rows are a
+    linear, separable resize, out[:, :, c] = W_rows @ grid[:, :, c] @ W_cols^T per channel c, so
+    d grid[:, :, c] = W_rows^T @ d_out[:, :, c] @ W_cols: the transposed products, in d_pos's dtype."""
+    if tuple(old_grid) == tuple(new_grid):
+        return d_pos
+    d_prefix, d_patches = d_pos[:num_prefix], d_pos[num_prefix:]
+    d_grid = d_patches.reshape(new_grid[0], new_grid[1], -1)  # [nh, nw, D]
+    Wr = resize_weights(old_grid[0], new_grid[0], method).astype(d_pos.dtype)  # [nh, gh]
+    Wc = resize_weights(old_grid[1], new_grid[1], method).astype(d_pos.dtype)  # [nw, gw]
+    d_rows = np.einsum("jw,ijd->iwd", Wc, d_grid)  # W_cols^T along the columns: [nh, nw, D] -> [nh, gw, D]
+    d_grid = np.einsum("ig,iwd->gwd", Wr, d_rows)  # W_rows^T along the rows: [nh, gw, D] -> [gh, gw, D]
+    return np.concatenate([d_prefix, d_grid.reshape(-1, d_grid.shape[-1])], axis=0)  # [N_old, D]
