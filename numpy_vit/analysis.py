@@ -1,9 +1,10 @@
-"""The numbers behind the figures: attention rollout and flow, mean attention distance,
-position-embedding similarity, PCA, DINO masks, the CLS token's path and the patch filters.
+"""The numbers behind the figures: attention rollout and flow, attention sinks and token norms, mean
+attention distance, position-embedding similarity, PCA, DINO masks, the CLS token's path and the patch filters.
 
 Every function takes plain arrays plus the metadata it needs (the patch grid ``(gh, gw)``, the
-number of prefix tokens, the patch size). None of them assumes a square grid, a class token or
-197 tokens; ``viz/`` reads these arrays off a ``Trace`` and draws them.
+number of prefix tokens, the patch size); ``attention_sinks`` and ``token_norms`` read a Trace. None of
+them assumes a square grid, a class token or 197 tokens; ``viz/`` reads these arrays off a ``Trace``
+and draws them.
 
 Shapes use one vocabulary:
     B images, L layers, H heads, N tokens = T prefix tokens (cls, dist, registers) + P patches,
@@ -14,6 +15,7 @@ from key token j; every row sums to 1.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -233,8 +235,36 @@ def add_residual(attention: np.ndarray) -> np.ndarray:
     return a / a.sum(-1, keepdims=True)
 
 
+def _exclusions(exclude_heads, exclude_layers, depth: int, num_heads: int) -> tuple:
+    """Checked (set of (layer, head), set of layers) to leave out of a rollout."""
+    heads, layers = set(), set()
+    for pair in exclude_heads or ():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ArgumentError(f"exclude_heads must hold (layer, head) pairs, got {pair!r}")
+        heads.add((check_index(pair[0], depth, "excluded layer"), check_index(pair[1], num_heads, "excluded head")))
+    for layer in exclude_layers or ():
+        layers.add(check_index(layer, depth, "excluded layer"))
+    full = {layer for layer in range(depth) if all((layer, h) in heads for h in range(num_heads))}
+    return heads, layers | full
+
+
+def _fused_layer(a, head_fusion: str, dropped_heads, image=None) -> np.ndarray:
+    """Head-fused attention of one layer without the ``dropped_heads``: [B, H, N, N] -> [B, N, N] (or one
+    image's [N, N]), averaged in float64 without a float64 copy of the pattern."""
+    if head_fusion not in HEAD_FUSIONS:
+        raise ArgumentError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    a = np.asarray(a)
+    a = a if image is None else a[image]
+    kept = [h for h in range(a.shape[-3]) if h not in dropped_heads]
+    a = a if len(kept) == a.shape[-3] else np.take(a, kept, axis=-3)
+    if head_fusion == "mean":
+        return a.mean(axis=-3, dtype=np.float64)                             # [..., H, N, N] -> [..., N, N]
+    return getattr(a, head_fusion)(axis=-3).astype(np.float64)
+
+
 def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                      num_prefix_tokens: int = 1, start_layer: int = 0, every_layer: bool = False) -> np.ndarray:
+                      num_prefix_tokens: int = 1, start_layer: int = 0, every_layer: bool = False,
+                      exclude_heads=(), exclude_layers=()) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema 2020, eq. 1): list over L of [B, H, N, N] -> [B, N, N].
 
     R_0 = A_hat_0 and R_l = A_hat_l @ R_{l-1}, with A_hat_l = (A_l + I) / rowsum the head-fused
@@ -243,19 +273,91 @@ def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: floa
     token; the classic map is the CLS row over the patch columns (:func:`attention_to_grid`).
     Every A_hat is checked to be row-stochastic, so R is too. ``every_layer=True`` returns every R_l on the
     way, [L - start_layer, B, N, N]: the rollout through each layer, for the cost of the last one.
+
+    ``exclude_heads``: (layer, head) pairs fused out of their layer (a sink head, :func:`attention_sinks`);
+    ``exclude_layers``: layers whose attention is left out, so only their residual path remains (A_hat = I),
+    as a layer before ``start_layer`` is. A layer whose heads are all excluded is an excluded layer.
     """
     layers = as_attention_layers(attentions)
     start = check_index(start_layer, len(layers), "start_layer")
+    heads, skipped = _exclusions(exclude_heads, exclude_layers, len(layers), layers[0].shape[1])
     rollout, steps = None, []
     for index, a in enumerate(layers[start:], start):
-        fused = fuse_heads(a, head_fusion)                               # [B, N, N]
-        if discard_ratio:
-            fused = discard_lowest(fused, discard_ratio, num_prefix_tokens)
-        a_hat = add_residual(fused)                                      # [B, N, N]
-        _assert_row_stochastic(a_hat, f"A_hat of layer {index}")
-        rollout = a_hat if rollout is None else a_hat @ rollout          # [B, N, N] @ [B, N, N]
+        if index in skipped:
+            a_hat = np.broadcast_to(np.eye(a.shape[-1]), (a.shape[0],) + a.shape[-2:])  # [B, N, N] residual only
+        else:
+            fused = _fused_layer(a, head_fusion, {h for l, h in heads if l == index})  # [B, N, N]
+            if discard_ratio:
+                fused = discard_lowest(fused, discard_ratio, num_prefix_tokens)
+            a_hat = add_residual(fused)                                      # [B, N, N]
+            _assert_row_stochastic(a_hat, f"A_hat of layer {index}")
+        rollout = a_hat if rollout is None else a_hat @ rollout              # [B, N, N] @ [B, N, N]
         steps.append(rollout)
     return np.stack(steps) if every_layer else rollout
+
+
+def attention_rollout_row(attentions, query=0, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                          num_prefix_tokens: int = 1, start_layer: int = 0, exclude_heads=(), exclude_layers=(),
+                          image: int = 0) -> np.ndarray:
+    """One row of :func:`attention_rollout`, by vector-matrix products: -> [N].
+
+    e_q^T A_hat_{L-1} ... A_hat_start, taken from the left: each layer costs one [N] @ [N, N] product
+    instead of an [N, N] @ [N, N] one, N times less work (the full matrix at 1,370 tokens x 12 layers is
+    ~30 GFLOP per head fusion). And r @ A_hat = w @ A + w with w = r / rowsum(A + I), so A_hat itself is
+    never formed. ``query``: a token index, or ``"mean"`` for the average of the patch rows. Agrees with
+    the full rollout's row to rounding (the sums are the same, in another order).
+    """
+    layers = [np.asarray(a) for a in attentions] if isinstance(attentions, (list, tuple)) else \
+        list(as_attention_layers(attentions))
+    if not layers:
+        raise ArgumentError("attentions is empty: run the model on an image first (it records one pattern per layer)")
+    for i, a in enumerate(layers):
+        if a.ndim != 4 or a.shape[-1] != a.shape[-2] or a.shape[-1] != layers[0].shape[-1]:
+            raise ArgumentError(f"attentions[{i}] must have shape [B, H, N, N] like layer 0's {layers[0].shape}, "
+                                f"got {a.shape}")
+    n = layers[0].shape[-1]
+    image = check_index(image, layers[0].shape[0], "image")
+    start = check_index(start_layer, len(layers), "start_layer")
+    heads, skipped = _exclusions(exclude_heads, exclude_layers, len(layers), layers[0].shape[1])
+    row = np.zeros(n)
+    if isinstance(query, str) and query == "mean":
+        row[num_prefix_tokens:] = 1.0 / (n - num_prefix_tokens)              # the average of the patch rows
+    else:
+        row[check_index(query, n, "query token")] = 1.0
+    for index in range(len(layers) - 1, start - 1, -1):
+        if index in skipped:
+            continue                                                         # A_hat = I
+        fused = _fused_layer(layers[index], head_fusion, {h for l, h in heads if l == index}, image)  # [N, N]
+        if discard_ratio:
+            fused = discard_lowest(fused[None], discard_ratio, num_prefix_tokens)[0]
+        if fused.min() < -1e-6:
+            raise ArgumentError(f"attention of layer {index} has negative weights; it must be softmax probabilities")
+        weight = row / (fused.sum(-1) + 1.0)                                 # [N] r / rowsum(A + I)
+        row = weight @ fused + weight                                        # [N] @ [N, N] -> [N]
+    return row
+
+
+def rollout_without_sinks(attentions, sinks, query=0, head_fusion: str = "mean", num_prefix_tokens: int = 1,
+                          grid=None, rounds: int = 3, image: int = 0, **options):
+    """The rollout row with the sink heads that dominate it fused out: (row [N], excluded (layer, head) pairs).
+
+    Each round drops the heads whose sink is the row's dominating patch (:func:`dominating_sinks`) and
+    rolls out again, since a second sink can surface once the first is gone; at most ``rounds`` rounds.
+    Dropping the sink heads keeps the rest of their layer (``start_layer`` would drop it all), and
+    unlike zeroing the sink's column, it moves no mass onto another token.
+    """
+    excluded = set(options.pop("exclude_heads", ()))
+    row = attention_rollout_row(attentions, query, head_fusion, num_prefix_tokens=num_prefix_tokens,
+                                exclude_heads=excluded, image=image, **options)
+    for _ in range(rounds):
+        found = dominating_sinks(row, sinks, grid, num_prefix_tokens)
+        new = {(s.layer, s.head) for s in found} - excluded
+        if not new:
+            break
+        excluded |= new
+        row = attention_rollout_row(attentions, query, head_fusion, num_prefix_tokens=num_prefix_tokens,
+                                    exclude_heads=excluded, image=image, **options)
+    return row, sorted(excluded)
 
 
 def _max_flow(capacity: np.ndarray, source: int, sink: int) -> float:
@@ -304,6 +406,134 @@ def attention_flow(attentions, query: int = 0, head_fusion: str = "mean", image:
         capacity[(l + 1) * n:(l + 2) * n, l * n:(l + 1) * n] = a_hat     # edge (l+1, i) -> (l, j)
     source = depth * n + query
     return np.array([_max_flow(capacity, source, j) for j in range(n)])  # [N]
+
+
+# --- attention sinks and token norms ---------------------------------------------------------------
+# A sink is a key token that one head's queries all read, whatever they are (Xiao et al. 2023, "Efficient
+# Streaming Language Models with Attention Sinks"; in ViTs, Darcet et al. 2023, "Vision Transformers Need
+# Registers"). Rolled out, a sink head of an early layer hands every token's mass to one patch, and the
+# rollout map becomes one bright dot that says nothing about the image.
+
+SINK_FACTOR = 10.0
+# A key is a sink when the average query of a head gives it more than SINK_FACTOR times the uniform share
+# 1/N. A content-driven head spreads its mass over the few to few dozen patches of an object, so one key
+# rarely holds 10/N; a sink head holds 80-100% on one key (at 197 tokens: 5% is the threshold, a sink 0.8+;
+# at 1,370 tokens: 0.73%). Prefix tokens (CLS, registers) pass it often: that is what registers are for.
+NORM_FACTOR = 4.0
+# Darcet et al. 2023 (Fig. 3) find artifact patches as a separate mode of the token-norm histogram, about
+# an order of magnitude above the rest; ordinary patches stay within ~2x of the median (DINOv2 ViT-S/14
+# without registers: max / median <= 2.2 in every layer). A token above 4x its layer's median patch norm
+# sits between the two.
+
+
+@dataclass(frozen=True)
+class Sink:
+    """One key token that one head's queries read more than the threshold share of (on average)."""
+    layer: int
+    head: int
+    token: int                 # index into the N tokens
+    name: str                  # "cls", "reg0", ... or "patch 123"
+    position: tuple | None     # (row, col) on the patch grid; None for a prefix token
+    share: float               # the average query's attention to it, in [0, 1]
+
+    def describe(self) -> str:
+        where = f" (row {self.position[0]}, col {self.position[1]})" if self.position else ""
+        return f"layer {self.layer} head {self.head} -> {self.name}{where}: {self.share:.0%} of every query's attention"
+
+
+def token_name(token: int, grid, prefix_names) -> str:
+    """``"cls"``, ``"reg0"``... for a prefix token, ``"patch 17"`` for a patch (numbered from 0, row by row)."""
+    prefix_names = tuple(prefix_names)
+    return prefix_names[token] if token < len(prefix_names) else f"patch {token - len(prefix_names)}"
+
+
+def token_position(token: int, grid, num_prefix_tokens: int):
+    """(row, col) of a patch token on the grid; None for a prefix token."""
+    if token < num_prefix_tokens:
+        return None
+    return divmod(token - num_prefix_tokens, _as_grid(grid)[1])
+
+
+def received_attention(attention, image: int = 0) -> np.ndarray:
+    """The average query's attention to each key, per head: [B, H, N, N] -> [H, N] (rows sum to 1).
+
+    Averaged in float64 without copying the float32 pattern (N x N per head, 45 MB a layer at 37 x 37).
+    """
+    a = np.asarray(attention)
+    a = a[check_index(image, a.shape[0], "image")] if a.ndim == 4 else a      # [H, N, N]
+    return a.mean(axis=-2, dtype=np.float64)                                  # [H, N, N] -> [H, N]
+
+
+def trace_layers(trace) -> list:
+    """The attention pattern of every layer of a Trace, as it is stored (no copy)."""
+    return [trace[f"blocks.{i}.attn.pattern"] for i in range(trace.config.depth)]
+
+
+def attention_sinks(trace, threshold: float | None = None, image: int = 0) -> list:
+    """Every (layer, head, key) whose received share exceeds ``threshold``: a list of :class:`Sink`, largest first.
+
+    ``trace``: a Trace that recorded ``blocks.*.attn.pattern``. ``threshold``: a share in (0, 1); default
+    ``SINK_FACTOR / N``, ten times the uniform share (see SINK_FACTOR for why). Prefix tokens are named
+    (cls, dist, reg0...), patches given with their grid position.
+    """
+    layers = trace_layers(trace)
+    num_tokens = layers[0].shape[-1]
+    grid, names = trace.grid, tuple(trace.prefix_names)
+    _check_tokens(num_tokens, grid, len(names), "attention")
+    if threshold is None:
+        threshold = SINK_FACTOR / num_tokens
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 < threshold < 1:
+        raise ArgumentError(f"threshold must be a share of attention in (0, 1), got {threshold!r}")
+    sinks = []
+    for layer, a in enumerate(layers):
+        received = received_attention(a, image)                              # [H, N]
+        for head, token in zip(*np.nonzero(received > threshold)):
+            sinks.append(Sink(layer, int(head), int(token), token_name(int(token), grid, names),
+                              token_position(int(token), grid, len(names)), float(received[head, token])))
+    return sorted(sinks, key=lambda s: -s.share)
+
+
+@dataclass(frozen=True)
+class TokenNorms:
+    """Each token's residual norm after each layer, and the tokens far above their layer's median patch."""
+    norms: np.ndarray          # [L, N] ||x_l|| of every token leaving layer l
+    median: np.ndarray         # [L] the median patch norm of each layer
+    outliers: tuple            # ((layer, token, name, norm / median), ...), largest ratio first
+    factor: float
+
+    def patch_outliers(self) -> set:
+        """The patch tokens that are outliers in some layer."""
+        return {token for _, token, name, _ in self.outliers if name.startswith("patch")}
+
+
+def token_norms(trace, factor: float = NORM_FACTOR, image: int = 0) -> TokenNorms:
+    """Darcet et al. 2023's high-norm test: ||x_l|| of every token leaving each layer, [L, N], and the tokens
+    above ``factor`` times that layer's median patch norm (see NORM_FACTOR). Needs ``blocks.*.resid_post``."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.floating)) or not factor > 1:
+        raise ArgumentError(f"factor must be a number > 1 (a multiple of the median norm), got {factor!r}")
+    t, grid, names = trace.num_prefix_tokens, trace.grid, tuple(trace.prefix_names)
+    norms = []
+    for layer in range(trace.config.depth):
+        x = np.asarray(trace[f"blocks.{layer}.resid_post"])
+        x = x[check_index(image, x.shape[0], "image")]                          # [N, D]
+        norms.append(np.linalg.norm(x.astype(np.float64), axis=-1))             # [N]
+    norms = np.stack(norms)                                                     # [L, N]
+    median = np.median(norms[:, t:], axis=1)                                    # [L]
+    ratio = norms / np.maximum(median, 1e-12)[:, None]                          # [L, N]
+    found = [(int(l), int(j), token_name(int(j), grid, names), float(ratio[l, j]))
+             for l, j in zip(*np.nonzero(ratio > factor))]
+    return TokenNorms(norms, median, tuple(sorted(found, key=lambda o: -o[3])), float(factor))
+
+
+def dominating_sinks(row, sinks, grid, num_prefix_tokens: int, factor: float = SINK_FACTOR) -> list:
+    """The sinks that make a rollout row one dot: when the row's largest patch holds more than ``factor``
+    times the uniform share of the patch mass and that patch is a sink of some head, that patch's sinks."""
+    row = np.asarray(row, dtype=np.float64)
+    patches = row[num_prefix_tokens:]                                           # [P]
+    top = int(np.argmax(patches))
+    if patches[top] <= factor * patches.sum() / patches.size:
+        return []
+    return [s for s in sinks if s.token == num_prefix_tokens + top]
 
 
 # --- mean attention distance (Dosovitskiy et al. 2021, Fig. 7 right, App. D.7) ----------------
