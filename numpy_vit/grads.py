@@ -41,7 +41,7 @@ def names_needed(config, target=None):
         names.append("pre_logits")  # tanh's output, its derivative's argument, and the head's input
     if config.global_pool and config.num_classes and config.distilled and not config.use_fc_norm:
         names.append("norm")  # the distillation head reads the final LayerNorm's second token
-    if isinstance(target, str) and target == "top":
+    if isinstance(target, str) and target == "top" and output_name(config) == "logits":
         names.append("logits")
     return names
 
