@@ -6,6 +6,7 @@ before/after-training comparison, and checkpoint conversion.
     numpy-vit predict cat.jpg --model timm/vit_base_patch16_224.augreg2_in21k_ft_in1k
     numpy-vit compare cat.jpg --before random --after default --figure all
     numpy-vit convert vit_base.safetensors --arch vit_base_patch16_224 -o vit_base.npz
+    numpy-vit explore cat.jpg -o explorer.html                # click a patch, see its attention, offline
 
 Every command that loads a model takes the same three options: ``--model`` (MODEL_LIST),
 ``--arch`` and ``--img-size``; ``numpy_vit.weights.named_models`` turns them into a ViT. The figures are imported
@@ -228,6 +229,28 @@ def _model_label(name, model):
     return os.path.basename(str(name).rstrip("/"))
 
 
+def cmd_explore(args):
+    from numpy_vit.viz.explorer import explore, make_server
+
+    model = load_model(args.model, **model_options(args))
+    trace = model.run(args.image)
+    if args.serve:
+        server = make_server(trace, port=args.port)
+        host, port = server.server_address[:2]
+        print(f"serving the explorer of {args.image} at http://{host}:{port}/ (this machine only; Ctrl-C stops it)",
+              flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+        return
+    page = explore(trace)
+    path = page.save(args.out)
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB): open it in a browser, no network needed")
+    if page.note:
+        print(f"numpy-vit: note: {page.note}", file=sys.stderr)
+
+
 def cmd_convert(args):
     from numpy_vit.weights.convert import convert
 
@@ -338,6 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--out", required=True, metavar="OUT", help="output .npz")
     _add_model_options(convert, model_flag=False)
     convert.set_defaults(handler=cmd_convert)
+
+    explore = _subcommand(
+        commands, "explore", "an interactive page: click a patch, see its attention in every layer and head",
+        "Run the model on IMAGE and write one self-contained HTML file (-o, default explorer.html) that opens in "
+        "a browser offline: the image with its patch grid; click a patch (or CLS, a register) to make it the "
+        "query; its attention in one layer and head, the mean or max over heads, or the rollout from a chosen "
+        "layer; every layer x head at once; the top-5 prediction. Grids too large for one file keep every k-th "
+        "patch as a query (the page says so); --serve computes any query on demand on 127.0.0.1 instead.")
+    explore.add_argument("image", metavar="IMAGE")
+    explore.add_argument("-o", "--out", default="explorer.html", metavar="FILE",
+                         help="the HTML file to write (default: explorer.html)")
+    explore.add_argument("--serve", action="store_true",
+                         help="serve the explorer on http://127.0.0.1:PORT/ instead of writing a file (standard "
+                              "library only; every query of any grid, computed when picked)")
+    explore.add_argument("--port", type=int, default=8000, help="the port for --serve (default 8000; 0: any free)")
+    _add_model_options(explore)
+    explore.set_defaults(handler=cmd_explore)
     return parser
 
 

@@ -151,6 +151,13 @@
       for (let r = 1; r < GH; r++) { context.moveTo(0, r * CELL + 0.5); context.lineTo(WIDTH, r * CELL + 0.5); }
       context.stroke();
     }
+    if (meta.stride > 1 && !meta.serve) {   // the patches this file holds as queries
+      context.fillStyle = "rgba(255,255,255,0.8)";
+      for (const token of held.keys()) if (token >= T) {
+        const k = token - T;
+        context.fillRect((k % GW) * CELL + CELL / 2 - 1.5, Math.floor(k / GW) * CELL + CELL / 2 - 1.5, 3, 3);
+      }
+    }
     if (typeof state.query === "number" && state.query >= T) {
       const k = state.query - T;
       context.strokeStyle = "#ff3030"; context.lineWidth = 3;
@@ -393,6 +400,7 @@
     options($("nv-head"), [...Array(H).keys(), "mean", "max"],
             (h) => (typeof h === "number" ? String(h) : h === "mean" ? "mean over heads" : "max over heads"));
     options($("nv-start"), [...Array(L).keys()], (l) => String(l));
+    $("nv-grid-lines").checked = CELL >= 16;   // lines on a fine grid would hide the image
     const buttons = $("nv-prefix-buttons");
     const tokens = [...meta.prefix_names.keys()];
     if (!meta.serve && meta.stride === 1) tokens.push("mean");
