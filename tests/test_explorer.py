@@ -79,7 +79,7 @@ def test_the_page_holds_the_traces_numbers_within_the_stated_8_bit_bound(registe
 def test_rollout_rows_are_attention_rollout_from_every_start_layer(shipped_trace):
     queries = [0, 1, 50, 196]
     rows = explorer.rollout_rows([a[0] for a in shipped_trace.attention], queries)     # [L, Q, N]
-    for start in range(shipped_trace.depth):
+    for start in (0, 5, shipped_trace.depth - 1):    # the whole stack, a middle start, the last layer alone
         reference = analysis.attention_rollout(shipped_trace.attention, start_layer=start)[0][queries]
         # the same float64 products grouped differently (row vectors first): a few ulps of values <= 1
         np.testing.assert_allclose(rows[start], reference, rtol=0, atol=1e-12)
@@ -106,7 +106,7 @@ def test_the_shipped_model_and_vit_b16_fit_their_size_limits(shipped_page):
     assert size < 5_000_000, f"the shipped model's explorer is {size / 1e6:.2f} MB"
     assert shipped_page.stride == 1 and len(shipped_page.queries) == 197 and shipped_page.note == ""
     base = ViT(ViTConfig.preset("vit_base_patch16_224"), seed=0)
-    page = explorer.explore(base.run(sample_image()))
+    page = explorer.explore(base.run(sample_image(), record=["blocks.*.attn.pattern", "logits"]))
     size = len(page.html.encode("utf-8"))
     assert size < 12_000_000, f"ViT-B/16's explorer is {size / 1e6:.2f} MB"
     assert page.stride == 1 and len(page.queries) == 197
