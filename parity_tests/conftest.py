@@ -21,6 +21,10 @@ TOL = {
 # every measured error is appended here; the run ends by printing them as a table (``parity_table``), the
 # README's parity table
 MEASURED = []
+# test_backward_parity.py's worst gradient errors: (label, dtype, (error, array name), None or, in float32, the
+# worst ratios to torch's own float32 error ((root-mean-square ratio, array), (largest-error ratio, array))),
+# printed after MEASURED's table
+GRADIENTS = []
 
 
 def torch_setup():
@@ -112,10 +116,27 @@ def parity_table(measured):
             for label, dtype, worst in measured]
 
 
+GRADIENT_TITLE = ("gradients: worst largest error / scale (array) | float32: worst ratio to torch's own float32 "
+                  "error, root-mean-square (array), largest (array)")
+
+
+def gradient_table(measured):
+    """One line per model and dtype: the worst gradient error (relative to the array's scale) and where, and in
+    float32 the worst ratios to torch's own float32 error."""
+    lines = []
+    for label, dtype, (err, name), ratios in measured:
+        own = "".join(f" | {r:4.2f}x ({n})" for r, n in ratios) if ratios else ""
+        lines.append(f"{label:<52} {dtype:<8} {err:9.2e} ({name}){own}")
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the worst error of every compared model: the parity table of the README comes from here."""
-    if not MEASURED:
-        return
-    terminalreporter.write_sep("-", TABLE_TITLE)
-    for line in parity_table(MEASURED):
-        terminalreporter.write_line(line)
+    if MEASURED:
+        terminalreporter.write_sep("-", TABLE_TITLE)
+        for line in parity_table(MEASURED):
+            terminalreporter.write_line(line)
+    if GRADIENTS:
+        terminalreporter.write_sep("-", GRADIENT_TITLE)
+        for line in gradient_table(GRADIENTS):
+            terminalreporter.write_line(line)
