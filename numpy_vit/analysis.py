@@ -476,9 +476,13 @@ def attention_sinks(trace, threshold: float | None = None, image: int = 0) -> li
     ``SINK_FACTOR / N``, ten times the uniform share (see SINK_FACTOR for why). Prefix tokens are named
     (cls, dist, reg0...), patches given with their grid position.
     """
-    layers = trace_layers(trace)
-    num_tokens = layers[0].shape[-1]
-    grid, names = trace.grid, tuple(trace.prefix_names)
+    return find_sinks(trace_layers(trace), trace.grid, tuple(trace.prefix_names), threshold, image)
+
+
+def find_sinks(layers, grid, prefix_names, threshold: float | None = None, image: int = 0) -> list:
+    """:func:`attention_sinks` for a list over layers of [B, H, N, N] patterns and their token layout."""
+    num_tokens = np.shape(layers[0])[-1]
+    names = tuple(prefix_names)
     _check_tokens(num_tokens, grid, len(names), "attention")
     if threshold is None:
         threshold = SINK_FACTOR / num_tokens

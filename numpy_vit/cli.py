@@ -129,7 +129,20 @@ def figure_options(args) -> dict:
         options["layer_indices"] = args.layers
     if args.head is not None:
         options["head_index"] = args.head
+    options.update(start_layer=args.start_layer, exclude_layers=tuple(args.exclude_layers or ()),
+                   exclude_heads=tuple(parse_head(text) for text in args.exclude_heads or ()),
+                   full_matrix=args.full_rollout)
     return options
+
+
+def parse_head(text):
+    """--exclude-heads: LAYER.HEAD, e.g. 0.3 for head 3 of layer 0."""
+    try:
+        layer, head = (int(part) for part in str(text).split("."))
+    except ValueError:
+        raise ArgumentError(f"--exclude-heads {text!r}: give each head as LAYER.HEAD, e.g. 0.3 (head 3 of "
+                            f"layer 0)") from None
+    return (layer, head)
 
 
 def _figure_list(name):
@@ -153,7 +166,7 @@ def cmd_demo(args):
 
 
 def cmd_show(args):
-    from numpy_vit.viz.figures import make_figure
+    from numpy_vit.viz.figures import make_figure, record_for
 
     names = _figure_list(args.figure)
     model = load_model(args.model, **model_options(args))
@@ -165,7 +178,7 @@ def cmd_show(args):
     progress(0, total, "")
     for index, (path, stem) in enumerate(zip(args.images, stems)):
         stem = stem if stems.count(stem) == 1 else f"{index}_{stem}"
-        trace = model.run(path)
+        trace = model.run(path, record=record_for(names))   # only what the figures draw
         for name in names:
             target = os.path.join(args.out, f"{stem}_{name}.png")
             make_figure(name, trace, save_path=target, dpi=args.dpi, **options)
@@ -281,6 +294,17 @@ def _add_figure_options(parser):
                         help="upsampling of the patch grid: bilinear (smooth) or nearest (blocky, what the model has)")
     parser.add_argument("--dino-mask", action="store_true",
                         help="outline the fewest patches holding 60%% of the attention (Caron et al. 2021)")
+    parser.add_argument("--start-layer", type=int, default=0, metavar="L",
+                        help="attention_rollout: roll out from layer L on (default 0); the layers before it keep "
+                             "only their residual path")
+    parser.add_argument("--exclude-heads", nargs="+", default=None, metavar="LAYER.HEAD",
+                        help="attention_rollout: heads fused out of their layer, e.g. 0.3 (a sink head; the "
+                             "figure names a sink that dominates the rollout and adds the map without it)")
+    parser.add_argument("--exclude-layers", type=int, nargs="+", default=None, metavar="L",
+                        help="attention_rollout: layers whose attention is left out (their residual path stays)")
+    parser.add_argument("--full-rollout", action="store_true",
+                        help="attention_rollout: form every N x N product instead of the query's row only "
+                             "(same map, N times the work)")
 
 
 def _add_model_options(parser, model_flag=True):

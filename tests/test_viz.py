@@ -96,7 +96,8 @@ def test_patch_grid_says_what_was_done_to_the_original_image(model, tmp_path):
     assert model.last_trace.source_size == (100, 60)
     fig = make_figure("patch_grid", model.last_trace)
     assert "original 60x100 px image" in titled_axes(fig)[0].get_title()
-    assert model.run(model.last_trace["input"]).source_size is None     # a normalised batch has no other size
+    batch = model.run(tall, record=["input"])["input"]                  # (figures record only what they draw)
+    assert model.run(batch).source_size is None                         # a normalised batch has no other size
 
 
 def test_preprocessing_note_follows_the_loader():
@@ -233,9 +234,11 @@ def test_prefix_tokens_dist_and_registers(image, tmp_path):
 
 
 def test_figures_registry_and_compare(model, image, tmp_path):
-    assert [spec.filename for spec in FIGURES.values()] == [
+    filenames = [spec.filename for spec in FIGURES.values()]
+    assert filenames[:7] == [                                       # the guide's seven, in its order
         "vis_1_patch_grid.png", "vis_2_position_embedding.png", "vis_3_attention_layers.png", "vis_4_all_heads.png",
         "vis_5_attention_distance.png", "vis_6_cls_evolution.png", "vis_7_attention_rollout.png"]
+    assert "vis_9_attention_budget.png" in filenames
     assert figure_name("attention_map") == "attention_layers" == figure_name("vis_3_attention_layers")
     before, after = ViT(model.config, seed=5).run(image), model.run(image)
     fig = compare_figure("attention_rollout", [before, after], ["before", "after"])

@@ -41,8 +41,10 @@ UNDERLAY_RANGE = (0.12, 0.62)  # the image under a heat map: grey, dimmed, so on
 DPI = 100
 MIN_DPI, MAX_DPI = 10, 1200
 
+ATTENTION_RECORD = ("blocks.*.attn.pattern",)   # what the attention figures draw: record only this
+
 FIGURE_NAMES = ("patch_grid", "position_embedding", "attention_layers", "all_heads",
-                "attention_distance", "cls_evolution", "attention_rollout")
+                "attention_distance", "cls_evolution", "attention_rollout", "attention_budget")
 
 
 def style():
@@ -62,8 +64,13 @@ def is_trace(obj) -> bool:
         and hasattr(obj, "__getitem__")
 
 
-def resolve_trace(model_or_trace, image=None, function: str = "this figure"):
-    """The Trace a figure draws: given directly, or made by running ``model`` on ``image`` once."""
+def resolve_trace(model_or_trace, image=None, function: str = "this figure", record=None):
+    """The Trace a figure draws: given directly, or made by running ``model`` on ``image`` once.
+
+    ``record``: the trace names the figure draws (globs); a model then records only those, and a second
+    figure for the same model and image reuses the last trace when it holds what that figure needs.
+    None records everything.
+    """
     if is_trace(model_or_trace):
         if image is not None:
             raise ArgumentError(f"{function} got a Trace and an image: a Trace already holds the image it was "
@@ -73,9 +80,59 @@ def resolve_trace(model_or_trace, image=None, function: str = "this figure"):
         if image is None:
             raise ArgumentError(f"{function} needs an image with a model: a path, a PIL image, an HxWx3 uint8 "
                                 f"array or a [1, 3, H, W] float array")
-        return model_or_trace.run(image)
+        return _reused_or_run(model_or_trace, image, record)
     raise ArgumentError(f"{function} takes a numpy_vit.ViT and an image, or a Trace; got "
                         f"{type(model_or_trace).__name__}")
+
+
+_LAST_RUN = {"model": None, "key": None, "trace": None}   # weak references: figures keep no model alive
+
+
+def image_key(image):
+    """A fingerprint of an image argument: a path with its size and time, or a hash of the pixels."""
+    import hashlib
+
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            info = os.stat(image)
+        except OSError:
+            return None
+        return ("path", os.fspath(image), info.st_size, info.st_mtime_ns)
+    try:
+        pixels = np.asarray(image)
+    except Exception:  # noqa: BLE001 - an object numpy cannot read: never reused
+        return None
+    if pixels.dtype == object:
+        return None
+    return ("pixels", pixels.shape, str(pixels.dtype), hashlib.sha1(np.ascontiguousarray(pixels).data).hexdigest())
+
+
+def _holds(trace, record) -> bool:
+    """Whether ``trace`` recorded everything the globs ``record`` ask for (None: everything)."""
+    patterns = getattr(trace, "_patterns", None)
+    if patterns is None:
+        return True
+    return record is not None and set(record) <= set(patterns)
+
+
+def _reused_or_run(model, image, record):
+    import weakref
+
+    key = image_key(image)
+    last_model = _LAST_RUN["model"]() if _LAST_RUN["model"] is not None else None
+    last_trace = _LAST_RUN["trace"]() if _LAST_RUN["trace"] is not None else None
+    if key is not None and last_model is model and _LAST_RUN["key"] == key and last_trace is not None \
+            and getattr(model, "last_trace", None) is last_trace and _holds(last_trace, record):
+        return last_trace
+    # the input, prediction and features are small and often read next (model.last_trace["input"]); the guide
+    # passes model.attention_maps to the next figure, whatever the last one drew
+    record = None if record is None else sorted(set(record) | {"input", "logits", "pooled", *ATTENTION_RECORD})
+    trace = model.run(image, record=record)
+    try:
+        _LAST_RUN.update(model=weakref.ref(model), key=key, trace=weakref.ref(trace))
+    except TypeError:  # an object without weak references: nothing is reused
+        _LAST_RUN.update(model=None, key=None, trace=None)
+    return trace
 
 
 def preprocessing_note(size, target, crop_pct=1.0) -> str:
@@ -136,11 +193,15 @@ class TokenLayout:
     patch_size: int
     patch_size_assumed: bool = False   # bare attention maps carry no patch size: 16 px was assumed
     guessed: bool = False              # bare attention maps: the grid was guessed from N (1 CLS + a square)
+    resampled_from: tuple | None = None  # (gh, gw) the position embedding was learned at, if not this grid
+    resample_method: str = ""            # how it was resampled (ViTConfig.pos_embed_resample)
 
     @classmethod
     def of_trace(cls, trace) -> "TokenLayout":
         names = tuple(getattr(trace, "prefix_names", ())) or default_prefix_names(trace.num_prefix_tokens)
-        return cls(tuple(int(g) for g in trace.grid), int(trace.num_prefix_tokens), names, int(trace.patch_size))
+        grid = tuple(int(g) for g in trace.grid)
+        return cls(grid, int(trace.num_prefix_tokens), names, int(trace.patch_size),
+                   **resampling(getattr(trace, "config", None), grid))
 
     @classmethod
     def infer(cls, num_tokens: int, grid=None, num_prefix_tokens=None, patch_size=None, config=None) -> "TokenLayout":
@@ -169,7 +230,8 @@ class TokenLayout:
             num_prefix_tokens = num_tokens - grid[0] * grid[1]
         layout = cls(tuple(int(g) for g in grid), int(num_prefix_tokens),
                      tuple(names) if names else default_prefix_names(num_prefix_tokens),
-                     int(patch_size or 16), patch_size_assumed=patch_size is None, guessed=guessed)
+                     int(patch_size or 16), patch_size_assumed=patch_size is None, guessed=guessed,
+                     **resampling(config, grid))
         analysis._check_tokens(num_tokens, layout.grid, layout.num_prefix_tokens, "attention")
         return layout
 
@@ -186,6 +248,36 @@ class TokenLayout:
     @property
     def image_size(self) -> tuple:
         return (self.grid[0] * self.patch_size, self.grid[1] * self.patch_size)
+
+
+RESAMPLE_WORDS = {"bicubic_antialias": "bicubic, antialiased", "bicubic_hf": "bicubic, as HF transformers",
+                  "bilinear": "bilinear"}
+
+
+def resampling(config, grid) -> dict:
+    """TokenLayout's resampled_from / resample_method for a run of ``config`` on ``grid``: the grid the position
+    embedding was learned at (a config made for another size remembers it in ``pos_embed_grid``)."""
+    if config is None or not hasattr(config, "grid_size"):
+        return {}
+    learned = tuple(getattr(config, "pos_embed_grid", None) or config.grid_size)
+    if learned == tuple(grid):
+        return {}
+    method = getattr(config, "pos_embed_resample", "")
+    return {"resampled_from": learned, "resample_method": RESAMPLE_WORDS.get(method, method)}
+
+
+def grid_note(layout: "TokenLayout", lead: str = "; ") -> str:
+    """``"; position embedding resampled from 37x37 (bicubic, antialiased) to this 16x16 grid"``, or ""."""
+    if not layout.resampled_from:
+        return ""
+    (h, w), (gh, gw) = layout.resampled_from, layout.grid
+    return (f"{lead}position embedding resampled from {h}x{w} ({layout.resample_method}) to this {gh}x{gw} "
+            f"grid")
+
+
+def label_step(count: int, legible: int = 16) -> int:
+    """Every k-th row / column to label so that at most ``legible`` labels fit along an axis."""
+    return max(1, -(-count // legible))
 
 
 def default_prefix_names(count: int) -> tuple:
@@ -209,7 +301,10 @@ def resolve_attention(source, grid=None, num_prefix_tokens=None, patch_size=None
     layers = analysis.as_attention_layers(source)
     num_tokens = layers[0].shape[-1]
     if config is not None and num_tokens != config.num_prefix_tokens + config.num_patches and grid is None:
-        config = None   # the model ran at another resolution than its config's: infer the grid instead
+        # the model ran at another resolution than its config's: its patch size and prefix tokens still hold
+        patch_size = patch_size or config.patch_size
+        num_prefix_tokens = config.num_prefix_tokens if num_prefix_tokens is None else num_prefix_tokens
+        config = None
     layout = TokenLayout.infer(num_tokens, grid, num_prefix_tokens, patch_size, config)
     return layers, layout, None
 

@@ -9,7 +9,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
 
-from ._common import TokenLayout, footnote, is_trace, new_figure, resolve_attention, save_figure, style
+from ._common import TokenLayout, footnote, grid_note, is_trace, new_figure, resolve_attention, save_figure, style
 
 
 DISTANCE_SIZE = (17, 5.4)
@@ -37,8 +37,9 @@ def depth_groups(depth: int) -> list:
 
 
 def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalise"):
-    distance = analysis.mean_attention_distance(layers, layout.grid, layout.patch_size, layout.num_prefix_tokens,
-                                                prefix=prefix)                              # [L, H]
+    distance = np.concatenate([analysis.mean_attention_distance([a], layout.grid, layout.patch_size,
+                                                                layout.num_prefix_tokens, prefix=prefix)
+                               for a in layers])        # [L, H], a layer at a time: one float64 copy at once
     depth, num_heads = distance.shape
     uniform = analysis.uniform_attention_distance(layout.grid, layout.patch_size)
     x = np.arange(depth)
@@ -90,6 +91,10 @@ def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalis
     top = max(distance.max(), uniform) * 1.08
     ax_curve.set_ylim(0, top)
     ax_heads.set_ylim(0, top)
+    p = layout.patch_size
+    for ax in (ax_curve, ax_bars, ax_heads):   # pixels mean different things for 14 and 16 px patches
+        ax.secondary_yaxis("right", functions=(lambda px: px / p, lambda patches: patches * p)).set_ylabel(
+            f"in patches ({p} px each)")
 
     images = layers[0].shape[0]
     fig.suptitle(f"Local or global? How far each layer's attention reaches "
@@ -99,7 +104,8 @@ def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalis
     assumed = f"; {layout.caveat()}" if layout.caveat() else ""
     footnote(fig, f"Attention-weighted distance between query and key patch centres, averaged over "
                   f"{layout.grid[0]}x{layout.grid[1]} query patches and {images} image(s); {treatment}; dashed line: "
-                  f"a head that weights every patch alike ({uniform:.0f} px){assumed}")
+                  f"a head that weights every patch alike ({uniform:.0f} px = {uniform / layout.patch_size:.1f} "
+                  f"patches){grid_note(layout)}{assumed}")
     return distance
 
 

@@ -14,9 +14,9 @@ from matplotlib.patches import Rectangle
 
 from numpy_vit import analysis
 
-from ._common import (UNDERLAY_NOTE, TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
-                      overlay, query_label, resolve_trace, save_figure, show_image, style, trace_attention,
-                      trace_image)
+from ._common import (ATTENTION_RECORD, UNDERLAY_NOTE, TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
+                      grid_note, overlay, query_label, resolve_trace, save_figure, show_image, style,
+                      trace_attention, trace_image)
 
 
 def _mark_query(ax, query, layout: TokenLayout):
@@ -63,7 +63,7 @@ def draw_attention_layers(fig, trace, layer_indices=None, head_index=0, query=No
     fig.suptitle(f"Where the model looks: {query_label(query, layout)}, head {head_index}, layer by layer")
     note = (f"{layout.grid[0]}x{layout.grid[1]} attention grid upsampled to "
             f"{layout.image_size[0]}x{layout.image_size[1]} px ({interpolation}); each panel has its own colour scale"
-            + (f"; {UNDERLAY_NOTE}" if image is not None else ""))
+            + grid_note(layout) + (f"; {UNDERLAY_NOTE}" if image is not None else ""))
     if dino_mask:
         note += f"; cyan outline: the fewest patches holding {keep:.0%} of the patch attention (DINO)"
     footnote(fig, note)
@@ -85,7 +85,7 @@ def visualize_attention_map(model, image=None, save_path=None, layer_indices=Non
     shows the blocky patch grid the model actually has (the guide's FAQ 1). ``dino_mask=True``
     outlines the fewest patches that hold ``keep`` (60%) of the mass (Caron et al. 2021).
     """
-    trace = resolve_trace(model, image, "visualize_attention_map")
+    trace = resolve_trace(model, image, "visualize_attention_map", record=ATTENTION_RECORD)
     depth = len(trace_attention(trace))
     count = len(check_layers(default_layers(depth) if layer_indices is None else layer_indices, depth))
     with style():
@@ -140,7 +140,7 @@ def draw_all_heads(fig, trace, layer_idx=None, query=None, interpolation="biline
         note += f"; cyan: the fewest patches holding {keep:.0%} of each head's patch attention"
     if image is not None:
         note += f"; {UNDERLAY_NOTE}"
-    footnote(fig, f"Heads of one layer learn different patterns; {note}")
+    footnote(fig, f"Heads of one layer learn different patterns; {note}{grid_note(layout)}")
 
 
 def visualize_all_heads(model, image=None, save_path=None, layer_idx=None, *, query=None,
@@ -150,7 +150,7 @@ def visualize_all_heads(model, image=None, save_path=None, layer_idx=None, *, qu
     Each head is scaled to its own maximum unless ``shared_scale=True``; ``query``,
     ``interpolation`` and ``dino_mask`` as in :func:`visualize_attention_map`.
     """
-    trace = resolve_trace(model, image, "visualize_all_heads")
+    trace = resolve_trace(model, image, "visualize_all_heads", record=ATTENTION_RECORD)
     with style():
         fig = new_figure(*heads_size(trace_attention(trace)[0].shape[1]))
         draw_all_heads(fig, trace, layer_idx, query, interpolation, shared_scale, dino_mask, keep, image_index)

@@ -9,7 +9,9 @@ from matplotlib.ticker import MaxNLocator
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
 
-from ._common import TokenLayout, footnote, new_figure, resolve_trace, save_figure, style, trace_array
+from ._common import TokenLayout, footnote, grid_note, new_figure, resolve_trace, save_figure, style, trace_array
+
+RECORD = ("blocks.*.resid_pre", "blocks.*.resid_post")   # the residual stream is all this figure draws
 
 
 CLS_SIZE = (14, 5.6)
@@ -77,7 +79,7 @@ def draw_cls_evolution(fig, trace, image_index=0):
     fig.suptitle(f"How the {name.split(' (')[0]} is built up, layer by layer, in the residual stream")
     footnote(fig, f"Residual stream before the final LayerNorm: 'in' is the embedded input (patch or CLS "
                   f"embedding + position), k the output of layer k (layers numbered 0..{depth - 1}); PCA fitted on "
-                  f"these {depth + 1} points")
+                  f"these {depth + 1} points{grid_note(layout)}")
 
 
 def visualize_cls_token_evolution(model, img_tensor=None, save_path=None, *, image_index=0):
@@ -85,7 +87,7 @@ def visualize_cls_token_evolution(model, img_tensor=None, save_path=None, *, ima
     square "in" = input embedding, dots labelled by the layer they leave, red star = output of the
     last layer; (b) its norm at each of those points, next
     to the patch tokens' mean norm. ``img_tensor`` is anything ``model.run`` takes; or pass a Trace."""
-    trace = resolve_trace(model, img_tensor, "visualize_cls_token_evolution")
+    trace = resolve_trace(model, img_tensor, "visualize_cls_token_evolution", record=RECORD)
     with style():
         fig = new_figure(*CLS_SIZE)
         draw_cls_evolution(fig, trace, image_index)

@@ -12,8 +12,9 @@ from typing import Callable, Optional
 
 from numpy_vit.errors import ArgumentError
 
-from . import attention_distance, attention_maps, cls_evolution, patch_grid, position_embedding, rollout
-from ._common import (DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, footnote, new_figure,
+from . import (attention_budget, attention_distance, attention_maps, cls_evolution, patch_grid, position_embedding,
+               rollout)
+from ._common import (ATTENTION_RECORD, DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, footnote, new_figure,
                       save_figure, style, trace_array, trace_attention, trace_image)
 
 
@@ -23,6 +24,7 @@ class FigureSpec:
     draw: Callable           # draw(fig, trace, options)
     size: Callable           # size(trace, options) -> (width, height) in inches
     shared: Optional[Callable] = None   # shared(traces, options) -> options that give compared rows one scale
+    record: Optional[tuple] = None      # the trace names it draws (globs); None: it may read anything
 
 
 def _layers_option(trace, options):
@@ -76,39 +78,63 @@ def _draw_cls_evolution(fig, trace, options):
     cls_evolution.draw_cls_evolution(fig, trace, options.get("image_index", 0))
 
 
+def _rollout_settings(options) -> dict:
+    return dict(head_fusions=tuple(options.get("head_fusions", ("mean", "max", "min"))),
+                discard_ratio=options.get("discard_ratio", 0.0), query=options.get("query"),
+                image_index=options.get("image_index", 0), start_layer=options.get("start_layer", 0),
+                exclude_heads=tuple(tuple(pair) for pair in options.get("exclude_heads", ())),
+                exclude_layers=tuple(options.get("exclude_layers", ())),
+                full_matrix=options.get("full_matrix", False))
+
+
 def _draw_attention_rollout(fig, trace, options):
-    index = options.get("image_index", 0)
+    settings = _rollout_settings(options)
     rollout.draw_attention_rollout(fig, trace_attention(trace), TokenLayout.of_trace(trace),
-                                   trace_image(trace, index),
-                                   tuple(options.get("head_fusions", ("mean", "max", "min"))),
-                                   options.get("discard_ratio", 0.0), options.get("query"),
-                                   options.get("interpolation", "bilinear"), options.get("dino_mask", False),
-                                   options.get("keep", 0.6), index)
+                                   trace_image(trace, settings["image_index"]),
+                                   interpolation=options.get("interpolation", "bilinear"),
+                                   dino_mask=options.get("dino_mask", False), keep=options.get("keep", 0.6),
+                                   **settings)
+
+
+def _rollout_size(trace, options):
+    """One panel per map the plan holds: a sink that dominates the rollout adds the panel without it."""
+    plan = rollout.rollout_plan(trace_attention(trace), TokenLayout.of_trace(trace), **_rollout_settings(options))
+    return rollout.rollout_size(len(plan.panels))
+
+
+def _draw_attention_budget(fig, trace, options):
+    attention_budget.draw_attention_budget(fig, trace, options.get("image_index", 0))
 
 
 FIGURES = {
     "patch_grid": FigureSpec("vis_1_patch_grid.png",
-                             _draw_patch_grid, lambda t, o: patch_grid.patch_grid_size(t.grid)),
+                             _draw_patch_grid, lambda t, o: patch_grid.patch_grid_size(t.grid), record=()),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
                                      _draw_position_embedding, lambda t, o: position_embedding.position_size(t.grid),
-                                     _shared_similarity_scale),
+                                     _shared_similarity_scale, record=("pos_embed",)),
     "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,
-                                   lambda t, o: attention_maps.layers_size(len(_layers_option(t, o)))),
+                                   lambda t, o: attention_maps.layers_size(len(_layers_option(t, o))),
+                                   record=ATTENTION_RECORD),
     "all_heads": FigureSpec("vis_4_all_heads.png", _draw_all_heads,
-                            lambda t, o: attention_maps.heads_size(trace_attention(t)[0].shape[1])),
+                            lambda t, o: attention_maps.heads_size(trace_attention(t)[0].shape[1]),
+                            record=ATTENTION_RECORD),
     "attention_distance": FigureSpec("vis_5_attention_distance.png",
-                                     _draw_attention_distance, lambda t, o: attention_distance.DISTANCE_SIZE),
+                                     _draw_attention_distance, lambda t, o: attention_distance.DISTANCE_SIZE,
+                                     record=ATTENTION_RECORD),
     "cls_evolution": FigureSpec("vis_6_cls_evolution.png",
-                                _draw_cls_evolution, lambda t, o: cls_evolution.CLS_SIZE),
-    "attention_rollout": FigureSpec("vis_7_attention_rollout.png",
-                                    _draw_attention_rollout,
-                                    lambda t, o: rollout.rollout_size(len(o.get("head_fusions", "abc")))),
+                                _draw_cls_evolution, lambda t, o: cls_evolution.CLS_SIZE,
+                                record=cls_evolution.RECORD),
+    "attention_rollout": FigureSpec("vis_7_attention_rollout.png", _draw_attention_rollout, _rollout_size,
+                                    record=ATTENTION_RECORD),
+    "attention_budget": FigureSpec("vis_9_attention_budget.png", _draw_attention_budget,
+                                   lambda t, o: attention_budget.BUDGET_SIZE, record=attention_budget.RECORD),
 }
 assert tuple(FIGURES) == FIGURE_NAMES
 ALIASES = {"attention_map": "attention_layers", "attention": "attention_layers", "heads": "all_heads",
            "distance": "attention_distance", "rollout": "attention_rollout", "pos_embed": "position_embedding",
-           "cls": "cls_evolution", "grid": "patch_grid"}
+           "cls": "cls_evolution", "grid": "patch_grid", "budget": "attention_budget",
+           "sinks": "attention_budget", "where_attention_goes": "attention_budget"}
 
 
 def figure_name(name: str) -> str:
@@ -121,6 +147,15 @@ def figure_name(name: str) -> str:
     if key not in FIGURES:
         raise ArgumentError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)} or 'all'")
     return key
+
+
+def record_for(names) -> list | None:
+    """The trace names (globs) that figures ``names`` draw, for ``model.run(image, record=...)``; None (record
+    everything) when one of them does not say. The logits and the pooled features are kept for predictions."""
+    needs = [FIGURES[figure_name(name)].record for name in names]
+    if any(need is None for need in needs):
+        return None
+    return sorted({pattern for need in needs for pattern in need} | {"logits", "pooled"})
 
 
 def make_figure(name: str, trace, save_path=None, dpi=DPI, **options):

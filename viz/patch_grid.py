@@ -12,8 +12,10 @@ from matplotlib.patches import Rectangle
 
 from numpy_vit.errors import ArgumentError
 
-from ._common import (TokenLayout, footnote, new_figure, preprocessing_note, save_figure, show_image, style,
-                      trace_image)
+from ._common import (TokenLayout, footnote, grid_note, label_step, new_figure, preprocessing_note, save_figure,
+                      show_image, style, trace_image)
+
+LEGIBLE = 16   # labels per side that stay legible on a 7.4-inch panel (a 16x16 grid: 224 px at 14 px patches)
 
 OUTLINE = [patheffects.withStroke(linewidth=2.2, foreground="black")]
 LINE_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="white")]   # red grid lines stay visible on red
@@ -52,17 +54,25 @@ def draw_patch_grid(fig, image, layout: TokenLayout, show_indices=True, preproce
         ax.axvline(col * p - 0.5, color="red", linewidth=1.0, path_effects=LINE_OUTLINE)
     ax.add_patch(Rectangle((-0.5, -0.5), gw * p, gh * p, fill=False, edgecolor="red", linewidth=2,
                            path_effects=LINE_OUTLINE))
+    step = label_step(max(gh, gw), LEGIBLE)
     if show_indices:
-        size = max(4.5, min(11.0, 110.0 / max(gh, gw)))   # about a third of a patch wide for "195"
-        for index in range(gh * gw):
-            row, col = divmod(index, gw)
-            ax.text(col * p + p * 0.5, row * p + p * 0.5, str(index), ha="center", va="center",
-                    color="white", fontsize=size, path_effects=OUTLINE)
+        # above LEGIBLE patches a side, every step-th row and column is labelled (said in the title)
+        size = max(6.0, min(11.0, 110.0 / -(-max(gh, gw) // step)))   # about a third of a patch wide for "195"
+        for row in range(0, gh, step):
+            for col in range(0, gw, step):
+                ax.text(col * p + p * 0.5, row * p + p * 0.5, str(row * gw + col), ha="center", va="center",
+                        color="white", fontsize=size, path_effects=OUTLINE)
+                if step > 1:
+                    ax.add_patch(Rectangle((col * p - 0.5, row * p - 0.5), p, p, fill=False, edgecolor="yellow",
+                                           linewidth=1.0))
     prefix = " + ".join(name.upper() for name in layout.prefix_names)
+    labelled = (f"; token index on rows and columns 0, {step}, {2 * step}, ... (yellow squares)"
+                if show_indices and step > 1 else "")
     ax.set_title(f"{gw * p}x{gh * p} px model input → {gh} rows x {gw} columns = {gh * gw} patches of {p}x{p} px"
-                 + (f"\n{preprocessing}" if preprocessing else ""))
+                 + (f"\n{preprocessing}" if preprocessing else "") + labelled.replace("; ", "\n"))
     footnote(fig, "Sizes are width x height. Each patch becomes one token, numbered row by row from 0"
-                  + (f"; the sequence is [{prefix}] + patches 0..{gh * gw - 1}" if prefix else ""))
+                  + (f"; the sequence is [{prefix}] + patches 0..{gh * gw - 1}" if prefix else "")
+                  + grid_note(layout))
 
 
 def patch_grid_size(grid):

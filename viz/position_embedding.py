@@ -12,8 +12,10 @@ from matplotlib.ticker import MaxNLocator
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
 
-from ._common import (SIMILARITY_CMAP, TokenLayout, colorbar, footnote, is_trace, new_figure, save_figure, style,
-                      trace_array)
+from ._common import (SIMILARITY_CMAP, TokenLayout, colorbar, footnote, grid_note, is_trace, label_step, new_figure,
+                      save_figure, style, trace_array)
+
+MAX_TILES = 20   # tiles per side of panel (d); a larger grid shows every k-th position (said in the title)
 
 
 def _position_source(model):
@@ -41,11 +43,13 @@ def similarity_scale(matrix, low=None):
 
 
 def similarity_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
-    """The ViT paper's Fig. 7 (centre) as one image: [gh, gw, gh, gw] tiles -> [gh*(gh+gap), gw*(gw+gap)], NaN gaps."""
-    gh, gw = tiles.shape[:2]
-    mosaic = np.full((gh * (gh + gap) - gap, gw * (gw + gap) - gap), np.nan)
-    for row in range(gh):
-        for col in range(gw):
+    """The ViT paper's Fig. 7 (centre) as one image: [th, tw, gh, gw] tiles -> [th*(gh+gap), tw*(gw+gap)], NaN gaps.
+
+    ``th x tw`` tiles (the query positions shown), each a full ``gh x gw`` map of similarities."""
+    th, tw, gh, gw = tiles.shape
+    mosaic = np.full((th * (gh + gap) - gap, tw * (gw + gap) - gap), np.nan)
+    for row in range(th):
+        for col in range(tw):
             top, left = row * (gh + gap), col * (gw + gap)
             mosaic[top:top + gh, left:left + gw] = tiles[row, col]
     return mosaic
@@ -103,19 +107,24 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=
     left.colorbar(dots, ax=ax_pca, shrink=0.9, pad=0.02).set_label("patch column")
 
     ax_tiles = right.subplots(1, 1)
-    ax_tiles.imshow(similarity_mosaic(tiles), cmap=cmap, norm=norm, interpolation="nearest")
+    step = label_step(max(gh, gw), MAX_TILES)
+    rows, cols = np.arange(0, gh, step), np.arange(0, gw, step)
+    ax_tiles.imshow(similarity_mosaic(tiles[rows][:, cols]), cmap=cmap, norm=norm,
+                    interpolation="nearest" if step == 1 else "antialiased")
     step_h, step_w = gh + 1, gw + 1
-    ax_tiles.set_xticks(np.arange(gw) * step_w + (gw - 1) / 2, [str(c) for c in range(gw)])
-    ax_tiles.set_yticks(np.arange(gh) * step_h + (gh - 1) / 2, [str(r) for r in range(gh)])
+    ax_tiles.set_xticks(np.arange(len(cols)) * step_w + (gw - 1) / 2, [str(c) for c in cols])
+    ax_tiles.set_yticks(np.arange(len(rows)) * step_h + (gh - 1) / 2, [str(r) for r in rows])
     ax_tiles.tick_params(length=0)
     for spine in ax_tiles.spines.values():
         spine.set_visible(False)
     ax_tiles.set_xlabel("input patch column")
     ax_tiles.set_ylabel("input patch row")
     ax_tiles.set_title("(d) Tile at (row, col): that position's similarity to every position\n"
-                       "(ViT paper, Fig. 7 centre)")
+                       "(ViT paper, Fig. 7 centre)"
+                       + (f"\nrows and columns 0, {step}, {2 * step}, ... of the {gh}x{gw} positions" if step > 1 else ""))
     colorbar(right, ax_tiles, norm, cmap, "cosine similarity", shrink=0.8)
-    fig.suptitle("Position embeddings: cosine similarity between positions")
+    fig.suptitle("Position embeddings: cosine similarity between positions"
+                 + (f"\n{grid_note(layout, lead='')}" if layout.resampled_from else ""))
     scale = (f"colours span {norm.vmin:.2f} to 1" if similarity_low is not None else
              f"colours span the similarities present, from {matrix.min():.2f} to 1")
     footnote(fig, f"{gh}x{gw} patch positions, numbered from 0 like the tokens ({layout.num_prefix_tokens} prefix "
