@@ -1,8 +1,9 @@
 """The guide's demo, offline and in seconds: ``python -m numpy_vit.viz.demo`` (or ``numpy-vit demo``).
 
 Runs the model once on the shipped sample image and writes the guide's seven files,
-``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, then prints where they are and what
-the model predicted. The guide's version downloaded a CIFAR-10 image and took 2-3 minutes.
+``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, and beside them ``explorer.html``, the
+interactive attention explorer (viz/explorer.py), then prints where they are and what the model
+predicted. The guide's version downloaded a CIFAR-10 image and took 2-3 minutes.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     ``model`` is a ViT, a name for ``ViT.from_pretrained`` or None (the shipped default model, or a
     randomly initialised one with a warning while none is shipped).
     """
+    from .explorer import explore
     from .figures import FIGURES
 
     start = time.perf_counter()
@@ -47,6 +49,9 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
     for path in paths:
         echo(f"  {os.path.basename(path)}")
+    page = explore(trace).save(os.path.join(out_dir, "explorer.html"))
+    echo(f"and {os.path.basename(page)} ({os.path.getsize(page) / 2**20:.1f} MiB): the interactive explorer, "
+         f"open it in a browser")
     echo(f"done in {time.perf_counter() - start:.1f} s")
     return paths
 
