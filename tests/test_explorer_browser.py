@@ -64,7 +64,7 @@ def page_file(trace, tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(browser, page_file):
     """The explorer opened from file://, with every request it makes recorded in ``page.outside``."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1110})
     page.outside = []
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -173,9 +173,14 @@ def test_three_patches_and_a_model_view_head_match_the_trace(page, trace, tmp_pa
         assert levels[row.argmax()] == 255, "the brightest key patch is not the trace's argmax"
         assert np.all(np.abs(levels - np.rint(row / row.max() * 255)) <= LEVEL_TOLERANCE)
         assert spearman(levels, row) >= 0.99
+    # the README's picture: a patch on the heart's edge, the last layer, and the value under the cursor
+    page.mouse.click(*patch_centre(page, 91, grid))
+    page.select_option("#nv-layer", "11")
+    page.select_option("#nv-head", "0")
+    page.mouse.move(*patch_centre(page, 94, grid))
+    assert readout(page)[0] == 94
     screenshot = os.environ.get("NUMPY_VIT_SCREENSHOT") or str(tmp_path / "explorer.png")
-    page.mouse.move(*patch_centre(page, 121, grid))
-    page.screenshot(path=screenshot, full_page=True)
+    page.screenshot(path=screenshot)   # the viewport holds the page: a full-page capture would move the mouse out
     assert open(screenshot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert page.outside == [] and page.errors == []
 

@@ -394,8 +394,9 @@
     image.src = $("nv-image").textContent.trim();
     image.width = WIDTH; image.height = HEIGHT;
     for (const id of ["nv-overlay", "nv-grid"]) { $(id).width = WIDTH; $(id).height = HEIGHT; }
-    for (const selector of [".nv-colourbar", ".nv-readout", ".nv-shares"])
-      document.querySelector(selector).style.maxWidth = Math.max(WIDTH, 420) + "px";
+    document.querySelector(".nv-colourbar").style.width = WIDTH + "px";
+    for (const selector of [".nv-readout", ".nv-shares"])
+      document.querySelector(selector).style.maxWidth = Math.max(WIDTH, 540) + "px";
     options($("nv-layer"), [...Array(L).keys()], (l) => String(l));
     options($("nv-head"), [...Array(H).keys(), "mean", "max"],
             (h) => (typeof h === "number" ? String(h) : h === "mean" ? "mean over heads" : "max over heads"));
