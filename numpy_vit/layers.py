@@ -80,17 +80,23 @@ def gelu(x, approximate="erf"):
     return 0.5 * x * erfc(-x / x.dtype.type(math.sqrt(2.0)))
 
 
-def gelu_backward(dy, x, approximate="erf"):  # dy, x [...] -> dx [...]
-    """d erf-GELU: d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
-    d tanh-GELU: with t = tanh(c (x + a x^3)), d/dx [x (1 + t) / 2] = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2."""
+def gelu_backward(dy, x, y, approximate="erf"):  # dy, x, y [...] -> dx [...]
+    """From the forward's input x and output y = gelu(x) (the trace's mlp.pre and mlp.post):
+    d erf-GELU: d/dx [x Phi(x)] = Phi(x) + x phi(x), with phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal
+    density and Phi(x) = y / x, read off the forward's output instead of a second erfc (about 30 passes over
+    the array); at |x| below the smallest normal number, where y / x would lose digits, Phi(x) = 1/2.
+    d tanh-GELU: with t = tanh(c (x + a x^3)), d/dx [x (1 + t) / 2] = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2
+    (t recomputed: reading 1 - t^2 off y would cancel for large |x|)."""
     f = x.dtype.type
     if approximate == "tanh":
         c, a = f(math.sqrt(2.0 / math.pi)), f(0.044715)
         t = np.tanh(c * (x + a * x * x * x))
         return dy * (f(0.5) * (1 + t) + f(0.5) * x * (1 - t * t) * c * (1 + f(3) * a * x * x))
-    cdf = f(0.5) * erfc(-x / f(math.sqrt(2.0)))  # Phi(x), as in the forward
-    density = np.exp(f(-0.5) * x * x) * f(1 / math.sqrt(2 * math.pi))  # phi(x)
-    return dy * (cdf + x * density)
+    cdf = np.divide(y, x, out=np.full_like(x, 0.5), where=np.abs(x) >= np.finfo(x.dtype).tiny)  # Phi(x)
+    density = np.exp(f(-0.5) * x * x)  # phi(x) * sqrt(2 pi)
+    density *= x * f(1 / math.sqrt(2 * math.pi))  # x phi(x)
+    density += cdf  # Phi(x) + x phi(x)
+    return dy * density
 
 
 def softmax(x, axis=-1):
@@ -199,7 +205,7 @@ def mlp_block_backward(dy, x, pre, post, fc1, fc2, *, gelu_approximate="erf",
     """``mlp_block`` in reverse from its input x and its recorded ``pre`` (fc1's output) and ``post`` (GELU's)."""
     d_post, fc2_grads = linear_backward(dy, post, **fc2)  # [B, N, D] -> [B, N, M]
     record("post", d_post)
-    d_pre = gelu_backward(d_post, pre, gelu_approximate)  # [B, N, M]
+    d_pre = gelu_backward(d_post, pre, post, gelu_approximate)  # [B, N, M]
     record("pre", d_pre)
     dx, fc1_grads = linear_backward(d_pre, x, **fc1)  # [B, N, M] -> [B, N, D]
     return dx, {"fc1": fc1_grads, "fc2": fc2_grads}

@@ -22,6 +22,7 @@ import pytest
 
 import numpy_vit as nv
 from numpy_vit import layers
+from numpy_vit.erf import erfc
 from numpy_vit.errors import ArgumentError
 
 _EPS = 1e-5
@@ -230,6 +231,22 @@ def test_the_check_catches_a_broken_backward(monkeypatch):
     monkeypatch.setattr(layers, "layer_norm_backward", layer_norm_backward_without_variance_term)
     bad = check_against_finite_differences(model, x, cotangent, model.backward(trace, cotangent))
     assert "input" in bad and "params.blocks.0.norm1.weight" in bad
+
+
+@pytest.mark.parametrize("dtype, tolerance", [
+    (np.float32, 1e-6),  # a few float32 ulps of derivatives in [-0.17, 1.13]: erfc's 1.2e-7, a division, a sum
+    (np.float64, 1e-14),  # the same in float64
+])
+def test_gelu_derivative_from_its_output(dtype, tolerance):
+    """gelu_backward reads Phi(x) = y / x off the forward's output: it agrees with Phi(x) + x phi(x) computed
+    from erfc in float64, at zero, subnormal, huge and ordinary x."""
+    special = [0.0, -0.0, 1e-40, -1e-40, 1e-30, -1e-30, 0.5, -0.5, 5, -5, 9, -9, 13, -13, 20, -20, 1e4, -1e4]
+    x = np.concatenate([special, np.random.default_rng(0).standard_normal(10_000) * 4]).astype(dtype)
+    exact64 = x.astype(np.float64)
+    exact = (0.5 * erfc(-exact64 / np.sqrt(2)) + exact64 * np.exp(-0.5 * exact64 ** 2) / np.sqrt(2 * np.pi))
+    got = layers.gelu_backward(np.ones_like(x), x, layers.gelu(x))
+    assert got.dtype == dtype and np.isfinite(got).all()
+    np.testing.assert_allclose(got, exact, rtol=0, atol=tolerance)
 
 
 # --- the targets --------------------------------------------------------------------------------------------
