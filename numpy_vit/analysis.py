@@ -725,6 +725,71 @@ def patch_embedding_filters(weight, n_components: int = 28):
     return (images - low) / np.where(span > 0, span, 1.0), ratio
 
 
+# --- one value per patch, from a trace ---------------------------------------------------------
+#
+# The attention-only explanations as maps [B, gh, gw] read off a Trace recorded with at least
+# "blocks.*.attn.pattern": the same signature as the gradient methods below, so numpy_vit.faithfulness can score
+# every method alike. All of them are class-agnostic: the pattern does not depend on which class is explained.
+
+def cls_attention_map(trace, layer: int = -1) -> np.ndarray:
+    """The class token's attention to every patch in one layer, mean over heads: -> [B, gh, gw].
+
+    The "raw attention" map (Dosovitskiy et al. 2021 show its rollout; Chefer et al. 2021, Table 1, score it as
+    "raw attention" from the last layer). Prefix columns dropped, not renormalised (:func:`attention_to_grid`).
+    """
+    layer = trace.layer(layer)
+    return attention_map(trace[f"blocks.{layer}.attn.pattern"], trace.grid, trace.num_prefix_tokens, head="mean",
+                         prefix_names=trace.prefix_names)                  # [B, gh, gw]
+
+
+def rollout_map(trace, head_fusion: str = "mean", start_layer: int = 0, discard_ratio: float = 0.0) -> np.ndarray:
+    """The class token's row of :func:`attention_rollout` over the patches (:func:`attention_rollout_row`): -> [B, gh, gw].
+
+    ``start_layer`` > 0 rolls out from a later layer (Chefer et al. 2021 start their relevance at layer 0 for
+    ViT; jacobgil's vit-explain and the CLIP notebooks offer a later start, so the first layers' global mixing
+    does not flatten the map).
+    """
+    layers, t = trace_layers(trace), trace.num_prefix_tokens
+    rows = [attention_rollout_row(layers, 0, head_fusion, discard_ratio, t, start_layer, image=b)
+            for b in range(layers[0].shape[0])]                          # B x [N], row by row: N times less work
+    return attention_to_grid(np.stack(rows), trace.grid, t)              # [B, N] -> [B, gh, gw]
+
+
+def flow_capacity(attentions, head_fusion: str = "mean", image: int = 0) -> np.ndarray:
+    """The graph of attention flow (Abnar & Zuidema 2020, section 3) as a dense capacity matrix [(L+1)N, (L+1)N].
+
+    Node l * N + j is token j entering layer l; the edge (l+1, i) -> (l, j) has capacity A_hat_l[i, j], the
+    head-fused attention plus the residual identity, rows renormalised (:func:`add_residual`), as in their code.
+    """
+    layers = as_attention_layers(attentions)
+    n, depth = layers[0].shape[-1], len(layers)
+    capacity = np.zeros(((depth + 1) * n, (depth + 1) * n))             # nodes: layer-major, token-minor
+    for l, a in enumerate(layers):
+        a_hat = add_residual(fuse_heads(a[image:image + 1], head_fusion)[0])  # [N, N]
+        capacity[(l + 1) * n:(l + 2) * n, l * n:(l + 1) * n] = a_hat     # edge (l+1, i) -> (l, j)
+    return capacity
+
+
+def attention_flow_map(trace, head_fusion: str = "mean", max_flow=None) -> np.ndarray:
+    """Attention flow from the class token's output to every input patch: -> [B, gh, gw].
+
+    The flow value from node (L, cls) to node (0, j) in :func:`flow_capacity`'s graph is patch j's share
+    (Abnar & Zuidema 2020, section 3). ``max_flow(capacity, source, sinks) -> [len(sinks)]`` solves the max-flow
+    problems; the default is this module's exact Edmonds-Karp in Python, which takes minutes per sink at 197
+    tokens x 12 layers: pass a compiled solver for real models (bench/explanations.py passes SciPy's).
+    """
+    layers = trace_layers(trace)
+    n, depth, t = layers[0].shape[-1], len(layers), trace.num_prefix_tokens
+    if max_flow is None:
+        def max_flow(capacity, source, sinks):
+            return [_max_flow(capacity, source, sink) for sink in sinks]
+    source, sinks = depth * n, list(range(t, n))                         # (L, cls) -> (0, each patch)
+    rows = []
+    for image in range(layers[0].shape[0]):
+        rows.append(np.asarray(max_flow(flow_capacity(layers, head_fusion, image), source, sinks), np.float64))
+    return np.stack(rows).reshape(-1, *trace.grid)                       # [B, P] -> [B, gh, gw]
+
+
 # --- gradient explanations ---------------------------------------------------------------------
 #
 # Class-specific maps from the gradients of one class's logit (numpy_vit.model.ViT.backward). Every function here
