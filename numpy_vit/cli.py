@@ -248,7 +248,7 @@ def cmd_explore(args):
     model = load_model(args.model, **model_options(args))
     trace = model.run(args.image)
     if args.serve:
-        server = make_server(trace, port=args.port)
+        server = make_server(trace, port=args.port, model=model, classes=args.classes)
         host, port = server.server_address[:2]
         print(f"serving the explorer of {args.image} at http://{host}:{port}/ (this machine only; Ctrl-C stops it)",
               flush=True)
@@ -257,7 +257,7 @@ def cmd_explore(args):
         finally:
             server.server_close()
         return
-    page = explore(trace)
+    page = explore(trace, model=model, classes=args.classes)
     path = page.save(args.out)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB): open it in a browser, no network needed")
     if page.note:
@@ -391,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the model on IMAGE and write one self-contained HTML file (-o, default explorer.html) that opens in "
         "a browser offline: the image with its patch grid; click a patch (or CLS, a register) to make it the "
         "query; its attention in one layer and head, the mean or max over heads, or the rollout from a chosen "
-        "layer; every layer x head at once; the top-5 prediction. Grids too large for one file keep every k-th "
-        "patch as a query (the page says so); --serve computes any query on demand on 127.0.0.1 instead.")
+        "layer; every layer x head at once; the top-5 prediction and the class relevance of the top classes. "
+        "Grids too large for one file keep every k-th patch as a query (the page says so); --serve computes any "
+        "query on demand on 127.0.0.1 instead.")
     explore.add_argument("image", metavar="IMAGE")
     explore.add_argument("-o", "--out", default="explorer.html", metavar="FILE",
                          help="the HTML file to write (default: explorer.html)")
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="serve the explorer on http://127.0.0.1:PORT/ instead of writing a file (standard "
                               "library only; every query of any grid, computed when picked)")
     explore.add_argument("--port", type=int, default=8000, help="the port for --serve (default 8000; 0: any free)")
+    explore.add_argument("--classes", type=int, default=3, metavar="K",
+                         help="the class relevance (Chefer et al. 2021) of the K most probable classes, one backward "
+                              "pass each (default 3; 0: none)")
     _add_model_options(explore)
     explore.set_defaults(handler=cmd_explore)
     return parser

@@ -32,11 +32,16 @@ def shipped_page(shipped_trace):
 
 
 @pytest.fixture(scope="module")
-def register_trace():
+def register_model():
     """Four registers and a class token on a non-square 3x5 grid: every prefix and layout case at once."""
     config = ViTConfig(img_size=(48, 80), patch_size=16, embed_dim=32, depth=3, num_heads=2, num_classes=4,
                        num_reg_tokens=4, crop_pct=1.0, name="tiny_reg4")
-    return ViT(config, seed=1).run(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    return ViT(config, seed=1)
+
+
+@pytest.fixture(scope="module")
+def register_trace(register_model):
+    return register_model.run(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8))
 
 
 def page_parts(text):
@@ -84,6 +89,24 @@ def test_rollout_rows_are_attention_rollout_from_every_start_layer(shipped_trace
         # the same float64 products grouped differently (row vectors first): a few ulps of values <= 1
         np.testing.assert_allclose(rows[start], reference, rtol=0, atol=1e-12)
         np.testing.assert_allclose(rows[start].sum(-1), 1.0, atol=1e-12)
+
+
+def test_class_relevance_is_chefers_for_the_top_classes(register_model, register_trace):
+    page = explorer.explore(register_trace, model=register_model, classes=2)
+    meta, _ = page_parts(page.html)
+    assert [r["label"] for r in meta["relevance"]] == [f"class {i}" for i in np.argsort(-register_trace.logits[0])[:2]]
+    for entry in meta["relevance"]:
+        index = int(entry["label"].split()[1])
+        expected = analysis.explanation_map(register_trace, register_model.backward(register_trace, index), "chefer")
+        # the page holds float32 copies: float32's relative rounding, 2**-24, of each value
+        np.testing.assert_allclose(entry["values"], expected[0].ravel(), rtol=2 ** -23, atol=1e-30)
+        assert entry["probability"] == pytest.approx(register_trace.probabilities()[0, index], rel=1e-12)
+    assert page_parts(explorer.explore(register_trace).html)[0]["relevance"] == []        # no model, no relevance
+    assert explorer.class_relevance(register_trace, register_model, 0) == []
+    backbone = ViT(register_model.config.replace(num_classes=0), seed=1)
+    assert explorer.class_relevance(backbone.run(np.zeros((48, 80, 3), np.uint8)), backbone, 3) == []
+    with pytest.raises(ArgumentError, match="whole number of classes"):
+        explorer.explore(register_trace, model=register_model, classes=-1)
 
 
 def test_the_file_is_self_contained_and_says_how_its_numbers_are_stored(shipped_page, tmp_path):
@@ -190,11 +213,13 @@ def test_jupyter_shows_the_page_in_an_isolated_frame(register_trace):
     assert "<script" not in shown.split("srcdoc=")[0] and "&lt;script" in shown   # escaped into the attribute
 
 
-def test_the_command_writes_the_file_and_prints_its_path_and_size(tmp_path, capsys):
-    out = tmp_path / "page.html"
-    assert cli.main(["explore", sample_image(), "-o", str(out)]) == 0
+def test_the_command_writes_the_file_and_prints_its_path_and_size(register_model, tmp_path, capsys):
+    weights, out = str(tmp_path / "tiny.npz"), tmp_path / "page.html"
+    register_model.save(weights)
+    assert cli.main(["explore", sample_image(), "--model", weights, "--classes", "2", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert str(out) in printed and re.search(r"\(\d+\.\d MiB\)", printed)
-    assert out.stat().st_size > 1_000_000
-    assert cli.main(["explore", sample_image(), "-o", str(tmp_path)]) == 2
+    assert str(out) in printed and re.search(r"\((\d+\.\d) MiB\)", printed)[1] == f"{out.stat().st_size / 2**20:.1f}"
+    meta, _ = page_parts(out.read_text(encoding="utf-8"))
+    assert meta["model"] == "tiny_reg4" and len(meta["relevance"]) == 2
+    assert cli.main(["explore", sample_image(), "--model", weights, "-o", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err

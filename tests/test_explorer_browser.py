@@ -9,6 +9,7 @@ trace's attention row. The values under the cursor are checked against the trace
 Without chromium or playwright these tests are skipped here with a message saying so; in CI (``CI=true``, as
 .ci/run sets it) a missing browser is a failure, never a skip.
 """
+import json
 import os
 import re
 import shutil
@@ -52,13 +53,19 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def trace():
-    return load_model("default").run(sample_image())
+def model():
+    return load_model("default")
 
 
 @pytest.fixture(scope="module")
-def page_file(trace, tmp_path_factory):
-    return explorer.explore(trace).save(tmp_path_factory.mktemp("explorer") / "explorer.html")
+def trace(model):
+    return model.run(sample_image())
+
+
+@pytest.fixture(scope="module")
+def page_file(model, trace, tmp_path_factory):
+    page = explorer.explore(trace, model=model, classes=2)                # two backward passes
+    return page.save(tmp_path_factory.mktemp("explorer") / "explorer.html")
 
 
 @pytest.fixture(scope="module")
@@ -246,4 +253,27 @@ def test_prefix_queries_shares_and_arrow_keys(page, trace):
     assert page.locator("body").get_attribute("data-query") == str(prefix + 30 + 1 + grid[1])
     page.keyboard.press("]")
     assert page.locator("body").get_attribute("data-view") == "layer 10, head 1"
+    assert page.outside == [] and page.errors == []
+
+
+def test_class_relevance_shows_chefers_map(page, trace):
+    grid = trace.grid
+    page.select_option("#nv-mode", "relevance")
+    page.select_option("#nv-class", "1")                                  # the second most probable class
+    second = int(np.argsort(-trace.logits[0])[1])
+    # the page's numbers, which tests/test_explorer.py checks against analysis.explanation_map(..., "chefer")
+    meta = json.loads(page.locator("#nv-meta").text_content())
+    values = np.array(meta["relevance"][1]["values"])                                   # [P]
+    assert page.locator("body").get_attribute("data-view") == f"relevance for class {trace.config.labels[second]}"
+    levels = overlay_levels(page, grid)
+    assert levels[values.argmax()] == 255
+    assert np.all(np.abs(levels - np.rint(values / values.max() * 255)) <= LEVEL_TOLERANCE)
+    for k in (40, 100):
+        page.mouse.move(*patch_centre(page, k, grid))
+        text = page.locator("#nv-readout").inner_text()
+        match = re.fullmatch(rf"key patch {k} \(row {k // grid[1]}, col {k % grid[1]}\): relevance (\S+)", text)
+        assert match, text
+        # float32 in the page; only the shown digits round
+        assert abs(float(match[1]) - values[k]) <= shown_to_within(values[k]) + 1e-7 * abs(values[k])
+    page.select_option("#nv-mode", "attention")
     assert page.outside == [] and page.errors == []

@@ -49,7 +49,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
     for path in paths:
         echo(f"  {os.path.basename(path)}")
-    page = explore(trace).save(os.path.join(out_dir, "explorer.html"))
+    page = explore(trace, model=model, classes=3).save(os.path.join(out_dir, "explorer.html"))
     echo(f"and {os.path.basename(page)} ({os.path.getsize(page) / 2**20:.1f} MiB): the interactive explorer, "
          f"open it in a browser")
     echo(f"done in {time.perf_counter() - start:.1f} s")

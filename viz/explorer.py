@@ -9,7 +9,10 @@ The page (viz/assets/explorer.js and explorer.css, inlined) shows the image with
 the arrow keys) picks the query token, a patch or a prefix token (CLS, registers); the overlay is that query's
 attention row in one layer and head (or the mean / max over heads), or the attention rollout from that query
 (Abnar & Zuidema 2020, eq. 1) from a chosen start layer through the last. A "model view" draws the same query's
-row in every layer x head at once (BertViz's model view, Vig 2019, for images).
+row in every layer x head at once (BertViz's model view, Vig 2019, for images). Given the model too
+(``explore(trace, model=model)``), the page also holds the class-specific relevance of the top classes (Chefer,
+Gur & Wolf 2021, eqs. 5-6, ``analysis.explanation_map(trace, model.backward(trace, c), "chefer")``): one
+backward pass per class.
 
 What the file holds (``payload``, decoded by ``decode_payload``), for every query token it keeps, and every
 row = (layer, head) of the attention plus (start layer) of the rollout:
@@ -55,6 +58,9 @@ FORMAT_VERSION = 1
 
 def rollout_rows(attentions, queries) -> np.ndarray:
     """Attention rollout rows of the query tokens, from every start layer: list over L of [H, N, N] -> [L, Q, N].
+
+    ``analysis.attention_rollout_row`` gives one query from one start layer; the page needs every query from
+    every start layer, which one pass from the last layer down gives for the cost of the deepest start.
 
     Abnar & Zuidema (2020), eq. 1, with A_hat_l = (mean_h A_l + I) / rowsum (``analysis.fuse_heads`` and
     ``analysis.add_residual``): rollout from start layer s is R_s = A_hat_{L-1} @ ... @ A_hat_s, and its row q is
@@ -161,6 +167,25 @@ def describe(trace) -> dict:
     return meta
 
 
+def class_relevance(trace, model, classes=5) -> list:
+    """Chefer et al. (2021) relevance of every patch for each of the trace's ``classes`` most probable classes:
+    [{"label", "probability", "values": [P] floats}], best first. One ``model.backward`` per class, from the class
+    token's row (the mean of the patch rows for a model without one), start layer 0."""
+    if not isinstance(classes, (int, np.integer)) or isinstance(classes, bool) or classes < 0:
+        raise ArgumentError(f"classes must be a whole number of classes to explain (0: none), got {classes!r}")
+    if not classes or "logits" not in set(trace.keys()):   # a model without classifier has no class to explain
+        return []
+    probabilities = trace.probabilities()[0]                                  # [C]
+    labels = trace.config.labels or tuple(f"class {i}" for i in range(len(probabilities)))
+    out = []
+    for index in np.argsort(-probabilities)[: int(classes)]:
+        grads = model.backward(trace, int(index))
+        values = analysis.explanation_map(trace, grads, "chefer")[0]          # [gh, gw], image 0
+        out.append({"label": labels[index], "probability": float(probabilities[index]),
+                    "values": values.astype(np.float32).ravel().tolist()})   # [gh, gw] -> [P]
+    return out
+
+
 @dataclass
 class Payload:
     """The rows a file holds (see the module docstring); ``queries`` are token indices into N."""
@@ -240,7 +265,7 @@ class Explorer:
     ``.queries`` are the query tokens the page holds (all of them, or a strided subset with ``.stride`` > 1
     for grids too large for one file: ``.note`` says so)."""
 
-    def __init__(self, trace, max_bytes=MAX_BYTES):
+    def __init__(self, trace, max_bytes=MAX_BYTES, model=None, classes=5):
         if not is_trace(trace):
             raise ArgumentError(f"explore takes a Trace (trace = model.run(image)), got {type(trace).__name__}")
         image = trace_image(trace)
@@ -252,7 +277,8 @@ class Explorer:
         self.trace = trace
         self.meta = describe(trace)
         self.payload = build_payload(trace, max_bytes=int(max_bytes))
-        self.meta.update(queries=self.payload.queries, stride=self.payload.stride, serve=False)
+        self.meta.update(queries=self.payload.queries, stride=self.payload.stride, serve=False,
+                         relevance=[] if model is None else class_relevance(trace, model, classes))
         self.image_url = _png_data_url(image)
         self.html = render_html(self.meta, self.image_url, self.payload.to_bytes())
 
@@ -292,9 +318,10 @@ class Explorer:
                 f"border:1px solid #ccc\" sandbox=\"allow-scripts\"></iframe>")
 
 
-def explore(trace, max_bytes=MAX_BYTES) -> Explorer:
-    """The interactive explorer of ``trace`` (from ``model.run(image)``): see the module docstring."""
-    return Explorer(trace, max_bytes=max_bytes)
+def explore(trace, max_bytes=MAX_BYTES, model=None, classes=5) -> Explorer:
+    """The interactive explorer of ``trace`` (from ``model.run(image)``): see the module docstring. With
+    ``model`` (the ViT that made the trace), the relevance of the ``classes`` most probable classes too."""
+    return Explorer(trace, max_bytes=max_bytes, model=model, classes=classes)
 
 
 # --- on demand, for grids too large for one file ------------------------------------------------
@@ -305,7 +332,7 @@ def query_bytes(trace, attentions, token: int) -> bytes:
     return row_max.astype("<f4").tobytes() + prefix.astype("<f4").tobytes() + codes.tobytes()
 
 
-def make_server(trace, port=0, host="127.0.0.1"):
+def make_server(trace, port=0, host="127.0.0.1", model=None, classes=5):
     """An http.server on ``host`` (default 127.0.0.1, this machine only) serving the page at / and each query's
     rows at /query/<token>, computed when asked. Returns the server; ``server.serve_forever()`` runs it."""
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -315,7 +342,8 @@ def make_server(trace, port=0, host="127.0.0.1"):
     attentions = [np.asarray(a[0]) for a in trace_attention(trace)]
     tokens = attentions[0].shape[-1]
     meta = describe(trace)
-    meta.update(queries=list(range(tokens)), stride=1, serve=True)
+    meta.update(queries=list(range(tokens)), stride=1, serve=True,
+                relevance=[] if model is None else class_relevance(trace, model, classes))
     page = render_html(meta, _png_data_url(trace_image(trace)), None).encode("utf-8")
     lock = threading.Lock()   # one query at a time: each already uses every core through BLAS
 

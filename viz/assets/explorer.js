@@ -19,7 +19,7 @@
 
   const state = {
     query: T > 0 ? 0 : T + Math.floor(GH / 2) * GW + Math.floor(GW / 2),   // a token index (or "mean")
-    mode: "attention", layer: L - 1, head: 0, start: 0, interp: "nearest", hover: null, follow: false,
+    mode: "attention", layer: L - 1, head: 0, start: 0, cls: 0, interp: "nearest", hover: null, follow: false,
   };
   let store = null;          // {rowMax, prefix, codes} of every held query (file mode)
   const cache = new Map();   // token -> {values [R*P], prefix [R*T], bound [R]} as floats
@@ -101,7 +101,14 @@
     return { values, prefix, bound, shares: how === "mean" };
   }
 
+  function relevanceMap(index) {
+    // Chefer et al. (2021) relevance for one class: float32 values in the metadata, exact; not a distribution
+    const values = Float32Array.from(meta.relevance[index].values);
+    return { values, prefix: new Float32Array(T), bound: 0, shares: false, exact: true };
+  }
+
   function mapOf(rows, view) {
+    if (view.mode === "relevance") return relevanceMap(view.cls);
     if (view.mode === "rollout") return Object.assign(row(rows, L * H + view.start), { shares: true });
     if (view.head === "mean" || view.head === "max") return fused(rows, view.layer, view.head);
     return Object.assign(row(rows, view.layer * H + view.head), { shares: true });
@@ -184,6 +191,7 @@
   }
 
   function viewName() {
+    if (state.mode === "relevance") return "relevance for class " + meta.relevance[state.cls].label;
     if (state.mode === "rollout") return "rollout from layer " + state.start + " through layer " + (L - 1);
     const head = state.head === "mean" ? "mean over heads" : state.head === "max" ? "max over heads"
                                                                                  : "head " + state.head;
@@ -194,8 +202,10 @@
     const bar = $("nv-share-bar"), text = $("nv-share-text");
     bar.textContent = "";
     if (!map.shares) {
-      text.textContent = "The max over heads is not a distribution (its rows do not sum to 1): choose a head or " +
-                         "the mean to see the shares.";
+      text.textContent = state.mode === "relevance"
+        ? "Relevance is not a distribution: choose attention or rollout to see the shares."
+        : "The max over heads is not a distribution (its rows do not sum to 1): choose a head or the mean to " +
+          "see the shares.";
       return;
     }
     const parts = [];
@@ -226,17 +236,20 @@
     $("nv-overlay").style.opacity = $("nv-opacity").value / 100;
     drawGridLines();
     $("nv-query-label").textContent = tokenName(state.query);
-    $("nv-title").textContent = "Attention of " + tokenName(state.query) + ": " + viewName();
-    $("nv-cb-caption").textContent = (state.mode === "rollout" ? "rollout weight" : "attention weight") +
-                                     " (colour scaled to this map's largest patch value)";
+    $("nv-title").textContent = state.mode === "relevance"
+      ? "Relevance of each patch for class " + meta.relevance[state.cls].label + " (Chefer et al. 2021, " +
+        (T && meta.prefix_names[0] === "cls" ? "the class token's row" : "the mean of the patch rows") + ")"
+      : "Attention of " + tokenName(state.query) + ": " + viewName();
+    $("nv-cb-caption").textContent = ({ rollout: "rollout weight", relevance: "relevance" }[state.mode] ||
+                                      "attention weight") + " (colour scaled to this map's largest patch value)";
     for (const button of document.querySelectorAll("button.nv-token"))
       button.classList.toggle("nv-active", button.dataset.token === String(state.query));
     for (const [id, shown] of [["nv-layer", state.mode === "attention"], ["nv-head", state.mode === "attention"],
-                               ["nv-start", state.mode === "rollout"]]) {
+                               ["nv-start", state.mode === "rollout"], ["nv-class", state.mode === "relevance"]]) {
       $(id).hidden = !shown; $(id + "-label").hidden = !shown;
     }
     $("nv-mode").value = state.mode; $("nv-layer").value = state.layer; $("nv-head").value = state.head;
-    $("nv-start").value = state.start;
+    $("nv-start").value = state.start; $("nv-class").value = state.cls;
     drawShares(map);
     drawModelView(rows);
     readout();
@@ -253,8 +266,10 @@
     }
     const k = state.hover, value = state.map.values[k];
     out.dataset.key = k; out.dataset.value = value; out.dataset.bound = state.map.bound;
-    out.textContent = "key patch " + k + " (row " + Math.floor(k / GW) + ", col " + (k % GW) + "): weight " +
-                      format(value) + " ± " + format(state.map.bound) + " (8-bit storage)";
+    const where = "key patch " + k + " (row " + Math.floor(k / GW) + ", col " + (k % GW) + "): ";
+    out.textContent = state.map.exact ? where + "relevance " + format(value)
+                                      : where + "weight " + format(value) + " ± " + format(state.map.bound) +
+                                        " (8-bit storage)";
   }
 
   // --- the model view ---------------------------------------------------------------------------
@@ -371,6 +386,7 @@
     $("nv-head").addEventListener("change", (e) => {
       state.head = isNaN(Number(e.target.value)) ? e.target.value : Number(e.target.value); redraw(); });
     $("nv-start").addEventListener("change", (e) => { state.start = Number(e.target.value); redraw(); });
+    $("nv-class").addEventListener("change", (e) => { state.cls = Number(e.target.value); redraw(); });
     $("nv-interp").addEventListener("change", (e) => { state.interp = e.target.value; redraw(); });
     $("nv-opacity").addEventListener("input", (e) => { $("nv-overlay").style.opacity = e.target.value / 100; });
     $("nv-grid-lines").addEventListener("change", drawGridLines);
@@ -401,6 +417,15 @@
     options($("nv-head"), [...Array(H).keys(), "mean", "max"],
             (h) => (typeof h === "number" ? String(h) : h === "mean" ? "mean over heads" : "max over heads"));
     options($("nv-start"), [...Array(L).keys()], (l) => String(l));
+    options($("nv-class"), [...meta.relevance.keys()],
+            (i) => meta.relevance[i].label + " (" + (100 * meta.relevance[i].probability).toFixed(1) + "%)");
+    if (meta.relevance.length) {
+      options($("nv-mode"), ["relevance"], () => "class relevance (Chefer et al. 2021)");
+      $("nv-relevance-note").textContent = "Class relevance: Chefer, Gur & Wolf (2021), eqs. 5-6: per layer the " +
+        "gradient of the class's logit times the attention, negatives cut per head, averaged over heads, " +
+        "accumulated as R + A R from the identity; the class token's row, over the patches (float32, exact). " +
+        "It does not depend on the query.";
+    }
     $("nv-grid-lines").checked = CELL >= 16;   // lines on a fine grid would hide the image
     const buttons = $("nv-prefix-buttons");
     const tokens = [...meta.prefix_names.keys()];
