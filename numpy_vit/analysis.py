@@ -574,15 +574,23 @@ def mean_attention_distance(attentions, grid, patch_size: int, num_prefix_tokens
         raise ArgumentError(f"prefix must be one of {PREFIX_TREATMENTS}, got {prefix!r}")
     if isinstance(attentions, np.ndarray) and attentions.ndim in (3, 4):
         attentions = [attentions]
-    layers = as_attention_layers(attentions)
-    _check_tokens(layers[0].shape[-1], grid, num_prefix_tokens, "attention")
+    if isinstance(attentions, np.ndarray) and attentions.ndim == 5:
+        attentions = list(attentions)
+    if isinstance(attentions, np.ndarray) or not hasattr(attentions, "__len__") or len(attentions) == 0:
+        as_attention_layers(attentions)                                  # raises the error that names the problem
     distance = patch_distances(grid, patch_size)                         # [P, P]
     t = num_prefix_tokens
-    result = []
-    for a in layers:
+    result, first = [], None
+    for index, a in enumerate(attentions):   # one layer in float64 at a time: 90 MB each at 37 x 37 patches
+        a = as_attention(a, f"attentions[{index}]")                      # [B, H, N, N]
+        first = a.shape if first is None else first
+        if a.shape[0] != first[0] or a.shape[-1] != first[-1]:
+            raise ArgumentError(f"attentions[{index}] has shape {a.shape}, unlike layer 0's {first}")
+        if index == 0:
+            _check_tokens(a.shape[-1], grid, num_prefix_tokens, "attention")
         a = a[:, :, t:, t:]                                              # [B, H, P, P] patch queries -> patch keys
         mass = a.sum(-1)                                                 # [B, H, P]
-        per_query = (a * distance).sum(-1)                               # [B, H, P]
+        per_query = np.einsum("bhij,ij->bhi", a, distance)               # [B, H, P], no [B, H, P, P] product
         if prefix == "renormalise":
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_query = np.where(mass > 0, per_query / mass, np.nan)

@@ -37,9 +37,8 @@ def depth_groups(depth: int) -> list:
 
 
 def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalise"):
-    distance = np.concatenate([analysis.mean_attention_distance([a], layout.grid, layout.patch_size,
-                                                                layout.num_prefix_tokens, prefix=prefix)
-                               for a in layers])        # [L, H], a layer at a time: one float64 copy at once
+    distance = analysis.mean_attention_distance(layers, layout.grid, layout.patch_size, layout.num_prefix_tokens,
+                                                prefix=prefix)                              # [L, H]
     depth, num_heads = distance.shape
     uniform = analysis.uniform_attention_distance(layout.grid, layout.patch_size)
     x = np.arange(depth)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from numpy_vit.errors import ArgumentError
+from numpy_vit.fast import blas_on_one_thread
 
 from . import (attention_budget, attention_distance, attention_maps, cls_evolution, patch_grid, position_embedding,
                rollout)
@@ -161,7 +162,9 @@ def record_for(names) -> list | None:
 def make_figure(name: str, trace, save_path=None, dpi=DPI, **options):
     """Draw figure ``name`` from a Trace; options are those of the matching ``visualize_*`` function."""
     spec = FIGURES[figure_name(name)]
-    with style():
+    # a figure's arrays are small for BLAS: on one thread an SVD of 1,369 x 384 takes 0.3 s, on two threads
+    # shared with another process 5-20 s
+    with style(), blas_on_one_thread():
         fig = new_figure(*spec.size(trace, options))
         spec.draw(fig, trace, options)
     save_figure(fig, save_path, dpi)

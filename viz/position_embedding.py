@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
+from numpy_vit.fast import blas_on_one_thread
 
 from ._common import (SIMILARITY_CMAP, TokenLayout, colorbar, footnote, grid_note, is_trace, label_step, new_figure,
                       save_figure, style, trace_array)
@@ -89,7 +90,8 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=
     colorbar(left, ax_centre, norm, cmap, "cosine sim.", shrink=0.9)
 
     patch_embed = analysis.patch_position_embeddings(pos_embed, layout.grid, layout.num_prefix_tokens)  # [P, D]
-    scores, _, ratio = analysis.pca(patch_embed, 2)                                                      # [P, 2]
+    with blas_on_one_thread():   # a small SVD: BLAS threads only contend (0.3 s on one, up to 20 s on two)
+        scores, _, ratio = analysis.pca(patch_embed, 2)                                                  # [P, 2]
     points = scores.reshape(gh, gw, -1)
     for row in range(gh):
         ax_pca.plot(points[row, :, 0], points[row, :, 1], color="#bbbbbb", linewidth=0.8, zorder=1)
@@ -127,7 +129,8 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=
                  + (f"\n{grid_note(layout, lead='')}" if layout.resampled_from else ""))
     scale = (f"colours span {norm.vmin:.2f} to 1" if similarity_low is not None else
              f"colours span the similarities present, from {matrix.min():.2f} to 1")
-    footnote(fig, f"{gh}x{gw} patch positions, numbered from 0 like the tokens ({layout.num_prefix_tokens} prefix "
+    prefix_rows = np.shape(pos_embed)[-2] - gh * gw        # 0 where the prefix tokens have no position
+    footnote(fig, f"{gh}x{gw} patch positions, numbered from 0 like the tokens ({prefix_rows} prefix "
                   f"token row(s) excluded); {scale}. The figure shows the embedding as it is, not how it got "
                   f"there: a fixed sine-cosine table makes neighbours similar without any training.")
 
