@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 
-from numpy_vit import analysis, sample_image
+from numpy_vit import ViT, ViTConfig, analysis, sample_image
 from numpy_vit.viz import explorer
 from numpy_vit.weights.named_models import load_model
 
@@ -277,3 +277,70 @@ def test_class_relevance_shows_chefers_map(page, trace):
         assert abs(float(match[1]) - values[k]) <= shown_to_within(values[k]) + 1e-7 * abs(values[k])
     page.select_option("#nv-mode", "attention")
     assert page.outside == [] and page.errors == []
+
+
+def test_served_page_computes_the_clicked_query(browser, trace):
+    """numpy-vit explore --serve: the page asks 127.0.0.1 for each query's rows, and nothing else."""
+    import threading
+
+    server = explorer.make_server(trace, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}/"
+    page = browser.new_page(viewport={"width": 1400, "height": 1110})
+    asked, errors = [], []
+    page.on("request", lambda request: asked.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(address)
+        page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        a, prefix, grid = attention(trace), trace.num_prefix_tokens, trace.grid
+        page.select_option("#nv-layer", "2")
+        page.select_option("#nv-head", "5")
+        page.mouse.click(*patch_centre(page, 150, grid))
+        page.wait_for_selector(f"body[data-query='{prefix + 150}']")   # the rows came back from the server
+        row = a[2, 5, prefix + 150, prefix:]
+        levels = overlay_levels(page, grid)
+        assert np.all(np.abs(levels - np.rint(row / row.max() * 255)) <= LEVEL_TOLERANCE)
+        assert "every query" not in page.locator("#nv-notice").inner_text()
+        assert "computed when you pick it" in page.locator("#nv-notice").inner_text()
+        assert all(url.startswith((address, "data:", "blob:")) for url in asked), asked
+        assert f"{address}query/{prefix + 150}" in asked and errors == []
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def large_page():
+    """A tiny model on a 37 x 37 grid, in a file with room for 100 queries: stride 4 (see test_explorer.py)."""
+    config = ViTConfig(img_size=148, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3,
+                       crop_pct=1.0, name="tiny_37x37")
+    trace = ViT(config, seed=0).run(np.random.default_rng(1).integers(0, 255, (148, 148, 3), dtype=np.uint8))
+    return explorer.explore(trace, max_bytes=100 * (2 * 2 + 2) * 37 * 37)
+
+
+def test_a_large_grid_file_snaps_clicks_to_the_patches_it_holds(browser, large_page, tmp_path):
+    made, grid = large_page, large_page.trace.grid
+    page = browser.new_page(viewport={"width": 1400, "height": 1110})
+    try:
+        page.goto(f"file://{made.save(tmp_path / 'large.html')}")
+        page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        assert "every 4th patch" in page.locator("#nv-notice").inner_text()
+        page.mouse.click(*patch_centre(page, 3 * 37 + 5, grid))    # (3, 5): the nearest held patch is (2, 6)
+        assert page.locator("body").get_attribute("data-query") == str(1 + 2 * 37 + 6)
+        assert 1 + 2 * 37 + 6 in made.queries
+    finally:
+        page.close()
+
+
+def test_jupyter_frame_runs_the_page(browser, large_page):
+    """_repr_html_ as a notebook shows it: the page inside a sandboxed iframe, decoded and drawn."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.set_content("<html><body>" + large_page._repr_html_() + "</body></html>")
+        frame = page.frames[1]
+        frame.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        assert frame.locator("#nv-model").inner_text().startswith("tiny_37x37")
+    finally:
+        page.close()
