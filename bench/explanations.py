@@ -345,7 +345,9 @@ def draw(result, model, folder):
     maps = {n: F.explain(n, trace, grads, rng=np.random.default_rng(0), coverage=coverage, model=model,
                          target=label, max_flow=scipy_max_flow)[0] for n in shown}
     figures.disagreement_figure(data["images"][index], F.patch_mask(data["masks"][index:], model.config.grid_size)[0],
-                                maps, {n: F.METHODS[n].label for n in shown}, index, result["seed"],
+                                maps, {n: F.METHODS[n].label for n in shown},
+                                f"make_shapes seed {result['seed']}, image {index}\n"
+                                f"a {data['classes'][label[0]]} (the class explained)",
                                 scores={n: f"AP {pick['average_precision'][n]:.2f}" for n in shown},
                                 save_path=folder / "explanations_disagree.png")
 

@@ -21,7 +21,15 @@ STYLES = {"random": ":", "centre": ":", "oracle": "--"}
 BARS = (("average_precision", "average precision", "average_precision"),
         ("best_iou", "best IoU over thresholds", None),
         ("pointing_game", "pointing game (top patch on the object)", "pointing_game"),
-        ("class_sensitivity", "class sensitivity (two objects)", "class_sensitivity"))
+        ("class_sensitivity", "class sensitivity (two objects)", "class_sensitivity"),
+        ("perturbation.positive.auc", "AUC, positive perturbation\n(lower = more faithful)", None))
+
+
+def _score(method, key):
+    """A score of one method by its dotted path in the results ({} where it was not measured)."""
+    for part in key.split("."):
+        method = method.get(part, {})
+    return method
 
 
 def _curves(ax, result, order):
@@ -47,22 +55,29 @@ def _curves(ax, result, order):
 
 
 def _bars(ax, result, key, title, chance_key):
-    names = [n for n, m in result["methods"].items() if m.get(key, {}).get("n")]
-    means = np.array([result["methods"][n][key]["mean"] for n in names])
-    low = np.array([result["methods"][n][key]["low"] for n in names])
-    high = np.array([result["methods"][n][key]["high"] for n in names])
-    y = np.arange(len(names))
+    """One score of every method as a horizontal bar with its interval; every panel lists all methods in one order,
+    a method not measured on this score keeps an empty row (marked "not run")."""
+    every = list(result["methods"])
+    names = [n for n in every if _score(result["methods"][n], key).get("n")]
+    scores = [_score(result["methods"][n], key) for n in names]
+    means = np.array([s["mean"] for s in scores])
+    low = np.array([s["low"] for s in scores])
+    high = np.array([s["high"] for s in scores])
+    y = np.array([every.index(n) for n in names])
     ax.barh(y, means, xerr=[means - low, high - means], color=[COLOURS.get(n, "#333333") for n in names],
             edgecolor="#333333", linewidth=0.5, capsize=2.5, error_kw=dict(linewidth=1))
-    ax.set_yticks(y)
-    ax.set_yticklabels([result["methods"][n]["label"] for n in names], fontsize=8.5)
-    ax.invert_yaxis()
+    for row, name in enumerate(every):
+        if name not in names:
+            ax.text(0.02, row, "not run", va="center", fontsize=8, color="#777777")
+    ax.set_yticks(np.arange(len(every)))
+    ax.set_yticklabels([result["methods"][n]["label"] for n in every], fontsize=8.5)
+    ax.set_ylim(len(every) - 0.5, -0.5)                                   # the first method on top
     if chance_key:
         ax.axvline(result["chance"][chance_key], color="#555555", linestyle="--", linewidth=1.2,
                    label="chance (theory)")
         ax.legend(fontsize=8, loc="lower right")
-    counts = sorted({result["methods"][n][key]["n"] for n in names})
-    ax.set_title(f"{title}\nN = {', '.join(str(c) for c in counts)} images")
+    counts = sorted({s["n"] for s in scores})
+    ax.set_title(f"{title}\nN = {', '.join(str(c) for c in counts)} images", fontsize=10.5)
     ax.set_xlim(0, 1.02)
     ax.grid(axis="x", alpha=0.3)
 
@@ -84,7 +99,7 @@ def scores_figure(result, save_path=None):
             ax = fig.add_subplot(grid[1, column])
             _bars(ax, result, key, title, chance_key)
             if column:
-                ax.set_yticklabels([])
+                ax.tick_params(labelleft=False)
         fig.suptitle(f"Which map shows what the model used?  {result['model']}, seed {result['seed']}: "
                      f"{result['images']} single-object and {result['pairs']} two-object scenes\n"
                      f"perturbation: patches painted in the image's mean colour, on the first {result['subset']} "
@@ -97,17 +112,17 @@ def scores_figure(result, save_path=None):
     return fig
 
 
-def disagreement_figure(image, truth, maps, labels, index, seed, scores=None, save_path=None):
+def disagreement_figure(image, truth, maps, labels, title, scores=None, save_path=None):
     """One scene and several methods' maps over it, the object's patches outlined.
 
     ``image`` [H, W, 3] uint8, ``truth`` [gh, gw] bool patch mask, ``maps`` {name: [gh, gw]}, ``labels``
-    {name: text}, ``scores`` {name: text} under each title (e.g. its AP).
+    {name: text}, ``title`` over the image, ``scores`` {name: text} under each map's title (e.g. its AP).
     """
     picture = np.asarray(image, dtype=np.float64) / 255.0
     with style():
-        fig = new_figure(3.6 * (len(maps) + 1), 4.4)
+        fig = new_figure(3.6 * (len(maps) + 1), 4.7)
         axes = fig.subplots(1, len(maps) + 1)
-        show_image(axes[0], picture, f"make_shapes seed {seed}, image {index}")
+        show_image(axes[0], picture, title)
         for ax, (name, values) in zip(axes[1:], maps.items()):
             shown = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
             overlay(ax, picture, shown, interpolation="nearest", mask=np.asarray(truth), cmap=HEAT_CMAP)
