@@ -957,15 +957,18 @@ def blurred_baseline(images, sigma: float = 8.0) -> np.ndarray:
     return x
 
 
-def integrated_gradients(images, gradient_of, baseline, steps: int = 16, rule: str = "midpoint") -> np.ndarray:
+def integrated_gradients(images, gradient_of, baseline, steps: int = 16, rule: str = "midpoint",
+                         steps_per_call: int = 1) -> np.ndarray:
     """Integrated gradients (Sundararajan, Taly & Yan 2017, eq. 1) per input value: -> [B, C, H_img, W_img].
 
         IG_i(x) = (x_i - x'_i) * integral_0^1 dF(x' + a (x - x')) / dx_i da
     The integral is a Riemann sum over ``steps`` evaluations (their eq. 3): ``rule="midpoint"`` at a = (k + 1/2) / S,
     k = 0..S-1, weight 1/S each (exact for an integrand linear in a); ``"trapezoid"`` at a = k / S, k = 0..S,
-    end points weighted 1/(2S). ``gradient_of(images) -> d target / d images`` (same shape) is called once per
-    step with the whole batch; the target must be fixed beforehand (a class index, not "the top class of this
-    interpolated image"). ``baseline`` is an array shaped like ``images`` (:func:`black_baseline`,
+    end points weighted 1/(2S). ``gradient_of(images) -> d target / d images`` (same shape) gets the whole batch
+    at ``steps_per_call`` points of the path at once, stacked point-major ([k * B, C, H, W]: the B images at the
+    first point, then at the next), so a model can run them as one larger batch; the target must be fixed
+    beforehand (a class index per image, repeated for each point; never "the top class of this interpolated
+    image"). ``baseline`` is an array shaped like ``images`` (:func:`black_baseline`,
     :func:`blurred_baseline`). Completeness (their Proposition 1): the sum over inputs approaches
     F(x) - F(x'), a check on ``steps``.
     """
@@ -982,12 +985,17 @@ def integrated_gradients(images, gradient_of, baseline, steps: int = 16, rule: s
         raise ArgumentError(f"rule must be one of {IG_RULES}, got {rule!r}")
     if not callable(gradient_of):
         raise ArgumentError("gradient_of must be a function images -> d target / d images")
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, (int, np.integer)) or steps_per_call < 1:
+        raise ArgumentError(f"steps_per_call must be an integer >= 1, got {steps_per_call!r}")
     total = np.zeros_like(x)
-    for alpha, weight in zip(alphas, weights):
-        g = np.asarray(gradient_of(x0 + alpha * (x - x0)), dtype=np.float64)
-        if g.shape != x.shape:
-            raise ArgumentError(f"gradient_of returned shape {g.shape}; it must return d target / d images, {x.shape}")
-        total += weight * g
+    for first in range(0, len(alphas), steps_per_call):
+        chunk, chunk_weights = alphas[first:first + steps_per_call], weights[first:first + steps_per_call]
+        points = x0[None] + chunk[:, None, None, None, None] * (x - x0)[None]   # [k, B, C, H, W]
+        g = np.asarray(gradient_of(points.reshape(-1, *x.shape[1:])), dtype=np.float64)  # [k*B, C, H, W]
+        if g.shape != (len(chunk) * x.shape[0],) + x.shape[1:]:
+            raise ArgumentError(f"gradient_of returned shape {g.shape}; it must return d target / d images, "
+                                f"the shape of its input {(len(chunk) * x.shape[0],) + x.shape[1:]}")
+        total += np.tensordot(chunk_weights, g.reshape(len(chunk), *x.shape), axes=1)   # [k] . [k, B, ...]
     return (x - x0) * total                                              # [B, C, H, W]
 
 

@@ -250,3 +250,17 @@ def test_bad_arguments_are_named(tiny_run, call, message):
     trace, grads = tiny_run
     with pytest.raises(ArgumentError, match=message):
         call(trace, grads)
+
+
+def test_integrated_gradients_in_chunks_of_steps_is_the_same_sum():
+    rng = np.random.default_rng(3)
+    x, x0 = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4))
+    calls = []
+
+    def gradient_of(z):
+        calls.append(len(z))
+        return z ** 2
+    one = analysis.integrated_gradients(x, gradient_of, x0, steps=7)
+    chunked = analysis.integrated_gradients(x, gradient_of, x0, steps=7, steps_per_call=3)
+    assert calls == [2] * 7 + [6, 6, 2]                                    # 7 points: 3 + 3 + 1, two images each
+    np.testing.assert_allclose(chunked, one, rtol=1e-12)                   # the same terms, summed in another order
