@@ -7,6 +7,7 @@ before/after-training comparison, and checkpoint conversion.
     numpy-vit compare cat.jpg --before random --after default --figure all
     numpy-vit convert vit_base.safetensors --arch vit_base_patch16_224 -o vit_base.npz
     numpy-vit explore cat.jpg -o explorer.html                # click a patch, see its attention, offline
+    numpy-vit explain scene.png --target star --target cross   # figure 8: which patches speak for each class
 
 Every command that loads a model takes the same three options: ``--model`` (MODEL_LIST),
 ``--arch`` and ``--img-size``; ``numpy_vit.weights.named_models`` turns them into a ViT. The figures are imported
@@ -44,6 +45,8 @@ ARCH_HELP = ("the architecture, for checkpoints that do not store the number of 
              "vit_{tiny,small,base,large,huge}_patch<P>_<RES>; for random, the random model's architecture")
 IMG_SIZE_HELP = ("run the model at this input size: N, or H,W (also HxW), multiples of the patch size; the position "
                  "embedding is resampled to the new grid (default: the checkpoint's own size, e.g. 518 for DINOv2)")
+EXPLAIN_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black", "ig_blur")  # viz/explanations.py
+EXPLAIN_DEFAULT = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black")
 FIGURE_NAMES = ("patch_grid, position_embedding, attention_layers, all_heads, attention_distance, cls_evolution, "
                 "attention_rollout")  # viz/_common.py imports matplotlib: listed here to keep --help light
 
@@ -264,6 +267,24 @@ def cmd_explore(args):
         print(f"numpy-vit: note: {page.note}", file=sys.stderr)
 
 
+def cmd_explain(args):
+    from numpy_vit.viz.explanations import explanation_maps, visualize_explanations
+
+    model = load_model(args.model, **model_options(args))
+    if not model.config.num_classes:
+        raise ArgumentError(f"{describe_model(model)} has no classification head, so there is no class to explain; "
+                            f"pass --model with a classifier checkpoint")
+    methods = args.method or list(EXPLAIN_DEFAULT)
+    trace = model.run(args.image)
+    explained = explanation_maps(model, trace, args.target, methods, steps=args.steps)
+    for target in explained.targets:
+        print(f"class {target} {explained.labels[target]!r}: p = {explained.probabilities[target]:.1%}")
+    out_folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_folder, exist_ok=True)
+    visualize_explanations(model, explained, save_path=args.out, interpolation=args.interpolation, dpi=args.dpi)
+    print(f"wrote {os.path.abspath(args.out)} ({', '.join(methods)}; rows: the classes above)")
+
+
 def cmd_convert(args):
     from numpy_vit.weights.convert import convert
 
@@ -406,6 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
                               "pass each (default 3; 0: none)")
     _add_model_options(explore)
     explore.set_defaults(handler=cmd_explore)
+
+    explain = _subcommand(
+        commands, "explain", "figure 8: which patches speak for each class, by gradient methods beside rollout",
+        "Run the model on IMAGE, take the gradient of each target class's logit (the backward pass) and write one "
+        "figure (-o, default explanations.png): a row per class with its probability, a column per method, each "
+        "column on one colour scale, beside the class-agnostic attention rollout. Methods: chefer (Chefer et al. "
+        "2021), grad_rollout (vit-explain), grad_cam (Selvaraju et al. 2017), input_x_grad, ig_black and ig_blur "
+        "(integrated gradients, Sundararajan et al. 2017, from a black or a blurred image; --steps passes each).")
+    explain.add_argument("image", metavar="IMAGE")
+    explain.add_argument("--target", action="append", default=None, metavar="NAME|INDEX|top",
+                         help="a class to explain: its name (the model's labels), its index, or top; repeat for "
+                              "more rows (default: the two most probable classes)")
+    explain.add_argument("--method", action="append", default=None, choices=EXPLAIN_METHODS, metavar="METHOD",
+                         help=f"a method, repeatable: {', '.join(EXPLAIN_METHODS)} (default: "
+                              f"{' '.join(EXPLAIN_DEFAULT)})")
+    explain.add_argument("--steps", type=int, default=16,
+                         help="integrated gradients' steps along the path (midpoint rule; default 16)")
+    explain.add_argument("--interpolation", choices=("nearest", "bilinear"), default="nearest",
+                         help="upsampling of the patch maps: nearest (default: one value per patch) or bilinear")
+    explain.add_argument("-o", "--out", default="explanations.png", metavar="FILE",
+                         help="the PNG to write (default: explanations.png)")
+    _add_dpi_option(explain)
+    _add_model_options(explain)
+    explain.set_defaults(handler=cmd_explain)
     return parser
 
 

@@ -3,7 +3,9 @@
 Runs the model once on the shipped sample image and writes the guide's seven files,
 ``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, and beside them ``explorer.html``, the
 interactive attention explorer (viz/explorer.py), then prints where they are and what the model
-predicted. The guide's version downloaded a CIFAR-10 image and took 2-3 minutes.
+predicted. ``vis_8_explanations.png`` explains the model's top two classes by gradients (viz/explanations.py), on
+the shipped two-object scene ``two_shapes.png`` when the sample image and a shapes model are used. The guide's
+version downloaded a CIFAR-10 image and took 2-3 minutes.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from numpy_vit.weights.named_models import describe_model, load_model
 
 SAMPLE_IMAGE = sample_image()
 SAMPLE_SCENES = os.path.join(os.path.dirname(SAMPLE_IMAGE), "sample_scenes.npz")
+TWO_SHAPES = os.path.join(os.path.dirname(SAMPLE_IMAGE), "two_shapes.png")   # figure 8's star and cross
+EXPLANATIONS_FILE = "vis_8_explanations.png"
 
 
 def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
@@ -49,11 +53,34 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
     echo(f"wrote {len(paths)} figures to {os.path.abspath(out_dir)}:")
     for path in paths:
         echo(f"  {os.path.basename(path)}")
+    written = explanations_figure(model, image, out_dir, dpi)
+    echo(f"  {EXPLANATIONS_FILE}: {written}" if os.path.isfile(os.path.join(out_dir, EXPLANATIONS_FILE)) else written)
     page = explore(trace, model=model, classes=3).save(os.path.join(out_dir, "explorer.html"))
     echo(f"and {os.path.basename(page)} ({os.path.getsize(page) / 2**20:.1f} MiB): the interactive explorer, "
          f"open it in a browser")
     echo(f"done in {time.perf_counter() - start:.1f} s")
     return paths
+
+
+def explanations_figure(model, image, out_dir, dpi=None) -> str:
+    """Figure 8 (viz/explanations.py) into ``out_dir``; returns a line saying what it shows, or why it was skipped.
+
+    For the sample image and a model of the ten shapes it explains the shipped two-object scene (a star and a
+    cross, viz/assets/two_shapes.png), where a map for one class should sit on one object; otherwise ``image``.
+    """
+    from numpy_vit.weights.labels import SHAPE_CLASSES
+
+    from .explanations import visualize_explanations
+
+    if not model.config.num_classes:
+        return f"{EXPLANATIONS_FILE} skipped: the model has no classifier, so there is no class to explain"
+    shapes = tuple(model.config.labels or ()) == SHAPE_CLASSES
+    scene = TWO_SHAPES if image == SAMPLE_IMAGE and shapes else image
+    with blas_on_one_thread():
+        visualize_explanations(model, scene, save_path=os.path.join(out_dir, EXPLANATIONS_FILE),
+                               **({"dpi": dpi} if dpi else {}))
+    what = "the two-object scene viz/assets/two_shapes.png" if scene == TWO_SHAPES else "the image"
+    return f"gradient explanations of the top two classes of {what}"
 
 
 def sample_scenes():

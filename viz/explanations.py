@@ -11,6 +11,7 @@ Shapes: B images, T classes explained, (gh, gw) the patch grid, C colour channel
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,8 @@ import numpy as np
 from numpy_vit import analysis
 from numpy_vit.errors import ArgumentError
 
-from ._common import (UNDERLAY_NOTE, colorbar, footnote, grey_underlay, new_figure, overlay, resolve_trace,
-                      save_figure, show_image, style, trace_image)
+from ._common import (DPI, UNDERLAY_NOTE, colorbar, footnote, grey_underlay, is_trace, new_figure, overlay,
+                      resolve_trace, save_figure, show_image, style, trace_image)
 
 # method name -> (column title, what its values are); integrated gradients' two baselines are two methods here
 METHODS = {
@@ -30,12 +31,23 @@ METHODS = {
     "ig_black": ("Integrated gradients\nblack baseline", "logit share (signed)"),
     "ig_blur": ("Integrated gradients\nblurred baseline", "logit share (signed)"),
 }
-DEFAULT_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black")
-SIGNED = ("input_x_grad", "ig_black", "ig_blur")
-DIVERGING_CMAP = "RdBu_r"     # red for the class, blue against, white 0
 IG_STEPS = 16
 IG_STEPS_PER_CALL = 8         # path points per forward + backward pass: bigger matrices, fewer passes
 BLUR_SIGMA = 8.0              # pixels: half a 16 px patch, enough to remove the shapes' edges, keeps their colour
+METHOD_NOTES = {
+    "chefer": "Chefer: R += mean over heads of ReLU(dA * A) @ R, layer by layer, the CLS row.",
+    "grad_rollout": "Gradient rollout: ReLU of the head mean of dA * A, + I, rows normalised, multiplied through "
+                    "the layers, the CLS row.",
+    "grad_cam": "Grad-CAM: ReLU(sum over channels of the patch-mean gradient x token), tokens entering the last "
+                "block's attention.",
+    "input_x_grad": "Gradient x input: pixels times d logit / d pixels.",
+    "ig_black": "Integrated gradients (Sundararajan et al. 2017): (x - x') x the mean gradient on the path from x' "
+                "(midpoint rule), x' black.",
+    "ig_blur": f"Integrated gradients from x' = the image blurred (Gaussian, sigma {BLUR_SIGMA:g} px).",
+}
+DEFAULT_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black")
+SIGNED = ("input_x_grad", "ig_black", "ig_blur")
+DIVERGING_CMAP = "RdBu_r"     # red for the class, blue against, white 0
 
 
 # --- which classes ----------------------------------------------------------------------------------------------
@@ -141,6 +153,7 @@ class Explanations:
     probabilities: np.ndarray
     maps: dict
     rollout: np.ndarray
+    image_index: int = 0
 
 
 def explanation_maps(model, image, targets=None, methods=DEFAULT_METHODS, image_index=0, steps=IG_STEPS,
@@ -151,7 +164,7 @@ def explanation_maps(model, image, targets=None, methods=DEFAULT_METHODS, image_
     METHODS; "ig_black" / "ig_blur" run the model ``steps`` more times per class. ``options`` go to
     :func:`numpy_vit.analysis.explanation_map` (e.g. ``start_layer`` for "chefer"; only those a method takes).
     """
-    trace = resolve_trace(model, image, "explanation_maps") if not hasattr(image, "grid") else image
+    trace = image if is_trace(image) else resolve_trace(model, image, "explanation_maps")
     labels = model_labels(model)
     index = analysis.check_index(image_index, trace.batch_size, "image_index")
     probabilities = trace.probabilities()[index]                         # [C]
@@ -180,7 +193,7 @@ def explanation_maps(model, image, targets=None, methods=DEFAULT_METHODS, image_
             maps[method].append(value)                                   # [gh, gw]
     rollout = analysis.explanation_map(trace, None, "rollout")[index]    # [gh, gw]
     return Explanations(trace, targets, labels, probabilities,
-                        {m: np.stack(v) for m, v in maps.items()}, rollout)   # [T, gh, gw] each
+                        {m: np.stack(v) for m, v in maps.items()}, rollout, index)   # [T, gh, gw] each
 
 
 _OPTIONS = {"chefer": ("start_layer", "query"), "grad_rollout": ("discard_ratio", "query"), "grad_cam": ("layer",),
@@ -245,30 +258,37 @@ def draw_explanations(fig, explained: Explanations, image=None, interpolation="n
                                      size=size)
         axes[0, column].set_title(title)
         colorbar(fig, list(axes[:, column]), norm, cmap, unit, location="bottom", shrink=0.9)
-    fig.suptitle("Which patches speak for each class: gradient explanations of the top classes next to rollout")
-    underlay = f"; {UNDERLAY_NOTE}" if image is not None else ""
-    footnote(fig, "Each column has one colour scale for all its rows (the bar under it), so a column compares the "
-                  "classes; columns do not compare with each other. Rollout uses no gradient and is the same for "
-                  "every class. Chefer: R += mean over heads of ReLU(dA * A) @ R per layer; gradient rollout: "
-                  "ReLU of the head mean of dA * A, + I, rows normalised, multiplied through the layers; both read "
-                  "the CLS row. Grad-CAM: ReLU(sum over channels of the patch-mean gradient x token). Gradient x "
-                  "input and integrated gradients (Sundararajan et al. 2017, midpoint rule) are signed: red for "
-                  f"the class, blue against, summed over each patch{underlay}. Maps are per patch "
-                  f"({interpolation} upsampling).")
+    width = fig.get_figwidth() if hasattr(fig, "get_figwidth") else 12
+    title = "Gradient explanations: which patches speak for each class, beside the attention rollout"
+    fig.suptitle(textwrap.fill(title, max(30, int(width * 72 / (15 * 0.62)))))
+    notes = ["Each column has one colour scale for all its rows (the bar under it), so a column compares the "
+             "classes; columns do not compare with each other. Rollout uses no gradient: the same map in every row."]
+    notes += [METHOD_NOTES[method] for method in methods]
+    if any(method in SIGNED for method in methods):
+        notes.append("Signed maps: red for the class, blue against, white 0, summed over each patch.")
+    if image is not None:
+        notes.append(f"{UNDERLAY_NOTE[0].upper()}{UNDERLAY_NOTE[1:]}.")
+    notes.append(f"One value per patch ({interpolation} upsampling).")
+    footnote(fig, " ".join(notes))
 
 
 def visualize_explanations(model, image, targets=None, methods=DEFAULT_METHODS, save_path=None, *,
-                           interpolation="nearest", steps=IG_STEPS, **options):
+                           interpolation="nearest", steps=IG_STEPS, dpi=DPI, **options):
     """Figure 8: gradient explanations for ``targets`` (default: the image's two most probable classes).
 
     ``model``: a numpy_vit.ViT with a classifier (the backward pass is needed); ``image``: what ``model.run``
-    takes, or a Trace of it. ``methods``: names from METHODS (default DEFAULT_METHODS). Returns the Figure and
-    writes it to ``save_path`` when given.
+    takes, a Trace of it, or the :class:`Explanations` of :func:`explanation_maps` (then nothing is computed
+    again and ``targets``, ``methods``, ``steps`` are its own). ``methods``: names from METHODS (default
+    DEFAULT_METHODS). Returns the Figure and writes it to ``save_path`` when given.
     """
-    explained = explanation_maps(model, image, targets, methods, steps=steps, **options)
-    underlay = trace_image(explained.trace, 0)
+    if isinstance(image, Explanations):
+        explained = image
+    else:
+        explained = explanation_maps(model, image, targets, methods, steps=steps, **options)
+    index = explained.image_index
+    underlay = trace_image(explained.trace, index)
     with style():
         fig = new_figure(*explanations_size(len(explained.targets), len(explained.maps)))
         draw_explanations(fig, explained, underlay, interpolation)
-    save_figure(fig, save_path)
+    save_figure(fig, save_path, dpi)
     return fig
