@@ -1,4 +1,4 @@
-"""Redraw the README's figures: ``python docs/make_figures.py``.
+"""Redraw the README's figures: ``python docs/make_figures.py`` (all), or name some: ``... attention_budget``.
 
 The demo's seven figures (the shipped default model on viz/assets/sample.png), each at a resolution
 that keeps it about 1,300 pixels wide at most, stored with a 256-colour palette to stay small.
@@ -18,12 +18,14 @@ from numpy_vit.weights.named_models import describe_model, load_model  # noqa: E
 MAX_WIDTH = 1300  # pixels
 
 
-def main(out=os.path.join(HERE, "figures")):
+def main(out=os.path.join(HERE, "figures"), names=None):
     os.makedirs(out, exist_ok=True)
     model = load_model(None)
     trace = model.run(SAMPLE_IMAGE)
     print(f"{describe_model(model)}; prediction: {trace.top_k(1)[0]}")
     for name, spec in FIGURES.items():
+        if names and name not in names:
+            continue
         path = os.path.join(out, spec.filename)
         width = spec.size(trace, {})[0]
         source = trace
@@ -38,4 +40,4 @@ def main(out=os.path.join(HERE, "figures")):
 
 
 if __name__ == "__main__":
-    main()
+    main(names=sys.argv[1:])

@@ -419,6 +419,11 @@ SINK_FACTOR = 10.0
 # 1/N. A content-driven head spreads its mass over the few to few dozen patches of an object, so one key
 # rarely holds 10/N; a sink head holds 80-100% on one key (at 197 tokens: 5% is the threshold, a sink 0.8+;
 # at 1,370 tokens: 0.73%). Prefix tokens (CLS, registers) pass it often: that is what registers are for.
+SINK_SHARE = 0.5
+# What the figures call a sink: a key that holds more than half of one head's average query's attention. The
+# 10/N test above also fires on a head that reads one small object from everywhere (the shipped model's heads
+# give each of the heart's ~30 patches 5-15%); a sink takes 80-100% on one key (a DINOv2 ViT-S/14 layer-0 head),
+# an object head never a majority on one patch unless the object is one patch.
 NORM_FACTOR = 4.0
 # Darcet et al. 2023 (Fig. 3) find artifact patches as a separate mode of the token-norm histogram, about
 # an order of magnitude above the rest; ordinary patches stay within ~2x of the median (DINOv2 ViT-S/14
@@ -527,6 +532,11 @@ def token_norms(trace, factor: float = NORM_FACTOR, image: int = 0) -> TokenNorm
     found = [(int(l), int(j), token_name(int(j), grid, names), float(ratio[l, j]))
              for l, j in zip(*np.nonzero(ratio > factor))]
     return TokenNorms(norms, median, tuple(sorted(found, key=lambda o: -o[3])), float(factor))
+
+
+def majority_sink_threshold(num_tokens: int) -> float:
+    """The figures' sink threshold: SINK_SHARE, or SINK_FACTOR / N where fewer than 20 tokens make that larger."""
+    return max(SINK_SHARE, SINK_FACTOR / num_tokens)
 
 
 def dominating_sinks(row, sinks, grid, num_prefix_tokens: int, factor: float = SINK_FACTOR) -> list:

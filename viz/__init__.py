@@ -9,6 +9,7 @@ attention_distance, cls_evolution, rollout, patch_embedding_filters); figures.py
 line and the before/after comparison; _common.py holds what they share. ``python -m numpy_vit.viz.demo`` (or
 ``numpy-vit demo``) draws all seven from the sample image.
 """
+from .attention_budget import visualize_attention_budget
 from .attention_distance import visualize_attention_distance
 from .attention_maps import visualize_all_heads, visualize_attention_map
 from .cls_evolution import visualize_cls_token_evolution
@@ -25,5 +26,6 @@ __all__ = [
     "visualize_attention_distance",       # 5
     "visualize_cls_token_evolution",      # 6
     "visualize_attention_rollout",        # 7
+    "visualize_attention_budget",         # 9, where the attention goes: sinks, registers, token norms
     "visualize_patch_embedding_filters",  # the ViT paper's Fig. 7 left
 ]

@@ -53,6 +53,8 @@ def draw_attention_budget(fig, trace, image_index=0, sink_threshold=None, norm_f
     layers = trace_attention(trace)
     layout = TokenLayout.of_trace(trace)
     image_index = analysis.check_index(image_index, layers[0].shape[0], "image_index")
+    if sink_threshold is None:
+        sink_threshold = analysis.majority_sink_threshold(layers[0].shape[-1])
     sinks = analysis.find_sinks(layers, layout.grid, layout.prefix_names, sink_threshold, image_index)
     sink_patches = sorted({s.token for s in sinks if s.position is not None})
     groups = token_groups(layout, sink_patches)
@@ -111,9 +113,8 @@ def draw_attention_budget(fig, trace, image_index=0, sink_threshold=None, norm_f
 
     fig.suptitle("Where the attention goes: class token, registers, sink patches and the rest, layer by layer")
     named = ", ".join(dict.fromkeys(s.name for s in sinks if s.position is not None))
-    footnote(fig, f"A sink: a key that some head's average query gives more than "
-                  f"{'10x the uniform share' if sink_threshold is None else f'{sink_threshold:.1%}'} "
-                  f"(1/{layers[0].shape[-1]} tokens){f' - here {named}' if named else ''}; "
+    footnote(fig, f"A sink: a key to which one head's average query gives more than {sink_threshold:.0%} of its "
+                  f"attention{f' (here {named})' if named else ' (none here)'}; "
                   f"an outlier: a token whose norm leaving a layer exceeds {norm_factor:g}x that layer's median "
                   f"patch norm (Darcet et al. 2023). Registers are extra tokens that take the global attention "
                   f"a model without them puts on sink patches, so its patches keep describing the image"

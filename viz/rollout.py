@@ -108,6 +108,8 @@ def _make_plan(layers, layout, head_fusions, discard_ratio, query, image_index, 
     last_row = (last[:, t:].mean(axis=(0, 1), dtype=np.float64) if token == "mean"
                 else last[:, token].mean(0, dtype=np.float64))            # [N]
     panels = [Panel(f"Last layer ({depth - 1}) alone\nheads averaged", analysis.attention_to_grid(last_row, grid, t))]
+    if sink_threshold is None:
+        sink_threshold = analysis.majority_sink_threshold(layers[0].shape[-1])
     sinks = analysis.find_sinks(layers, grid, layout.prefix_names, sink_threshold, image_index)
     through = f"layers {start}-{depth - 1}" if start else f"all {depth} layers"
     dropped = _exclusion_words(exclude_heads, exclude_layers)
