@@ -55,7 +55,7 @@ def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
         echo(f"  {os.path.basename(path)}")
     written = explanations_figure(model, image, out_dir, dpi)
     echo(f"  {EXPLANATIONS_FILE}: {written}" if os.path.isfile(os.path.join(out_dir, EXPLANATIONS_FILE)) else written)
-    page = explore(trace, model=model, classes=3).save(os.path.join(out_dir, "explorer.html"))
+    page = explore(trace, model=model, classes=1).save(os.path.join(out_dir, "explorer.html"))  # one backward pass
     echo(f"and {os.path.basename(page)} ({os.path.getsize(page) / 2**20:.1f} MiB): the interactive explorer, "
          f"open it in a browser")
     echo(f"done in {time.perf_counter() - start:.1f} s")
