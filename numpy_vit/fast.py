@@ -444,6 +444,43 @@ def encoder_in_shards(x, shards, blocks, *, record, **options):  # [B, N, D] -> 
     return out
 
 
+def encoder_backward(dy, saved, blocks, *, record=_no_record, **options):  # dy [B, N, D] -> dx [B, N, D], [grads]
+    """``layers.encoder_backward`` of a batch of several images as one shard of images per thread (as
+    ``encoder_in_shards``), each through every block in reverse on one BLAS thread, recording its rows through
+    ``record.shard(rows, batch_size)``; the shards' weight gradients are then summed. One image or one
+    thread: the reference itself, BLAS on its own threads. Tolerance: that of the products (a weight's
+    gradient sums the images' contributions in another grouping).
+
+    Why: as in the forward pass, NumPy runs the elementwise steps (the derivatives of the softmax, GELU and
+    LayerNorm) on one thread while BLAS spreads only the products; shards keep every core busy."""
+    shards = min(len(dy), matmul_threads())
+    if shards <= 1 or not hasattr(record, "shard"):
+        return layers.encoder_backward(dy, saved, blocks, record=record, **options)
+    dx = np.empty_like(dy)
+    shard_grads = {}  # first image of the shard -> its list of each block's weight gradients
+
+    def run_shards(queue):
+        for rows in queue:
+            rows_saved = [{name: array[rows] for name, array in block.items()} for block in saved]
+            dx[rows], shard_grads[rows.start] = run_in_shard(layers.encoder_backward, dy[rows], rows_saved, blocks,
+                                                             record=record.shard(rows, len(dy)), **options)
+
+    with blas_on_one_thread():
+        share_between_threads(run_shards, equal_blocks(len(dy), shards), shards)
+    in_order = [shard_grads[start] for start in sorted(shard_grads)]  # the same sum whichever thread ran which
+    return dx, [_sum_trees([grads[i] for grads in in_order]) for i in range(len(blocks))]
+
+
+def _sum_trees(trees):
+    """Nested dicts of arrays (one per shard) -> one nested dict of their sums, into the first's arrays."""
+    if isinstance(trees[0], dict):
+        return {key: _sum_trees([tree[key] for tree in trees]) for key in trees[0]}
+    total = trees[0]
+    for other in trees[1:]:
+        total += other
+    return total
+
+
 def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
           record=_no_record):  # [B, N, D] -> [B, N, D]
     """``layers.block`` line for line, each step this module's faster one (``layer_norm``, ``attention``,

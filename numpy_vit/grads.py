@@ -10,13 +10,14 @@ class, or any array of the output's shape.
 Also here: which recorded arrays the backward pass reads (``names_needed``, ``BACKWARD_RECORD``), checked
 before it starts so that a trace recorded with a narrow ``record=`` gets a clear error, not a KeyError halfway.
 """
+import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from .errors import ArgumentError
 from .layers import BLOCK_SAVED
-from .trace import Recorder, Trace, TraceKeyError
+from .trace import Recorder, Trace, TraceKeyError, TraceShard
 
 # globs of every array the backward pass may read, for any model: model.run(x, record=BACKWARD_RECORD + [...]).
 # "input" is not read, but recording it is what makes grads["input"] (a saliency map) available.
@@ -163,12 +164,20 @@ class Grads(Mapping):
         self.params = {}
         self._names = frozenset(trace.keys())  # the arrays whose gradient is kept: those the trace holds
         self._arrays = {}
+        self._lock = threading.Lock()  # shards of one batch may record the same name at once
 
     # --- writing (used by the backward pass) --------------------------------------------
+    def wants(self, name):
+        return name in self._names
+
     def add(self, name, array):
         if name in self._names:
             self._arrays[name] = array
         return array
+
+    def shard(self, rows, batch_size):
+        """A writer for one shard of a batch (numpy_vit.fast.encoder_backward), as Trace.shard."""
+        return TraceShard(self, rows, batch_size)
 
     def recorder(self, prefix):
         """A ``record(name, array)`` callback for the layers' backward functions: files under ``prefix.name``."""

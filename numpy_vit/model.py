@@ -252,8 +252,9 @@ class ViT:
         # eqs. 2-3 in reverse, the last block first
         blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
         saved = [{name: trace[f"blocks.{i}.{name}"] for name in layers.BLOCK_SAVED} for i in range(c.depth)]
-        d, block_grads = layers.encoder_backward(d, saved, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps,
-                                                 gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
+        ops = fast if fast.wanted(self.speedups) else layers  # as in forward: a batch in shards on several threads
+        d, block_grads = ops.encoder_backward(d, saved, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps,
+                                              gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
         params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
 
         # eq. 1 in reverse: z_0 = [prefix; x_p E] + E_pos, the position embedding perhaps resampled to this grid

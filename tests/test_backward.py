@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import numpy_vit as nv
-from numpy_vit import layers
+from numpy_vit import fast, layers
 from numpy_vit.erf import erfc
 from numpy_vit.errors import ArgumentError
 
@@ -317,6 +317,31 @@ def test_the_speedups_trace_gives_the_same_gradients():
     fast_trace = model.forward(x)
     # the two forwards differ by the rounding of their products (tests/README.md), which the backward carries
     _assert_same_grads(model.backward(fast_trace, "top"), reference, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [
+    (np.float64, 1e-12),  # another grouping of each weight's sum over images, and products blocked per shard
+    (np.float32, 1e-5),  # the same in float32, as tests/test_fast.py's whole forward passes
+])
+@pytest.mark.parametrize("batch, threads", [(3, 2), (2, 3)])
+def test_a_batch_in_shards_gives_the_reference_gradients(monkeypatch, batch, threads, dtype, tolerance):
+    """fast.encoder_backward: one shard of images per thread, the shards' weight gradients summed."""
+    model = tiny_model(FAMILIES["registers_layer_scale_no_embed_class"][0], dtype=dtype)
+    x = random_input(model, (16, 24), batch=batch)
+    monkeypatch.setattr(fast, "_num_threads", 1)
+    trace = model.forward(x)
+    reference = model.backward(trace, "top")
+    calls = []
+    monkeypatch.setattr(fast, "run_in_shard", lambda f, *a, _run=fast.run_in_shard, **k: calls.append(1) or
+                        _run(f, *a, **k))
+    monkeypatch.setattr(fast, "_num_threads", threads)
+    sharded = model.backward(trace, "top")
+    if fast.can_put_blas_on_one_thread():
+        assert len(calls) == min(batch, threads)  # the shards really ran
+    assert not fast.blas_is_held()
+    for name in reference:
+        assert sharded[name].dtype == dtype
+    _assert_same_grads(sharded, reference, rtol=tolerance)
 
 
 def test_float32_gradients_stay_float32_and_agree_with_float64():
