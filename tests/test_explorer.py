@@ -147,7 +147,10 @@ def test_a_grid_too_large_for_one_file_keeps_a_strided_subset_and_says_so():
     assert page.queries[:5] == [0, 1, 2, 3, 4] and len(page.queries) * rows_per_query * patches <= budget
     rows = sorted({(q - 5) // 37 for q in kept})
     assert rows == list(range(2, 37, 4)) and len(kept) == len(rows) ** 2
-    assert "every 4th patch" in page.note and "--serve" in page.note
+    assert "every 4th patch" in page.note and "--serve" in page.note and "(86 of 1374)" in page.note
+    for stride, said in ((2, "2nd"), (3, "3rd"), (11, "11th"), (21, "21st"), (22, "22nd")):
+        assert f"every {said} patch" in explorer.subset_note(page.meta, page.queries, stride)
+    assert explorer.subset_note(page.meta, page.queries, 1) == ""
     meta, blob = page_parts(page.html)
     assert meta["stride"] == 4 and explorer.decode_payload(blob, meta).codes.shape == (len(page.queries), 6, patches)
 

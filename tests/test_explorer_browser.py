@@ -253,6 +253,10 @@ def test_prefix_queries_shares_and_arrow_keys(page, trace):
     assert page.locator("body").get_attribute("data-query") == str(prefix + 30 + 1 + grid[1])
     page.keyboard.press("]")
     assert page.locator("body").get_attribute("data-view") == "layer 10, head 1"
+    page.locator("#nv-follow").check()                                # the query follows the mouse
+    page.mouse.move(*patch_centre(page, 5, grid))
+    assert page.locator("body").get_attribute("data-query") == str(prefix + 5)
+    page.locator("#nv-follow").uncheck()
     assert page.outside == [] and page.errors == []
 
 

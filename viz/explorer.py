@@ -59,14 +59,12 @@ FORMAT_VERSION = 1
 def rollout_rows(attentions, queries) -> np.ndarray:
     """Attention rollout rows of the query tokens, from every start layer: list over L of [H, N, N] -> [L, Q, N].
 
-    ``analysis.attention_rollout_row`` gives one query from one start layer; the page needs every query from
-    every start layer, which one pass from the last layer down gives for the cost of the deepest start.
-
     Abnar & Zuidema (2020), eq. 1, with A_hat_l = (mean_h A_l + I) / rowsum (``analysis.fuse_heads`` and
     ``analysis.add_residual``): rollout from start layer s is R_s = A_hat_{L-1} @ ... @ A_hat_s, and its row q is
     e_q^T A_hat_{L-1} ... A_hat_s. Multiplying row vectors from the last layer down gives the rows of every
     start layer in one pass, Q rows at a time instead of N x N products (``analysis.attention_rollout`` with
-    ``start_layer=s``, row q, is the same number).
+    ``start_layer=s``, row q, is the same number). ``analysis.attention_rollout_row`` does this for one query
+    and one start layer; the page needs every query from every start layer, here for the cost of the deepest.
     """
     depth = len(attentions)
     rows = np.eye(attentions[0].shape[-1])[queries]                    # [Q, N] one-hot rows e_q
@@ -81,7 +79,8 @@ def rollout_rows(attentions, queries) -> np.ndarray:
 def query_rows(attentions, queries) -> np.ndarray:
     """Every row the page shows for the query tokens: [Q, R, N], R = L * H attention rows then L rollout rows.
 
-    float32, the trace's own precision (the 8-bit codes made from them are 65,000 times coarser)."""
+    float32, the trace's own precision: the 8-bit codes' half step, 1/510 of a row's max, is 16,000 times
+    float32's relative rounding."""
     attention = np.stack([np.asarray(a)[:, queries] for a in attentions])   # [L, H, Q, N]
     depth, heads, count, tokens = attention.shape
     attention = attention.transpose(2, 0, 1, 3).reshape(count, depth * heads, tokens)   # [Q, L*H, N]
@@ -141,20 +140,15 @@ def _colour_table(name=HEAT_CMAP) -> list:
     return np.rint(colours * 255).astype(int).tolist()
 
 
-def _label(trace) -> str:
-    config = trace.config
-    return config.name or "unnamed model"
-
-
 def describe(trace) -> dict:
     """The page's metadata: model, geometry, prediction, and how the rows are stored."""
     config = trace.config
     gh, gw = (int(g) for g in trace.grid)
     attentions = trace_attention(trace)
     heads = int(attentions[0].shape[1])
-    meta = {
+    return {
         "version": FORMAT_VERSION,
-        "model": _label(trace),
+        "model": config.name or "unnamed model",
         "depth": len(attentions), "heads": heads, "width": int(config.embed_dim),
         "patch_size": int(trace.patch_size), "grid": [gh, gw],
         "img_size": [gh * int(trace.patch_size), gw * int(trace.patch_size)],
@@ -164,10 +158,9 @@ def describe(trace) -> dict:
         "colour_map": HEAT_CMAP,
         "top5": [[label, prob] for label, prob in trace.top_k(5)] if "logits" in set(trace.keys()) else [],
     }
-    return meta
 
 
-def class_relevance(trace, model, classes=5) -> list:
+def class_relevance(trace, model, classes=3) -> list:
     """Chefer et al. (2021) relevance of every patch for each of the trace's ``classes`` most probable classes:
     [{"label", "probability", "values": [P] floats}], best first. One ``model.backward`` per class, from the class
     token's row (the mean of the patch rows for a model without one), start layer 0."""
@@ -259,13 +252,29 @@ def render_html(meta: dict, image_url: str, blob: bytes | None) -> str:
         f"<script>{_script_text(_asset('explorer.js'))}</script>\n</body></html>\n")
 
 
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def subset_note(meta: dict, queries, stride: int) -> str:
+    """What the command line and the page tell the user about a file holding only some queries ('' for all)."""
+    if stride == 1:
+        return ""
+    gh, gw = meta["grid"]
+    return (f"the {gh}x{gw} grid is too large for every query in one file: it holds the prefix tokens and every "
+            f"{_ordinal(stride)} patch in each direction as queries ({len(queries)} of "
+            f"{len(meta['prefix_names']) + gh * gw}), and a click picks the nearest one held; "
+            f"numpy-vit explore IMAGE --serve computes any query on demand")
+
+
 class Explorer:
     """The explorer page of one trace: ``.html`` (the text), ``.save(path)``, and inline display in Jupyter.
 
     ``.queries`` are the query tokens the page holds (all of them, or a strided subset with ``.stride`` > 1
     for grids too large for one file: ``.note`` says so)."""
 
-    def __init__(self, trace, max_bytes=MAX_BYTES, model=None, classes=5):
+    def __init__(self, trace, max_bytes=MAX_BYTES, model=None, classes=3):
         if not is_trace(trace):
             raise ArgumentError(f"explore takes a Trace (trace = model.run(image)), got {type(trace).__name__}")
         image = trace_image(trace)
@@ -278,6 +287,7 @@ class Explorer:
         self.meta = describe(trace)
         self.payload = build_payload(trace, max_bytes=int(max_bytes))
         self.meta.update(queries=self.payload.queries, stride=self.payload.stride, serve=False,
+                         note=subset_note(self.meta, self.payload.queries, self.payload.stride),
                          relevance=[] if model is None else class_relevance(trace, model, classes))
         self.image_url = _png_data_url(image)
         self.html = render_html(self.meta, self.image_url, self.payload.to_bytes())
@@ -293,13 +303,7 @@ class Explorer:
     @property
     def note(self) -> str:
         """What the user must know about the data in the file ('' when it holds every query)."""
-        if self.stride == 1:
-            return ""
-        gh, gw = self.meta["grid"]
-        return (f"the {gh}x{gw} grid is too large for every query in one file: it holds the prefix tokens and "
-                f"every {self.stride}th patch in each direction ({len(self.queries)} of "
-                f"{len(self.meta['prefix_names']) + gh * gw} queries); numpy-vit explore IMAGE --serve computes "
-                f"any query on demand")
+        return self.meta["note"]
 
     def save(self, path) -> str:
         """Write the page to ``path`` (an .html file; its folder is created); returns the absolute path."""
@@ -318,9 +322,10 @@ class Explorer:
                 f"border:1px solid #ccc\" sandbox=\"allow-scripts\"></iframe>")
 
 
-def explore(trace, max_bytes=MAX_BYTES, model=None, classes=5) -> Explorer:
-    """The interactive explorer of ``trace`` (from ``model.run(image)``): see the module docstring. With
-    ``model`` (the ViT that made the trace), the relevance of the ``classes`` most probable classes too."""
+def explore(trace, max_bytes=MAX_BYTES, model=None, classes=3) -> Explorer:
+    """The interactive explorer of ``trace`` (from ``model.run(image)``; of a batch, its first image): see the
+    module docstring. With ``model`` (the ViT that made the trace), the relevance of the ``classes`` most
+    probable classes too."""
     return Explorer(trace, max_bytes=max_bytes, model=model, classes=classes)
 
 
@@ -332,17 +337,17 @@ def query_bytes(trace, attentions, token: int) -> bytes:
     return row_max.astype("<f4").tobytes() + prefix.astype("<f4").tobytes() + codes.tobytes()
 
 
-def make_server(trace, port=0, host="127.0.0.1", model=None, classes=5):
+def make_server(trace, port=0, host="127.0.0.1", model=None, classes=3):
     """An http.server on ``host`` (default 127.0.0.1, this machine only) serving the page at / and each query's
     rows at /query/<token>, computed when asked. Returns the server; ``server.serve_forever()`` runs it."""
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in ("127.0.0.1", "localhost"):
         raise ArgumentError(f"the explorer serves this machine only (127.0.0.1); got host {host!r}")
     if not is_trace(trace) or trace_image(trace) is None:
         raise ArgumentError("serve takes a Trace of an image (trace = model.run(path))")
     attentions = [np.asarray(a[0]) for a in trace_attention(trace)]
     tokens = attentions[0].shape[-1]
     meta = describe(trace)
-    meta.update(queries=list(range(tokens)), stride=1, serve=True,
+    meta.update(queries=list(range(tokens)), stride=1, serve=True, note="",
                 relevance=[] if model is None else class_relevance(trace, model, classes))
     page = render_html(meta, _png_data_url(trace_image(trace)), None).encode("utf-8")
     lock = threading.Lock()   # one query at a time: each already uses every core through BLAS

@@ -450,11 +450,9 @@
       notice.hidden = false;
       notice.textContent = "Served by numpy-vit explore --serve on this machine: each query's rows are computed " +
                            "when you pick it.";
-    } else if (meta.stride > 1) {
+    } else if (meta.note) {   // viz/explorer.py's subset_note: the file holds some of the queries
       notice.hidden = false;
-      notice.textContent = "This file holds the prefix tokens and every " + meta.stride + "th patch of the " +
-        GH + "×" + GW + " grid in each direction as queries (" + meta.queries.length + " of " + (T + P) + "): a " +
-        "click picks the nearest one held. Run numpy-vit explore IMAGE --serve to pick any patch.";
+      notice.textContent = meta.note.charAt(0).toUpperCase() + meta.note.slice(1) + ".";
     }
     const top = $("nv-top5");
     if (!meta.top5.length) top.textContent = "this model has no classifier";
