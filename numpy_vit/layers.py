@@ -60,7 +60,8 @@ def layer_norm_backward(dy, x, weight, bias, *, eps):  # dy, x [..., D] -> dx [.
     """y = x_hat w + b with x_hat = (x - mean) / sigma. With g = dy w, the three terms of
     d layer norm: dx = (g - mean(g) - x_hat mean(g x_hat)) / sigma
     (the direct path, minus what flows through the mean, minus what flows through the variance).
-    The mean and sigma are recomputed from x (two cheap passes) rather than kept by the forward."""
+    The mean and sigma are recomputed from x (two cheap passes) rather than kept by the forward; ``bias`` is
+    taken so that a LayerNorm's weights wire in with ``**`` as in the forward, and does not enter dx."""
     centred = x - x.mean(axis=-1, keepdims=True)  # [..., D]
     inv_sigma = 1 / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps)  # [..., 1]
     x_hat = centred * inv_sigma  # [..., D]
@@ -93,10 +94,10 @@ def gelu_backward(dy, x, y, approximate="erf"):  # dy, x, y [...] -> dx [...]
         t = np.tanh(c * (x + a * x * x * x))
         return dy * (f(0.5) * (1 + t) + f(0.5) * x * (1 - t * t) * c * (1 + f(3) * a * x * x))
     cdf = np.divide(y, x, out=np.full_like(x, 0.5), where=np.abs(x) >= np.finfo(x.dtype).tiny)  # Phi(x)
-    density = np.exp(f(-0.5) * x * x)  # phi(x) * sqrt(2 pi)
-    density *= x * f(1 / math.sqrt(2 * math.pi))  # x phi(x)
-    density += cdf  # Phi(x) + x phi(x)
-    return dy * density
+    slope = np.exp(f(-0.5) * x * x)  # phi(x) sqrt(2 pi)
+    slope *= x * f(1 / math.sqrt(2 * math.pi))  # x phi(x)
+    slope += cdf  # gelu'(x) = Phi(x) + x phi(x)
+    return dy * slope
 
 
 def softmax(x, axis=-1):

@@ -1,4 +1,5 @@
-"""ViT: parameters, initialisation and the forward pass that writes a Trace.
+"""ViT: parameters, initialisation, the forward pass that writes a Trace, and the backward pass that reads it
+back into the gradients of every traced array and every parameter (Grads).
 
 Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words" (arXiv 2010.11929), eqs. 1-4:
     z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
@@ -218,11 +219,33 @@ class ViT:
         cotangent, classes = grads_module.cotangent_for(trace, target, c, self.dtype)
         grads = Grads(trace, cotangent, classes, grads_module.output_name(c))
         params = {}  # the parameters' gradients, nested like param_tree
-        last = trace[f"blocks.{c.depth - 1}.resid_post"]  # [B, N, D] the encoder's output
-        B, N, D = last.shape
 
-        # eq. 4 in reverse: the head(s), pre_logits, the pooling (and fc_norm after it), the final LayerNorm
-        d = grads.add(grads.output, cotangent)  # [B, C] (a model without classifier: its output's shape)
+        # eq. 4 in reverse: from the output's cotangent to the encoder output's gradient
+        d = self._head_backward(trace, grads, params)  # [B, N, D]
+
+        # eqs. 2-3 in reverse, the last block first
+        blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
+        saved = [{name: trace[f"blocks.{i}.{name}"] for name in layers.BLOCK_SAVED} for i in range(c.depth)]
+        ops = fast if fast.wanted(self.speedups) else layers  # as in forward: a batch in shards on several threads
+        d, block_grads = ops.encoder_backward(d, saved, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps,
+                                              gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
+        params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
+
+        # eq. 1 in reverse: to the tokens, the position embedding, the patch projection and the pixels
+        self._embedding_backward(d, trace, grads, params)
+
+        flat = _flatten(params)
+        # a parameter the output does not reach (the head of a model with global_pool="") has gradient zero
+        grads.params = {name: flat[name] if name in flat else np.zeros_like(value)
+                        for name, value in self.params.items()}
+        return grads
+
+    def _head_backward(self, trace, grads, params):  # -> [B, N, D] the encoder output's gradient
+        """Eq. 4 and the head in reverse: the head(s), pre_logits, the pooling (and fc_norm after it), the final
+        LayerNorm; records their gradients into ``grads`` and their weights' into ``params``."""
+        c, weights = self.config, self.param_tree
+        last = trace[f"blocks.{c.depth - 1}.resid_post"]  # [B, N, D] the encoder's output
+        d = grads.add(grads.output, grads.cotangent)  # [B, C] (a model without classifier: its output's shape)
         d_dist = None  # the distillation head's gradient of the token it reads
         if c.global_pool and c.num_classes:
             if c.distilled:  # logits = (head(h) + head_dist(final[:, 1])) / 2: each head gets half of d
@@ -242,48 +265,39 @@ class ViT:
                 pooled_tokens = layers.pool(last, c.global_pool, c.num_prefix_tokens)  # [B, D]
                 d, params["fc_norm"] = layers.layer_norm_backward(d, pooled_tokens, **weights["fc_norm"],
                                                                   eps=c.layer_norm_eps)  # [B, D]
-            d = layers.pool_backward(d, N, c.global_pool, c.num_prefix_tokens)  # [B, D] -> [B, N, D]
+            d = layers.pool_backward(d, last.shape[1], c.global_pool, c.num_prefix_tokens)  # [B, D] -> [B, N, D]
             if d_dist is not None:
                 d[:, 1] += d_dist
         if not c.use_fc_norm:  # norm = LN(last)
             grads.add("norm", d)
             d, params["norm"] = layers.layer_norm_backward(d, last, **weights["norm"], eps=c.layer_norm_eps)
+        return d
 
-        # eqs. 2-3 in reverse, the last block first
-        blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
-        saved = [{name: trace[f"blocks.{i}.{name}"] for name in layers.BLOCK_SAVED} for i in range(c.depth)]
-        ops = fast if fast.wanted(self.speedups) else layers  # as in forward: a batch in shards on several threads
-        d, block_grads = ops.encoder_backward(d, saved, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps,
-                                              gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
-        params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
-
-        # eq. 1 in reverse: z_0 = [prefix; x_p E] + E_pos, the position embedding perhaps resampled to this grid
+    def _embedding_backward(self, d, trace, grads, params):  # d [B, N, D], the first block's input gradient
+        """Eq. 1 in reverse, z_0 = [prefix; x_p E] + E_pos: the prefix tokens, the position embedding (back
+        through its resampling to the stored table), the patch projection and the pixels."""
+        c, proj = self.config, self.param_tree["patch_embed"]["proj"]
+        B, _, D = d.shape
         d_prefix, d_tokens, d_pos = layers.embed_backward(d, c.num_prefix_tokens, c.no_embed_class)
-        grads.add("pos_embed", d_pos)  # [N_pos, D]
+        grads.add("pos_embed", d_pos)  # [N_pos, D] the embedding used, perhaps resampled to this grid
         grads.add("patch_embed", d_tokens)  # [B, P, D]
         params["pos_embed"] = resample_pos_embed_backward(d_pos, c.grid_size, trace.grid,
                                                           0 if c.no_embed_class else c.num_prefix_tokens,
                                                           c.pos_embed_resample)[None]  # [1, N_pos of the table, D]
-        proj = weights["patch_embed"]["proj"]
         d_patches, proj_grads = layers.linear_backward(d_tokens, trace["patches"], proj["weight"].reshape(D, -1),
                                                        proj["bias"])  # [B, P, D] -> [B, P, C*p*p]
         proj_grads["weight"] = proj_grads["weight"].reshape(proj["weight"].shape)  # [D, C*p*p] -> [D, C, p, p]
         params["patch_embed"] = {"proj": proj_grads}
         grads.add("patches", d_patches)
         p = c.patch_size
-        grads.add("input", layers.patchify_backward(d_patches, (B, c.in_chans, trace.grid[0] * p, trace.grid[1] * p),
-                                                    p))  # [B, C, H, W]
+        image_shape = (B, c.in_chans, trace.grid[0] * p, trace.grid[1] * p)
+        grads.add("input", layers.patchify_backward(d_patches, image_shape, p))  # [B, C, H, W]
         start = 0
         for name, count in (("cls_token", int(c.class_token)), ("dist_token", int(c.distilled)),
                             ("reg_token", c.num_reg_tokens)):
             if count:
                 params[name] = d_prefix[None, start:start + count]  # [1, count, D]
                 start += count
-
-        flat = _flatten(params)
-        # a parameter the output does not reach (the head of a model with global_pool="") has gradient zero
-        grads.params = {name: flat[name] if name in flat else np.zeros_like(value) for name, value in self.params.items()}
-        return grads
 
     def prefix_tokens(self):  # -> [prefix, D]
         """The class token, DeiT's distillation token and the register tokens, in that order, as learned."""
