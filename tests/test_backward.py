@@ -344,12 +344,15 @@ def test_a_batch_in_shards_gives_the_reference_gradients(monkeypatch, batch, thr
     _assert_same_grads(sharded, reference, rtol=tolerance)
 
 
-def test_float32_gradients_stay_float32_and_agree_with_float64():
-    model64 = tiny_model(FAMILIES["registers_layer_scale_no_embed_class"][0])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float32_gradients_stay_float32_and_agree_with_float64(family):
+    fields, size = FAMILIES[family]
+    model64 = tiny_model(fields)
     model32 = model64.astype(np.float32)
-    x = random_input(model64, (16, 24))
-    g64 = model64.backward(model64.forward(x), [0, 3])
-    g32 = model32.backward(model32.forward(x.astype(np.float32)), [0, 3])
+    x = random_input(model64, size)
+    target = [0, 3] if model64.config.num_classes else random_cotangent(model64, model64.forward(x))
+    g64 = model64.backward(model64.forward(x), target)
+    g32 = model32.backward(model32.forward(x.astype(np.float32)), target)
     for name in g32:
         assert g32[name].dtype == np.float32, name
         # float32 rounding (u = 6e-8) grown through two blocks of a tiny model: 1e-4 of the array's scale
