@@ -10,7 +10,9 @@ patches, 518 px input) with random weights, written to an .npz by each tree's ow
 is a 640 x 480 PNG of smooth shapes, resized and cropped to 518 x 518 as for any photo. Each round runs one fresh
 ``python -m numpy_vit.cli show IMAGE --figure all --model MODEL.npz`` per tree, in alternating order so that
 a busy neighbour slows both alike; the time is the process's wall time (imports included, as a user waits),
-the memory its peak resident set (``ru_maxrss`` from ``os.wait4``). Medians over the rounds are printed.
+the memory its peak resident set (``ru_maxrss`` from ``os.wait4``), and its CPU time (user + system, all threads):
+on a machine shared with other work the wall time grows with the load, the CPU time much less, and on two idle
+cores the wall time lies between CPU / 2 and CPU. Medians over the rounds are printed.
 """
 import argparse
 import os
@@ -52,7 +54,7 @@ for name in FIGURES:
 
 
 def run_show(tree: Path, work: Path, label: str):
-    """(wall seconds, peak resident MiB) of one ``show --figure all`` process in ``tree``."""
+    """(wall seconds, peak resident MiB, CPU seconds) of one ``show --figure all`` process in ``tree``."""
     out = work / f"out_{label}"
     out.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "numpy_vit.cli", "show", str(work / "image.png"), "--figure", "all",
@@ -66,7 +68,7 @@ def run_show(tree: Path, work: Path, label: str):
     process.stderr.close()
     if status != 0:
         raise SystemExit(f"{label}: show failed:\n{stderr}")
-    return seconds, usage.ru_maxrss / 1024        # Linux reports kilobytes
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime   # Linux reports kilobytes
 
 
 def main():
@@ -90,17 +92,19 @@ def main():
             order = list(enumerate(trees.items()))
             order = order if round_index % 2 == 0 else order[::-1]
             for index, (label, tree) in order:
-                seconds, mib = run_show(tree, work, f"t{index}")
-                results[label].append((seconds, mib))
-                print(f"round {round_index + 1}: {label:<10} {seconds:6.2f} s  peak {mib:7.0f} MiB", flush=True)
+                seconds, mib, cpu = run_show(tree, work, f"t{index}")
+                results[label].append((seconds, mib, cpu))
+                print(f"round {round_index + 1}: {label:<10} {seconds:6.2f} s wall  {cpu:6.2f} s CPU  peak "
+                      f"{mib:7.0f} MiB  (load average {os.getloadavg()[0]:.1f})", flush=True)
         for label, tree in trees.items():
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
                                     text=True).stdout.strip()
             figures = len(list((work / f"out_t{list(trees).index(label)}").glob("*.png")))
-            times, memory = zip(*results[label])
-            print(f"{label} ({commit}, {figures} figures): median {statistics.median(times):.2f} s "
-                  f"(min {min(times):.2f}, max {max(times):.2f}), peak memory median {statistics.median(memory):.0f} "
-                  f"MiB (max {max(memory):.0f})")
+            times, memory, cpu = zip(*results[label])
+            print(f"{label} ({commit}, {figures} figures): wall median {statistics.median(times):.2f} s "
+                  f"(min {min(times):.2f}, max {max(times):.2f}), CPU median {statistics.median(cpu):.2f} s "
+                  f"(min {min(cpu):.2f}), peak memory median {statistics.median(memory):.0f} MiB "
+                  f"(max {max(memory):.0f})")
         if args.figures:
             print("this tree, each figure drawn from one trace:")
             out = work / "per_figure"

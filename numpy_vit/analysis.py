@@ -443,7 +443,8 @@ class Sink:
 
     def describe(self) -> str:
         where = f" (row {self.position[0]}, col {self.position[1]})" if self.position else ""
-        return f"layer {self.layer} head {self.head} -> {self.name}{where}: {self.share:.0%} of every query's attention"
+        return (f"layer {self.layer} head {self.head} -> {self.name}{where}: {self.share:.0%} of its average query's "
+                f"attention")
 
 
 def token_name(token: int, grid, prefix_names) -> str:

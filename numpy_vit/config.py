@@ -291,7 +291,8 @@ def _tag_fields(tag: str, family: str, res, name: str) -> dict:
     families, fields = _TAGS[tag]
     if family not in families:
         raise ConfigError(f"the pretrained tag {tag!r} in {name!r} belongs to {' / '.join(families)} models, not to "
-                          f"the {family} family; its tags are {', '.join(t for t, (f, _) in _TAGS.items() if family in f)}")
+                          f"the {family} family; its tags are "
+                          f"{', '.join(t for t, (f, _) in _TAGS.items() if family in f)}")
     fields = dict(fields)
     if _pair(res, "img_size")[0] >= 384 and family in ("vit", "deit", "deit3"):
         fields["crop_pct"] = 1.0                      # timm evaluates its 384 px fine-tunes without a crop
@@ -308,8 +309,8 @@ def timm_name_fields(name: str) -> dict:
     base, _, tag = name.partition(".")
     m = _NAME.match(base)
     if m is None:
-        raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES> or "
-                          f"vit_<size>_patch14[_reg<K>]_dinov2")
+        raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES> "
+                          f"or vit_<size>_patch14[_reg<K>]_dinov2")
     family, size, rest = m["family"], m["size"], m["rest"]
     if size not in TIMM_SIZES:
         raise UnknownName(f"unknown size {size!r} in {name!r}: timm's plain ViT sizes are {', '.join(TIMM_SIZES)}"

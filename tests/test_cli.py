@@ -47,7 +47,8 @@ def images(tmp_path_factory):
 def test_demo_writes_the_guides_seven_files(small_npz, tmp_path, capsys):
     out = tmp_path / "figures"                            # created by the demo
     assert cli.main(["demo", "--out", str(out), "--model", small_npz, "--dpi", "40"]) == 0
-    assert sorted(os.listdir(out)) == GUIDE_FILES
+    written = os.listdir(out)
+    assert set(GUIDE_FILES) <= set(written) and "vis_9_attention_budget.png" in written   # and the figures after 7
     for name in GUIDE_FILES:
         assert Image.open(out / name).size[0] > 250          # figures are 7 to 17 inches wide
     printed = capsys.readouterr().out
@@ -60,7 +61,7 @@ def test_python_m_viz_demo_runs_as_a_script(small_npz, tmp_path):
     result = subprocess.run([sys.executable, "-m", "viz.demo", "--out", str(tmp_path), "--model", small_npz,
                              "--image", SAMPLE_IMAGE, "--dpi", "30"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(tmp_path)) == GUIDE_FILES
+    assert set(GUIDE_FILES) <= set(os.listdir(tmp_path))
 
 
 def test_show_one_figure_per_image_with_progress(small_npz, images, tmp_path, capsys):

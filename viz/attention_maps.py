@@ -14,8 +14,8 @@ from matplotlib.patches import Rectangle
 
 from numpy_vit import analysis
 
-from ._common import (ATTENTION_RECORD, UNDERLAY_NOTE, TokenLayout, check_layers, colorbar, default_layers, footnote, new_figure,
-                      grid_note, overlay, query_label, resolve_trace, save_figure, show_image, style,
+from ._common import (ATTENTION_RECORD, UNDERLAY_NOTE, TokenLayout, check_layers, colorbar, default_layers, footnote,
+                      grid_note, new_figure, overlay, query_label, resolve_trace, save_figure, show_image, style,
                       trace_attention, trace_image)
 
 
@@ -128,7 +128,7 @@ def draw_all_heads(fig, trace, layer_idx=None, query=None, interpolation="biline
         norm, cmap = overlay(ax, image, shown, interpolation, vmax=top if shared_scale else 1.0, mask=mask,
                              size=layout.image_size if image is None else None)
         _mark_query(ax, query, layout)
-        ax.set_title(f"head {head} · max {grid_map.max():.3f}")
+        ax.set_title(f"head {head} · max {grid_map.max():.3g}")   # 3 digits at any grid size
     for ax in axes[num_heads:]:
         ax.set_visible(False)
     colorbar(fig, list(axes[:num_heads]), norm, cmap,

@@ -15,8 +15,8 @@ from numpy_vit.fast import blas_on_one_thread
 
 from . import (attention_budget, attention_distance, attention_maps, cls_evolution, patch_grid, position_embedding,
                rollout)
-from ._common import (ATTENTION_RECORD, DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, footnote, new_figure,
-                      save_figure, style, trace_array, trace_attention, trace_image)
+from ._common import (ATTENTION_RECORD, DPI, FIGURE_NAMES, TokenLayout, check_layers, default_layers, footnote,
+                      new_figure, save_figure, style, trace_array, trace_attention, trace_image)
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=
     ax_tiles.set_ylabel("input patch row")
     ax_tiles.set_title("(d) Tile at (row, col): that position's similarity to every position\n"
                        "(ViT paper, Fig. 7 centre)"
-                       + (f"\nrows and columns 0, {step}, {2 * step}, ... of the {gh}x{gw} positions" if step > 1 else ""))
+                       + (f"\nrows and columns 0, {step}, {2 * step}, ... of the {gh}x{gw} positions"
+                          if step > 1 else ""))
     colorbar(right, ax_tiles, norm, cmap, "cosine similarity", shrink=0.8)
     fig.suptitle("Position embeddings: cosine similarity between positions"
                  + (f"\n{grid_note(layout, lead='')}" if layout.resampled_from else ""))
