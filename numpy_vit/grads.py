@@ -20,8 +20,9 @@ from .layers import BLOCK_SAVED
 from .trace import Recorder, Trace, TraceKeyError, TraceShard
 
 # globs of every array the backward pass may read, for any model: model.run(x, record=BACKWARD_RECORD + [...]).
-# "input" is not read, but recording it is what makes grads["input"] (a saliency map) available.
-BACKWARD_RECORD = ["input", "patches"] + [f"blocks.*.{name}" for name in BLOCK_SAVED] + [
+# "input" is not read, but recording it is what makes grads["input"] (a saliency map) available; "pos_embed"
+# (one small array) lets the backward pass check that the trace was made with this model's weights.
+BACKWARD_RECORD = ["input", "patches", "pos_embed"] + [f"blocks.*.{name}" for name in BLOCK_SAVED] + [
     "blocks.*.resid_post", "norm", "pooled", "pre_logits", "logits"]
 
 
@@ -47,9 +48,10 @@ def names_needed(config, target=None):
     return names
 
 
-def check_trace(trace, config, dtype, target=None):
+def check_trace(trace, config, dtype, target=None, pos_embed_for=None):
     """Raise ArgumentError unless ``trace`` comes from a model of ``config`` computing in ``dtype`` and holds
-    every array the backward pass reads."""
+    every array the backward pass reads. ``pos_embed_for(grid)``: the model's position embedding for a grid,
+    compared with the recorded one where the trace holds it (another model's weights differ there)."""
     if not isinstance(trace, Trace):
         raise ArgumentError(f"backward needs the Trace of model.run or model.forward, got {type(trace).__name__}")
     if trace.config != config:
@@ -67,6 +69,10 @@ def check_trace(trace, config, dtype, target=None):
     if trace["patches"].dtype != dtype:
         raise ArgumentError(f"this trace was computed in {trace['patches'].dtype} but the model computes in "
                             f"{dtype}: call backward on model.astype(np.{trace['patches'].dtype})")
+    if pos_embed_for is not None and "pos_embed" in trace and \
+            not np.array_equal(trace["pos_embed"], pos_embed_for(trace.grid)):
+        raise ArgumentError("this trace was made by a model with other weights (its position embedding differs "
+                            "from this model's): call backward on the model that made the trace")
 
 
 def _is_int(value):

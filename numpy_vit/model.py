@@ -215,7 +215,7 @@ class ViT:
         pre_logits [B, R]). Returns a Grads: ``grads[name]`` for each name of the trace, ``grads.params`` by
         the names of ``model.params``, summed over the batch."""
         c, weights = self.config, self.param_tree
-        grads_module.check_trace(trace, c, self.dtype, target)
+        grads_module.check_trace(trace, c, self.dtype, target, pos_embed_for=self.pos_embed_for)
         cotangent, classes = grads_module.cotangent_for(trace, target, c, self.dtype)
         grads = Grads(trace, cotangent, classes, grads_module.output_name(c))
         params = {}  # the parameters' gradients, nested like param_tree

@@ -396,6 +396,8 @@ def test_a_trace_of_another_model_is_refused():
     other = tiny_model({"depth": 3})
     with pytest.raises(ArgumentError, match="another config.*depth: 3 vs 2"):
         model.backward(other.forward(random_input(other, (16, 24))), 0)
+    with pytest.raises(ArgumentError, match="a model with other weights"):
+        model.backward(tiny_model({}, seed=5).forward(random_input(model, (16, 24))), 0)
     with pytest.raises(ArgumentError, match="computed in float32 but the model computes in float64"):
         model.backward(model.astype(np.float32).forward(random_input(model, (16, 24))), 0)
     with pytest.raises(ArgumentError, match="needs the Trace"):
