@@ -105,7 +105,7 @@ def test_class_relevance_is_chefers_for_the_top_classes(register_model, register
     assert explorer.class_relevance(register_trace, register_model, 0) == []
     backbone = ViT(register_model.config.replace(num_classes=0), seed=1)
     assert explorer.class_relevance(backbone.run(np.zeros((48, 80, 3), np.uint8)), backbone, 3) == []
-    with pytest.raises(ArgumentError, match="whole number of classes"):
+    with pytest.raises(ArgumentError, match="number of classes to explain"):
         explorer.explore(register_trace, model=register_model, classes=-1)
 
 

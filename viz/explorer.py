@@ -165,7 +165,8 @@ def class_relevance(trace, model, classes=3) -> list:
     [{"label", "probability", "values": [P] floats}], best first. One ``model.backward`` per class, from the class
     token's row (the mean of the patch rows for a model without one), start layer 0."""
     if not isinstance(classes, (int, np.integer)) or isinstance(classes, bool) or classes < 0:
-        raise ArgumentError(f"classes must be a whole number of classes to explain (0: none), got {classes!r}")
+        raise ArgumentError(f"the number of classes to explain (classes=, --classes) must be a whole number >= 0 "
+                            f"(0: none), got {classes!r}")
     if not classes or "logits" not in set(trace.keys()):   # a model without classifier has no class to explain
         return []
     probabilities = trace.probabilities()[0]                                  # [C]
