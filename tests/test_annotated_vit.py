@@ -93,3 +93,9 @@ def test_the_notebook_quotes_the_package_and_copies_none_of_it(committed):
     forward_steps = {"linear", "layer_norm", "gelu", "softmax", "patchify", "attention", "merge_heads", "mlp_block",
                      "block", "encoder", "pool"}
     assert forward_steps <= shown, f"the notebook does not quote layers.{sorted(forward_steps - shown)}"
+
+
+def test_the_notebook_file_stays_small():
+    # code hosts render notebooks up to a few MB; the pictures are 256-colour PNGs at modest resolution
+    size = os.path.getsize(build.NOTEBOOK)
+    assert size < 3 * 2 ** 20, f"docs/annotated_vit.ipynb is {size / 2 ** 20:.1f} MiB; keep it under 3 MiB"
