@@ -203,7 +203,7 @@ _OPTIONS = {"chefer": ("start_layer", "query"), "grad_rollout": ("discard_ratio"
 # --- the figure ---------------------------------------------------------------------------------------------------
 
 def explanations_size(num_targets, num_methods):
-    return (2.55 * (num_methods + 2) + 0.6, 2.75 * num_targets + 2.2)
+    return (2.4 * (num_methods + 2) + 0.6, 2.6 * num_targets + 2.4)
 
 
 def _signed_overlay(ax, image, grid_values, limit, interpolation):
@@ -269,7 +269,7 @@ def draw_explanations(fig, explained: Explanations, image=None, interpolation="n
     if image is not None:
         notes.append(f"{UNDERLAY_NOTE[0].upper()}{UNDERLAY_NOTE[1:]}.")
     notes.append(f"One value per patch ({interpolation} upsampling).")
-    footnote(fig, " ".join(notes))
+    footnote(fig, " ".join(notes), fontsize=10.5)
 
 
 def visualize_explanations(model, image, targets=None, methods=DEFAULT_METHODS, save_path=None, *,
