@@ -13,6 +13,7 @@ from .attention_budget import visualize_attention_budget
 from .attention_distance import visualize_attention_distance
 from .attention_maps import visualize_all_heads, visualize_attention_map
 from .cls_evolution import visualize_cls_token_evolution
+from .explanations import visualize_explanations
 from .patch_embedding_filters import visualize_patch_embedding_filters
 from .patch_grid import visualize_patch_grid
 from .position_embedding import visualize_position_embedding
@@ -26,6 +27,7 @@ __all__ = [
     "visualize_attention_distance",       # 5
     "visualize_cls_token_evolution",      # 6
     "visualize_attention_rollout",        # 7
+    "visualize_explanations",             # 8, gradient explanations of chosen classes (needs the model)
     "visualize_attention_budget",         # 9, where the attention goes: sinks, registers, token norms
     "visualize_patch_embedding_filters",  # the ViT paper's Fig. 7 left
 ]
