@@ -86,21 +86,29 @@ def _output_text(output):
     return data.get("text/plain", "") if "text/markdown" not in data else ""
 
 
+def _quoted_code(output):
+    """The code a ``show_code`` output quotes, without its first line (the file and line numbers, which move
+    whenever lines are added above the function)."""
+    text = output.get("data", {}).get("text/markdown", "")
+    return text.split("\n", 1)[1] if "\n" in text else text
+
+
 def signature(nb):
     """What a fresh run must reproduce, per cell: its type, its source, the kind of every output (printed text,
-    picture, quoted code) and every array shape its printed text names. Numbers other than shapes (maxima,
-    probabilities, the run time) are not compared: they may differ in the last digits between machines. Nor is
-    text on stderr: the warnings a library release prints say nothing about this notebook's outputs (a cell that
-    fails still fails the run)."""
+    picture, quoted code), every array shape its printed text names, and the code it quotes from the package.
+    Numbers other than shapes (maxima, probabilities, the run time) are not compared: they may differ in the
+    last digits between machines. Nor is text on stderr: the warnings a library release prints say nothing
+    about this notebook's outputs (a cell that fails still fails the run)."""
     cells = []
     for cell in nb.cells:
         if cell.cell_type != "code":
-            cells.append((cell.cell_type, cell.source, (), ()))
+            cells.append((cell.cell_type, cell.source, (), (), ()))
             continue
         outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
         kinds = tuple(_output_kind(o) for o in outputs)
         shapes = tuple(s for o in outputs for s in SHAPE.findall(_output_text(o)))
-        cells.append(("code", cell.source, kinds, shapes))
+        quoted = tuple(_quoted_code(o) for o in outputs if "text/markdown" in o.get("data", {}))
+        cells.append(("code", cell.source, kinds, shapes, quoted))
     return cells
 
 

@@ -4,8 +4,8 @@ model, its committed outputs are those of the current code, and it quotes the pa
 Every step of the notebook recomputes an array with the package's functions and compares it with the model's
 trace, raising if they differ, and its last section compares the attention with timm's; so running it checks
 its claims. This file adds what a run alone would not: a fresh run gives the committed notebook's cells, kinds
-of output and printed array shapes (no stale outputs), and docs/annotated_vit.md is the committed notebook's
-rendering. ``python docs/build_annotated_vit.py`` rewrites both.
+of output, printed array shapes and quoted code (no stale outputs), and docs/annotated_vit.md is the committed
+notebook's rendering. ``python docs/build_annotated_vit.py`` rewrites both.
 """
 import ast
 import importlib.util
@@ -45,8 +45,9 @@ def test_the_notebook_runs_and_its_outputs_are_not_stale(committed, fresh):
     for index, (was, now) in enumerate(zip(old, new)):
         kind, source, *_ = now
         first_line = source.splitlines()[0] if source else ""
-        assert was[2:] == now[2:], (f"cell {index} ({kind}: {first_line!r}): the committed outputs "
-                                    f"{was[2:]} differ from a fresh run's {now[2:]}; {REBUILD}")
+        for part, what in ((2, "kinds of output"), (3, "printed array shapes"), (4, "code quoted from the package")):
+            assert was[part] == now[part], (f"cell {index} ({kind}: {first_line!r}): its {what} differ from a "
+                                            f"fresh run's: committed {was[part]!r}, fresh {now[part]!r}; {REBUILD}")
 
 
 def test_every_code_cell_ran_without_error_in_the_committed_notebook(committed):
