@@ -10,7 +10,10 @@ patches, 518 px input) with random weights, written to an .npz by each tree's ow
 is a 640 x 480 PNG of smooth shapes, resized and cropped to 518 x 518 as for any photo. Each round runs one fresh
 ``python -m numpy_vit.cli show IMAGE --figure all --model MODEL.npz`` per tree, in alternating order so that
 a busy neighbour slows both alike; the time is the process's wall time (imports included, as a user waits),
-the memory its peak resident set (``ru_maxrss`` from ``os.wait4``), and its CPU time (user + system, all threads):
+the memory its peak resident set (``ru_maxrss`` from ``os.wait4``: the largest single process) and the peak of the
+proportional set size summed over the process and its forked figure workers (``Pss`` of
+/proc/PID/smaps_rollup, sampled every 20 ms: pages the workers share with the parent are counted once), and its
+CPU time (user + system, all threads):
 on a machine shared with other work the wall time grows with the load, the CPU time much less, and on two idle
 cores the wall time lies between CPU / 2 and CPU. Medians over the rounds are printed.
 """
@@ -20,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,8 +57,24 @@ for name in FIGURES:
 """
 
 
+def process_tree_pss(root: int) -> int:
+    """Kilobytes of proportional set size of ``root`` and all its descendants (0 for those already gone)."""
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                pending += [int(child) for child in children.read().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
 def run_show(tree: Path, work: Path, label: str):
-    """(wall seconds, peak resident MiB, CPU seconds) of one ``show --figure all`` process in ``tree``."""
+    """(wall seconds, peak resident MiB of one process, peak summed PSS MiB, CPU seconds) of one
+    ``show --figure all`` process in ``tree``."""
     out = work / f"out_{label}"
     out.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "numpy_vit.cli", "show", str(work / "image.png"), "--figure", "all",
@@ -62,13 +82,23 @@ def run_show(tree: Path, work: Path, label: str):
     env = dict(os.environ, PYTHONPATH=str(tree))
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process_tree_pss(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
     seconds = time.perf_counter() - start
     stderr = process.stderr.read().decode()
     process.stderr.close()
     if status != 0:
         raise SystemExit(f"{label}: show failed:\n{stderr}")
-    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime   # Linux reports kilobytes
+    return seconds, usage.ru_maxrss / 1024, peak[0] / 1024, usage.ru_utime + usage.ru_stime   # kilobytes
 
 
 def main():
@@ -92,19 +122,20 @@ def main():
             order = list(enumerate(trees.items()))
             order = order if round_index % 2 == 0 else order[::-1]
             for index, (label, tree) in order:
-                seconds, mib, cpu = run_show(tree, work, f"t{index}")
-                results[label].append((seconds, mib, cpu))
+                seconds, mib, pss, cpu = run_show(tree, work, f"t{index}")
+                results[label].append((seconds, mib, pss, cpu))
                 print(f"round {round_index + 1}: {label:<10} {seconds:6.2f} s wall  {cpu:6.2f} s CPU  peak "
-                      f"{mib:7.0f} MiB  (load average {os.getloadavg()[0]:.1f})", flush=True)
+                      f"{mib:6.0f} MiB one process, {pss:6.0f} MiB PSS all  (load average "
+                      f"{os.getloadavg()[0]:.1f})", flush=True)
         for label, tree in trees.items():
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
                                     text=True).stdout.strip()
             figures = len(list((work / f"out_t{list(trees).index(label)}").glob("*.png")))
-            times, memory, cpu = zip(*results[label])
+            times, memory, pss, cpu = zip(*results[label])
             print(f"{label} ({commit}, {figures} figures): wall median {statistics.median(times):.2f} s "
                   f"(min {min(times):.2f}, max {max(times):.2f}), CPU median {statistics.median(cpu):.2f} s "
-                  f"(min {min(cpu):.2f}), peak memory median {statistics.median(memory):.0f} MiB "
-                  f"(max {max(memory):.0f})")
+                  f"(min {min(cpu):.2f}), peak memory median {statistics.median(memory):.0f} MiB in one process "
+                  f"(max {max(memory):.0f}), {statistics.median(pss):.0f} MiB PSS summed (max {max(pss):.0f})")
         if args.figures:
             print("this tree, each figure drawn from one trace:")
             out = work / "per_figure"

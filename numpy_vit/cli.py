@@ -169,7 +169,7 @@ def cmd_demo(args):
 
 
 def cmd_show(args):
-    from numpy_vit.viz.figures import make_figure, record_for
+    from numpy_vit.viz.figures import draw_figures, record_for
 
     names = _figure_list(args.figure)
     model = load_model(args.model, **model_options(args))
@@ -182,9 +182,8 @@ def cmd_show(args):
     for index, (path, stem) in enumerate(zip(args.images, stems)):
         stem = stem if stems.count(stem) == 1 else f"{index}_{stem}"
         trace = model.run(path, record=record_for(names))   # only what the figures draw
-        for name in names:
-            target = os.path.join(args.out, f"{stem}_{name}.png")
-            make_figure(name, trace, save_path=target, dpi=args.dpi, **options)
+        jobs = [(name, os.path.join(args.out, f"{stem}_{name}.png"), args.dpi) for name in names]
+        for target in draw_figures(trace, jobs, **options):     # two at once on two cores
             written.append(target)
             progress(len(written), total, os.path.basename(target))
     print(f"wrote {len(written)} figure(s) to {os.path.abspath(args.out)}")

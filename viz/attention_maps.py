@@ -118,8 +118,9 @@ def draw_all_heads(fig, trace, layer_idx=None, query=None, interpolation="biline
     num_heads = layers[0].shape[1]
     rows, cols = _head_grid(num_heads)
     axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
-    heads = [analysis.attention_map(layers[layer_idx], layout.grid, layout.num_prefix_tokens, head=h,
-                                    query=query, prefix_names=layout.prefix_names)[image_index]
+    pattern = layers[layer_idx][image_index:image_index + 1]           # [1, H, N, N], as stored: no copy
+    heads = [analysis.attention_map(pattern[:, h:h + 1], layout.grid, layout.num_prefix_tokens, head=0,
+                                    query=query, prefix_names=layout.prefix_names)[0]   # one head in float64
              for h in range(num_heads)]
     top = max(float(m.max()) for m in heads)
     for head, (ax, grid_map) in enumerate(zip(axes, heads)):

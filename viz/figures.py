@@ -6,6 +6,8 @@ before/after comparison use, so a model runs once per image however many figures
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import textwrap
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -169,6 +171,33 @@ def make_figure(name: str, trace, save_path=None, dpi=DPI, **options):
         spec.draw(fig, trace, options)
     save_figure(fig, save_path, dpi)
     return fig
+
+
+_JOB = {}   # what forked workers draw from: inherited through fork, never pickled
+
+
+def _draw_job(job):
+    name, path, dpi = job
+    make_figure(name, _JOB["trace"], save_path=path, dpi=dpi, **_JOB["options"])
+    return path
+
+
+def draw_figures(trace, jobs, workers=None, **options):
+    """Draw (figure name, path, dpi) jobs from one trace, yielding each path once written, in order, on up to
+    ``workers`` forked processes (default: the CPU count, at most 2). Rendering and PNG encoding hold the GIL,
+    so only processes draw two figures at once; forked, they share the trace's arrays without copying them.
+    Without fork (Windows, macOS' default) the figures are drawn in turn."""
+    workers = min(len(jobs), workers or min(2, os.cpu_count() or 1))
+    _JOB.update(trace=trace, options=options)
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                yield from pool.imap(_draw_job, jobs, chunksize=1)
+        else:
+            for job in jobs:
+                yield _draw_job(job)
+    finally:
+        _JOB.clear()
 
 
 COMPARE_NOTE = ("Each row is its own model run on the same image: a row shows that model as it is, not how it was "
