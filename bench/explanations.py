@@ -314,12 +314,7 @@ def main(argv=None):
         seconds=dict(maps=t_maps, pairs=t_pairs, perturbation=t_perturb, total=round(time.time() - start, 1),
                      cpu=round(time.process_time() - cpu_start, 1)),
     )
-    shown = list(dict.fromkeys(n for n in ("attention", "rollout", best_method(result)) if n in maps))
-    count = min(len(maps[n]) for n in shown)
-    ap = {n: F.average_precision(maps[n][:count], truth_50[:count]) for n in shown}
-    index = int(np.nanargmax(ap[shown[-1]] - ap["rollout"]))          # where the best map beats the rollout most
-    result["disagreement"] = dict(image=index, methods=shown,
-                                  average_precision={n: round(float(ap[n][index]), 3) for n in shown})
+    result["disagreement"] = pick_disagreement(maps, truth_50, best_method(result))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "explanations.json").write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
@@ -350,6 +345,17 @@ def draw(result, model, folder):
                                 f"a {data['classes'][label[0]]} (the class explained)",
                                 scores={n: f"AP {pick['average_precision'][n]:.2f}" for n in shown},
                                 save_path=folder / "explanations_disagree.png")
+
+
+def pick_disagreement(maps, truth_50, best):
+    """The scene for the small figure: raw attention, the rollout, the method with the best AP and Chefer's
+    relevance, on the image (among those all four have maps for) where the best method's AP beats the rollout's
+    by the most."""
+    shown = list(dict.fromkeys(n for n in ("attention", "rollout", best, "chefer") if n in maps))
+    count = min(len(maps[n]) for n in shown)
+    ap = {n: F.average_precision(maps[n][:count], truth_50[:count]) for n in shown}
+    index = int(np.nanargmax(ap[best] - ap["rollout"]))
+    return dict(image=index, methods=shown, average_precision={n: round(float(ap[n][index]), 3) for n in shown})
 
 
 def best_method(result) -> str:

@@ -118,9 +118,9 @@ def best_iou(maps, truth) -> np.ndarray:
     """The best intersection-over-union of a thresholded map with the patch mask, over all thresholds: -> [B].
 
     Thresholding at each distinct value of the map keeps its top-k patches (ties together); IoU = hits /
-    (k + K - hits). The best over thresholds is the oracle-threshold score of Chefer et al. 2021 (Table 1 uses a
-    mean-value threshold; taking the best removes the choice of threshold from the comparison). NaN where the
-    mask is empty.
+    (k + K - hits). Chefer et al. 2021 (Table 1) threshold each map at its mean; the best over all thresholds
+    takes the choice of threshold, and with it each method's scale, out of the comparison. NaN where the mask
+    is empty.
     """
     m, t = _rows(maps, truth)
     result = np.full(len(m), np.nan)
@@ -171,10 +171,10 @@ def class_share(maps, own, other) -> np.ndarray:
 
     For the map explaining class c in a scene holding an object of class c (patches ``own``) and one of another
     class (patches ``other``, disjoint): mass(own) / (mass(own) + mass(other)), mass the sum of max(map, 0).
-    The class-sensitivity test of Chefer et al. 2021 (Sec. 4.3, Fig. 5) made a number. A class-agnostic map
-    (attention, rollout, flow) gives the same map for both classes, so its two shares add to 1 and average
-    0.5 on every image; a class-specific map scores above 0.5. NaN where the map has no positive mass on
-    either object.
+    Chefer et al. 2021 show such class-specific maps on two-object images by eye; this makes it a number. A
+    class-agnostic map (attention, rollout, flow) gives the same map for both classes, so its two shares add to
+    1 and average 0.5 on every image; a class-specific map scores above 0.5. NaN where the map has no positive
+    mass on either object.
     """
     m, a = _rows(maps, own)
     _, b = _rows(maps, other)
