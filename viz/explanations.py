@@ -114,13 +114,7 @@ def integrated_gradients_map(model, trace, target, baseline="black", steps=IG_ST
     """
     x = np.asarray(trace["input"], dtype=np.float64)                     # [B, C, H, W]
     targets = resolve_targets(model, trace, target)
-    if isinstance(baseline, str):
-        if baseline == "black":
-            baseline = analysis.black_baseline(x, model.config.mean, model.config.std)
-        elif baseline == "blur":
-            baseline = analysis.blurred_baseline(x, sigma)
-        else:
-            raise ArgumentError(f"baseline must be 'black', 'blur' or an array, got {baseline!r}")
+    baseline = baseline_images(model, x, baseline, sigma)
     attributions = analysis.integrated_gradients(x, input_gradient_function(model, targets), baseline, steps, rule,
                                                  steps_per_call)
     pixels = attributions.sum(axis=1)                                    # [B, C, H, W] -> [B, H, W]
@@ -129,6 +123,18 @@ def integrated_gradients_map(model, trace, target, baseline="black", steps=IG_ST
     if per != "patch":
         raise ArgumentError(f"per must be 'patch' or 'pixel', got {per!r}")
     return analysis.sum_per_patch(pixels, model.config.patch_size)      # [B, gh, gw]
+
+
+def baseline_images(model, images, baseline="black", sigma=BLUR_SIGMA) -> np.ndarray:
+    """Integrated gradients' starting point x' for normalised ``images`` [B, C, H, W]: "black" (the model's
+    normalisation of 0), "blur" (Gaussian, ``sigma`` px) or an array, returned as it is."""
+    if isinstance(baseline, str):
+        if baseline == "black":
+            return analysis.black_baseline(images, model.config.mean, model.config.std)
+        if baseline == "blur":
+            return analysis.blurred_baseline(images, sigma)
+        raise ArgumentError(f"baseline must be 'black', 'blur' or an array, got {baseline!r}")
+    return np.asarray(baseline, dtype=np.float64)
 
 
 def resolve_targets(model, trace, target) -> list:
@@ -146,7 +152,9 @@ def resolve_targets(model, trace, target) -> list:
 @dataclass
 class Explanations:
     """What :func:`explanation_maps` computed for one image: ``maps[method]`` is [T, gh, gw], one map per class of
-    ``targets``; ``rollout`` [gh, gw] is the class-agnostic attention rollout; ``probabilities`` [C]."""
+    ``targets``; ``rollout`` [gh, gw] is the class-agnostic attention rollout; ``probabilities`` [C];
+    ``completeness[ig_method]``: per class, (the attributions' sum, the logit gap F(x) - F(x') it should equal,
+    Sundararajan et al. 2017, Proposition 1): how far ``steps`` is from converged."""
     trace: object
     targets: list
     labels: tuple
@@ -154,6 +162,8 @@ class Explanations:
     maps: dict
     rollout: np.ndarray
     image_index: int = 0
+    completeness: dict = None    # IG method -> per class (sum of the attributions, F(x) - F(x')): Proposition 1
+    steps: int = IG_STEPS
 
 
 def explanation_maps(model, image, targets=None, methods=DEFAULT_METHODS, image_index=0, steps=IG_STEPS,
@@ -180,20 +190,26 @@ def explanation_maps(model, image, targets=None, methods=DEFAULT_METHODS, image_
     if unknown or not methods:
         raise ArgumentError(f"unknown method(s) {unknown or '(none given)'}: choose from {', '.join(METHODS)}")
     single = slice(index, index + 1)
+    image_trace = trace if trace.batch_size == 1 else model.forward(trace["input"][single])
+    logits = image_trace.logits[0]                                       # [C]
+    baseline_logits = {m: model.forward(baseline_images(model, image_trace["input"], m[3:]).astype(model.dtype),
+                                        record=["logits"]).logits[0] for m in methods if m.startswith("ig_")}
     maps = {method: [] for method in methods}
+    completeness = {method: [] for method in baseline_logits}
     for target in targets:
         grads = model.backward(trace, [target] * trace.batch_size)
         for method in methods:
             if method.startswith("ig_"):
-                image_trace = trace if trace.batch_size == 1 else model.forward(trace["input"][single])
                 value = integrated_gradients_map(model, image_trace, target, method[3:], steps)[0]
+                gap = float(logits[target] - baseline_logits[method][target])       # F(x) - F(x')
+                completeness[method].append((float(value.sum()), gap))
             else:
                 method_options = {k: v for k, v in options.items() if k in _OPTIONS[method]}
                 value = analysis.explanation_map(trace, grads, method, **method_options)[index]
             maps[method].append(value)                                   # [gh, gw]
     rollout = analysis.explanation_map(trace, None, "rollout")[index]    # [gh, gw]
     return Explanations(trace, targets, labels, probabilities,
-                        {m: np.stack(v) for m, v in maps.items()}, rollout, index)   # [T, gh, gw] each
+                        {m: np.stack(v) for m, v in maps.items()}, rollout, index, completeness, steps)
 
 
 _OPTIONS = {"chefer": ("start_layer", "query"), "grad_rollout": ("discard_ratio", "query"), "grad_cam": ("layer",),
@@ -253,6 +269,9 @@ def draw_explanations(fig, explained: Explanations, image=None, interpolation="n
             if method in SIGNED:
                 limit = max(float(np.abs(values).max()), 1e-12)
                 norm, cmap = _signed_overlay(ax, image, values[row], limit, interpolation)
+                if method in (explained.completeness or {}):
+                    total, gap = explained.completeness[method][row]
+                    ax.set_xlabel(f"sum {total:+.2f}, logit gap {gap:+.2f}", fontsize=10)
             else:
                 norm, cmap = overlay(ax, image, values[row], interpolation, vmax=max(float(values.max()), 1e-12),
                                      size=size)
@@ -266,6 +285,10 @@ def draw_explanations(fig, explained: Explanations, image=None, interpolation="n
     notes += [METHOD_NOTES[method] for method in methods]
     if any(method in SIGNED for method in methods):
         notes.append("Signed maps: red for the class, blue against, white 0, summed over each patch.")
+    if explained.completeness:
+        notes.append(f"Under each integrated-gradients panel: the map's sum and the logit gap F(x) - F(x') it equals "
+                     f"when the {explained.steps}-step path integral has converged (their Proposition 1); a "
+                     f"large difference asks for more steps.")
     if image is not None:
         notes.append(f"{UNDERLAY_NOTE[0].upper()}{UNDERLAY_NOTE[1:]}.")
     notes.append(f"One value per patch ({interpolation} upsampling).")
