@@ -48,7 +48,8 @@ IMG_SIZE_HELP = ("run the model at this input size: N, or H,W (also HxW), multip
 EXPLAIN_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black", "ig_blur")  # viz/explanations.py
 EXPLAIN_DEFAULT = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black")
 FIGURE_NAMES = ("patch_grid, position_embedding, attention_layers, all_heads, attention_distance, cls_evolution, "
-                "attention_rollout")  # viz/_common.py imports matplotlib: listed here to keep --help light
+                "attention_rollout, attention_budget")  # viz/_common.py imports matplotlib: listed here to keep
+                                                        # --help light
 
 # Library messages name Python arguments; the same things on the command line are flags.
 CLI_WORDS = (
