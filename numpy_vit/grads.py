@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ArgumentError
 from .layers import BLOCK_SAVED
-from .trace import Recorder, Trace, TraceKeyError, TraceShard
+from .trace import Recorder, Trace, TraceKeyError, TraceShard, _matches
 
 # globs of every array the backward pass may read, for any model: model.run(x, record=BACKWARD_RECORD + [...]).
 # "input" is not read, but recording it is what makes grads["input"] (a saliency map) available; "pos_embed"
@@ -73,6 +73,17 @@ def check_trace(trace, config, dtype, target=None, pos_embed_for=None):
             not np.array_equal(trace["pos_embed"], pos_embed_for(trace.grid)):
         raise ArgumentError("this trace was made by a model with other weights (its position embedding differs "
                             "from this model's): call backward on the model that made the trace")
+
+
+def check_keep(keep):
+    """``keep`` as a list of globs, or None (keep everything); ArgumentError for anything else."""
+    if keep is None:
+        return None
+    globs = [keep] if isinstance(keep, str) else list(keep) if isinstance(keep, (list, tuple, set)) else None
+    if globs is None or not all(isinstance(g, str) for g in globs):
+        raise ArgumentError(f"keep must be None, a glob such as 'blocks.*.attn.pattern', or a list of globs "
+                            f"(an empty list keeps the parameters' gradients alone); got {keep!r}")
+    return globs
 
 
 def _is_int(value):
@@ -161,14 +172,15 @@ class Grads(Mapping):
     ``output``: the trace name it belongs to ("logits", or for a headless model "pooled" / "pre_logits" / ...).
     """
 
-    def __init__(self, trace, cotangent, target_classes, output):
+    def __init__(self, trace, cotangent, target_classes, output, keep=None):
         self.config = trace.config
         self.grid = trace.grid
         self.cotangent = cotangent
         self.target_classes = target_classes
         self.output = output
         self.params = {}
-        self._names = frozenset(trace.keys())  # the arrays whose gradient is kept: those the trace holds
+        # the arrays whose gradient is kept: those the trace holds (that match ``keep``, a list of globs)
+        self._names = frozenset(name for name in trace.keys() if keep is None or _matches(name, tuple(keep)))
         self._arrays = {}
         self._lock = threading.Lock()  # shards of one batch may record the same name at once
 
@@ -195,8 +207,8 @@ class Grads(Mapping):
             return self._arrays[name]
         except KeyError:
             raise TraceKeyError(f"no gradient {name!r}: gradients are kept for the arrays the trace recorded "
-                                f"(grads.keys()); record it, e.g. model.run(x, record=None), to get its gradient"
-                                ) from None
+                                f"that match backward's keep= (grads.keys()); record it, e.g. model.run(x, "
+                                f"record=None), and keep it, e.g. model.backward(trace, target, keep=None)") from None
 
     def __iter__(self):
         return iter(self._arrays)

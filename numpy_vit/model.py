@@ -202,7 +202,7 @@ class ViT:
         return trace
 
     # --- backward ------------------------------------------------------------------------
-    def backward(self, trace, target):  # Trace -> Grads
+    def backward(self, trace, target, keep=None):  # Trace -> Grads
         """The gradients of ``target`` with respect to every array of ``trace`` and every parameter: the
         forward pass (eqs. 1-4) in reverse, the chain rule written out by the ``*_backward`` functions of
         numpy_vit/layers.py, in the trace's dtype.
@@ -213,11 +213,13 @@ class ViT:
         array [B, C] of output cotangents (d target / d logits, so any linear function of the logits); for a
         model without a classifier, of the shape of what it ends with (``grads.output``: pooled [B, D], or
         pre_logits [B, R]). Returns a Grads: ``grads[name]`` for each name of the trace, ``grads.params`` by
-        the names of ``model.params``, summed over the batch."""
+        the names of ``model.params``, summed over the batch. ``keep``: None, or a glob (or list of globs) of
+        the names whose gradient to keep, e.g. ``["input"]``, or ``[]`` for the parameters' alone: the
+        others are freed as the pass moves on (a trace's worth of memory)."""
         c, weights = self.config, self.param_tree
         grads_module.check_trace(trace, c, self.dtype, target, pos_embed_for=self.pos_embed_for)
         cotangent, classes = grads_module.cotangent_for(trace, target, c, self.dtype)
-        grads = Grads(trace, cotangent, classes, grads_module.output_name(c))
+        grads = Grads(trace, cotangent, classes, grads_module.output_name(c), keep=grads_module.check_keep(keep))
         params = {}  # the parameters' gradients, nested like param_tree
 
         # eq. 4 in reverse: from the output's cotangent to the encoder output's gradient

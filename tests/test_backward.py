@@ -377,6 +377,23 @@ def test_backward_record_is_enough_and_keeps_the_same_gradients():
         np.testing.assert_array_equal(lean.params[name], full.params[name])
 
 
+def test_keep_chooses_the_gradients_kept():
+    model = tiny_model({})
+    trace = model.forward(random_input(model, (16, 24)))
+    full = model.backward(trace, 1)
+    lean = model.backward(trace, 1, keep=["input", "blocks.*.attn.pattern"])
+    assert sorted(lean) == ["blocks.0.attn.pattern", "blocks.1.attn.pattern", "input"]
+    for name in lean:
+        np.testing.assert_array_equal(lean[name], full[name])
+    for name in full.params:
+        np.testing.assert_array_equal(model.backward(trace, 1, keep=[]).params[name], full.params[name])
+    assert len(model.backward(trace, 1, keep="input")) == 1
+    with pytest.raises(ArgumentError, match="keep must be None, a glob"):
+        model.backward(trace, 1, keep=3)
+    with pytest.raises(KeyError, match="no gradient 'logits'.*keep=None"):
+        lean["logits"]
+
+
 # --- bad input gets a clear error -----------------------------------------------------------------------------
 
 def test_a_trace_without_what_the_backward_reads_says_what_to_record():
