@@ -818,6 +818,8 @@ def attention_flow_map(trace, head_fusion: str = "mean", max_flow=None) -> np.nd
 # Shapes: as at the top of this module; C colour channels, H_img x W_img pixels, S integration steps.
 
 EXPLANATION_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "rollout")
+EXPLANATION_OPTIONS = {"chefer": ("start_layer", "query"), "grad_rollout": ("discard_ratio", "query"),
+                       "grad_cam": ("layer",), "input_x_grad": (), "rollout": ("head_fusion", "discard_ratio", "query")}
 IG_RULES = ("midpoint", "trapezoid")
 
 
@@ -1033,13 +1035,11 @@ def explanation_map(trace, grads, method: str, **options) -> np.ndarray:
     Integrated gradients runs the model again for every step: ``numpy_vit.viz.explanations.integrated_gradients_map``
     (or :func:`integrated_gradients` with your own ``gradient_of``).
     """
-    known = {"chefer": {"start_layer", "query"}, "grad_rollout": {"discard_ratio", "query"},
-             "grad_cam": {"layer"}, "input_x_grad": set(),
-             "rollout": {"head_fusion", "discard_ratio", "query"}}
+    known = EXPLANATION_OPTIONS
     if method not in known:
         raise ArgumentError(f"method must be one of {EXPLANATION_METHODS} (integrated gradients needs the model: "
                             f"numpy_vit.viz.explanations.integrated_gradients_map), got {method!r}")
-    unknown = set(options) - known[method]
+    unknown = set(options) - set(known[method])
     if unknown:
         raise ArgumentError(f"method {method!r} takes the options {sorted(known[method]) or 'none'}, "
                             f"not {sorted(unknown)}")

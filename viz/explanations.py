@@ -204,16 +204,12 @@ def explanation_maps(model, image, targets=None, methods=DEFAULT_METHODS, image_
                 gap = float(logits[target] - baseline_logits[method][target])       # F(x) - F(x')
                 completeness[method].append((float(value.sum()), gap))
             else:
-                method_options = {k: v for k, v in options.items() if k in _OPTIONS[method]}
+                method_options = {k: v for k, v in options.items() if k in analysis.EXPLANATION_OPTIONS[method]}
                 value = analysis.explanation_map(trace, grads, method, **method_options)[index]
             maps[method].append(value)                                   # [gh, gw]
     rollout = analysis.explanation_map(trace, None, "rollout")[index]    # [gh, gw]
     return Explanations(trace, targets, labels, probabilities,
                         {m: np.stack(v) for m, v in maps.items()}, rollout, index, completeness, steps)
-
-
-_OPTIONS = {"chefer": ("start_layer", "query"), "grad_rollout": ("discard_ratio", "query"), "grad_cam": ("layer",),
-            "input_x_grad": ()}
 
 
 # --- the figure ---------------------------------------------------------------------------------------------------
