@@ -63,6 +63,7 @@ CLI_WORDS = (
     (r"\(img_size=\)", "(--img-size)"),
     (r"\bhead_index\b", "--head"),
     (r"\blayer_idx\b", "--layers"),
+    (r"^steps must be", "--steps must be"),
 )
 
 

@@ -342,6 +342,8 @@ def test_explain_command_errors(shipped, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["explain", TWO_SHAPES, "--method", "lime", "-o", out])
     assert "invalid choice: 'lime'" in capsys.readouterr().err
+    assert cli.main(["explain", TWO_SHAPES, "--method", "ig_blur", "--steps", "0", "-o", out]) == 2
+    assert "--steps must be an integer >= 1, got 0" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 
@@ -370,3 +372,9 @@ def test_integrated_gradients_separate_the_objects_and_add_up_to_the_logit_gap(s
     (total, gap), _ = explained.completeness["ig_blur"]                  # the cross, class 5, is row 0
     assert abs(total - gap) < 0.03 * abs(gap), (total, gap)   # midpoint error measured 0.6%; float32 adds ~1e-6
     np.testing.assert_allclose(explained.maps["ig_blur"][0].sum(), total, rtol=1e-9)   # the map is what was summed
+
+
+def test_the_command_lists_the_figures_methods():
+    # the command line keeps its own copy so that --help never imports matplotlib
+    assert cli.EXPLAIN_METHODS == tuple(explanations.METHODS)
+    assert cli.EXPLAIN_DEFAULT == explanations.DEFAULT_METHODS
