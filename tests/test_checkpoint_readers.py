@@ -200,3 +200,15 @@ def test_jax_npz_of_wrong_rank_is_named(tmp_path):
         weights.load_any(tmp_path / "jax.npz")
 
 
+
+
+def test_timm_config_json_with_a_tag_numpy_vit_does_not_list():
+    """A hub folder's pretrained tag names the weights; the file's own fields give the head and the crop, so a
+    tag outside numpy_vit's list still loads, while a listed one (dino: no head) still applies."""
+    from numpy_vit.weights.config_from_tensors import config_from_timm_json
+
+    unlisted = {"architecture": "vit_base_patch16_224", "pretrained_cfg": {"tag": "some_new_in1k", "crop_pct": 0.95}}
+    config = config_from_timm_json(unlisted, "config.json")
+    assert config.embed_dim == 768 and config.crop_pct == 0.95
+    listed = {"architecture": "vit_base_patch16_224", "pretrained_cfg": {"tag": "dino"}}
+    assert config_from_timm_json(listed, "config.json").num_classes == 0

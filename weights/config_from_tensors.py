@@ -39,6 +39,14 @@ _TIMM_ARGS = {"img_size": "img_size", "patch_size": "patch_size", "in_chans": "i
               "num_classes": "num_classes"}
 
 
+def _known_tag(name: str, tag: str) -> bool:
+    try:
+        config_for_arch(f"{name}.{tag}")
+    except (CheckpointError, ConfigError):
+        return False
+    return True
+
+
 def config_from_timm_json(cfg: dict, where: str, arch=None) -> ViTConfig:
     """A base config from timm's hub ``config.json`` (``architecture``, ``model_args``, ``pretrained_cfg``)."""
     name = cfg.get("architecture")
@@ -50,7 +58,10 @@ def config_from_timm_json(cfg: dict, where: str, arch=None) -> ViTConfig:
         if not isinstance(value, dict):
             raise CheckpointError(f"{where}: {key} must be a JSON object, got {value!r:.80}")
     tag = pretrained.get("tag")
-    base = config_for_arch(arch if arch is not None else (f"{name}.{tag}" if tag else name))
+    if arch is None and tag and _known_tag(name, tag):
+        arch = f"{name}.{tag}"
+    # a tag numpy_vit does not list only names the weights: this file's own fields below give the head and crop
+    base = config_for_arch(arch if arch is not None else name)
     fields = {}
     for key, value in model_args.items():
         if key in _TIMM_ARGS:
