@@ -101,4 +101,7 @@ def test_the_installed_demo_needs_nothing_outside_the_wheel(installed, tmp_path)
     assert os.path.isfile(os.path.join(site, "numpy_vit", "viz", "assets", "sample_scenes.npz"))
     assert not os.path.exists(os.path.join(site, "training"))
     out = run([python, "-m", "numpy_vit.viz.demo", "--out", str(tmp_path / "figures"), "--dpi", "30"], cwd=tmp_path)
-    assert len(os.listdir(tmp_path / "figures")) == 7 and "prediction: heart" in out
+    expected = {f"vis_{i}_{name}.png" for i, name in enumerate(
+        ["patch_grid", "position_embedding", "attention_layers", "all_heads", "attention_distance", "cls_evolution",
+         "attention_rollout", "explanations", "attention_budget"], start=1)} | {"explorer.html"}
+    assert set(os.listdir(tmp_path / "figures")) == expected and "prediction: heart" in out
