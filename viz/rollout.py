@@ -66,7 +66,7 @@ def rollout_plan(layers, layout, head_fusions=("mean", "max", "min"), discard_ra
                  image_index=0, start_layer=0, exclude_heads=(), exclude_layers=(), full_matrix=False,
                  sink_threshold=None) -> RolloutPlan:
     """The maps of the figure, in order: the last layer alone, one rollout per head fusion, and, when a sink
-    dominates the first fusion's rollout, that rollout without the sink heads."""
+    dominates a fusion's rollout, the first such rollout again without the sink heads, beside it."""
     for fusion in head_fusions:
         if fusion not in analysis.HEAD_FUSIONS:
             raise ArgumentError(f"head_fusions must be drawn from {analysis.HEAD_FUSIONS}, got {fusion!r}")
@@ -124,14 +124,14 @@ def _make_plan(layers, layout, head_fusions, discard_ratio, query, image_index, 
             first_dominated = first_dominated or (fusion, dominating)
         panels.append(Panel(title, analysis.attention_to_grid(row, grid, t), tuple(dominating)))
     excluded = ()
-    if first_dominated is not None and first_dominated[0] == head_fusions[0]:
-        fusion = head_fusions[0]
+    if first_dominated is not None:   # the first fusion a sink dominates, drawn again without the sink heads beside it
+        fusion = first_dominated[0]
         row, excluded = analysis.rollout_without_sinks(
             layers, sinks, token, fusion, t, grid, image=image_index, discard_ratio=discard_ratio,
             start_layer=start, exclude_heads=tuple(exclude_heads), exclude_layers=tuple(exclude_layers))
         new = [pair for pair in excluded if tuple(pair) not in {tuple(p) for p in exclude_heads}]
         names = ", ".join(f"L{l}·H{h}" for l, h in new[:4]) + (" ..." if len(new) > 4 else "")
-        panels.insert(2, Panel(f"Rollout without the sink head{'s' if len(new) > 1 else ''} {names}\n"
+        panels.insert(2 + head_fusions.index(fusion), Panel(f"Rollout without the sink head{'s' if len(new) > 1 else ''} {names}\n"
                                f"head fusion: {fusion}", analysis.attention_to_grid(row, grid, t)))
     return RolloutPlan(tuple(panels), tuple(excluded))
 
