@@ -46,7 +46,7 @@ ARCH_HELP = ("the architecture, for checkpoints that do not store the number of 
 IMG_SIZE_HELP = ("run the model at this input size: N, or H,W (also HxW), multiples of the patch size; the position "
                  "embedding is resampled to the new grid (default: the checkpoint's own size, e.g. 518 for DINOv2)")
 EXPLAIN_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black", "ig_blur")  # viz/explanations.py
-EXPLAIN_DEFAULT = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black")
+EXPLAIN_DEFAULT = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_blur")
 FIGURE_NAMES = ("patch_grid, position_embedding, attention_layers, all_heads, attention_distance, cls_evolution, "
                 "attention_rollout, attention_budget")  # viz/_common.py imports matplotlib: listed here to keep
                                                         # --help light

@@ -43,9 +43,12 @@ METHOD_NOTES = {
     "input_x_grad": "Gradient x input: pixels times d logit / d pixels.",
     "ig_black": "Integrated gradients (Sundararajan et al. 2017): (x - x') x the mean gradient on the path from x' "
                 "(midpoint rule), x' black.",
-    "ig_blur": f"Integrated gradients from x' = the image blurred (Gaussian, sigma {BLUR_SIGMA:g} px).",
+    "ig_blur": f"Integrated gradients (Sundararajan et al. 2017): (x - x') x the mean gradient on the path from x' "
+               f"(midpoint rule), x' the image blurred (Gaussian, sigma {BLUR_SIGMA:g} px).",
 }
-DEFAULT_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black")
+# integrated gradients from the blurred image: on the shipped two-object scene its 16-step sums come within 1% of
+# the logit gap they must equal, where the black baseline's star map is still far off (-0.22 of 1.16)
+DEFAULT_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_blur")
 SIGNED = ("input_x_grad", "ig_black", "ig_blur")
 DIVERGING_CMAP = "RdBu_r"     # red for the class, blue against, white 0
 
