@@ -1,7 +1,7 @@
 """The ``numpy-vit`` command: the guide's demo, figures for your own images, predictions, the
 before/after-training comparison, and checkpoint conversion.
 
-    numpy-vit demo                                   # the seven figures of the sample image, offline
+    numpy-vit demo                                   # the figures of the sample image, offline
     numpy-vit show cat.jpg dog.jpg --figure all      # every figure for every image
     numpy-vit predict cat.jpg --model timm/vit_base_patch16_224.augreg2_in21k_ft_in1k
     numpy-vit compare cat.jpg --before random --after default --figure all
@@ -352,9 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = _subcommand(
-        commands, "demo", "draw the guide's seven figures for the sample image (offline, seconds)",
+        commands, "demo", "draw the figures for the sample image (offline, seconds)",
         "Run the model once on the shipped sample image (or --image) and write the guide's seven files "
-        "vis_1_patch_grid.png ... vis_7_attention_rollout.png; print where they are and the model's prediction.")
+        "vis_1_patch_grid.png ... vis_7_attention_rollout.png, vis_8_explanations.png, vis_9_attention_budget.png "
+        "and explorer.html; print where they are and the model's prediction.")
     demo.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (created if missing; default: .)")
     demo.add_argument("--image", default=None, metavar="PATH", help="image to explain (default: the sample)")
     _add_dpi_option(demo)

@@ -1,7 +1,8 @@
 """The guide's demo, offline and in seconds: ``python -m numpy_vit.viz.demo`` (or ``numpy-vit demo``).
 
 Runs the model once on the shipped sample image and writes the guide's seven files,
-``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, and beside them ``explorer.html``, the
+``vis_1_patch_grid.png`` ... ``vis_7_attention_rollout.png``, ``vis_9_attention_budget.png`` (where the attention
+goes), and beside them ``explorer.html``, the
 interactive attention explorer (viz/explorer.py), then prints where they are and what the model
 predicted. ``vis_8_explanations.png`` explains the model's top two classes by gradients (viz/explanations.py), on
 the shipped two-object scene ``two_shapes.png`` when the sample image and a shapes model are used. The guide's
@@ -26,7 +27,8 @@ EXPLANATIONS_FILE = "vis_8_explanations.png"
 
 
 def run_demo(out_dir=".", image=None, model=None, echo=print, dpi=None) -> list:
-    """Write the seven figures for ``image`` (default: the sample) to ``out_dir``; returns their paths.
+    """Write the figures of the registry (the guide's seven and figure 9), figure 8 and the explorer page for
+    ``image`` (default: the sample) to ``out_dir``; returns the registry figures' paths.
 
     ``model`` is a ViT, a name for ``ViT.from_pretrained`` or None (the shipped default model, or a
     randomly initialised one with a warning while none is shipped).
