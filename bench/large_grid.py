@@ -7,15 +7,17 @@ tree and for another checkout of the repository (a benchmark, not a test).
 
 The model has DINOv2 ViT-S/14's geometry (``vit_small_patch14_dinov2``: width 384, 12 layers, 6 heads, 14 px
 patches, 518 px input) with random weights, written to an .npz by each tree's own code (no download); the image
-is a 640 x 480 PNG of smooth shapes, resized and cropped to 518 x 518 as for any photo. Each round runs one fresh
-``python -m numpy_vit.cli show IMAGE --figure all --model MODEL.npz`` per tree, in alternating order so that
-a busy neighbour slows both alike; the time is the process's wall time (imports included, as a user waits),
-the memory its peak resident set (``ru_maxrss`` from ``os.wait4``: the largest single process) and the peak of the
+is a 640 x 480 PNG of smooth shapes, resized and cropped to 518 x 518 as for any photo. Each round runs, per tree, ``python -m numpy_vit.cli show IMAGE --figure all --model MODEL.npz``
+twice, trees in alternating order so that a busy neighbour slows both alike: once for the time, once for the
+memory. The time is the process's wall time (imports included, as a user waits) and its CPU time (user +
+system, all threads), with nothing else of ours running. The memory run adds a sampler thread that reads the
 proportional set size summed over the process and its forked figure workers (``Pss`` of
-/proc/PID/smaps_rollup, sampled every 20 ms: pages the workers share with the parent are counted once), and its
-CPU time (user + system, all threads):
-on a machine shared with other work the wall time grows with the load, the CPU time much less, and on two idle
-cores the wall time lies between CPU / 2 and CPU. Medians over the rounds are printed.
+/proc/PID/smaps_rollup, every 20 ms: pages the workers share with the parent are counted once) beside the
+peak resident set of the largest single process (``ru_maxrss`` from ``os.wait4``). Reading smaps_rollup walks
+the page tables of a 1 GB process, so on two cores the sampler alone adds 1-1.5 s to the wall time it would
+share with the run it measures: that is why the time is taken in a run without it. On a machine shared with
+other work the wall time grows with the load, the CPU time much less, and on two idle cores the wall time lies
+between CPU / 2 and CPU. Medians over the rounds are printed.
 """
 import argparse
 import os
@@ -72,9 +74,9 @@ def process_tree_pss(root: int) -> int:
     return total
 
 
-def run_show(tree: Path, work: Path, label: str):
+def run_show(tree: Path, work: Path, label: str, sample_memory: bool):
     """(wall seconds, peak resident MiB of one process, peak summed PSS MiB, CPU seconds) of one
-    ``show --figure all`` process in ``tree``."""
+    ``show --figure all`` process in ``tree``; the summed PSS is sampled only with ``sample_memory`` (else 0)."""
     out = work / f"out_{label}"
     out.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "numpy_vit.cli", "show", str(work / "image.png"), "--figure", "all",
@@ -89,10 +91,12 @@ def run_show(tree: Path, work: Path, label: str):
             peak[0] = max(peak[0], process_tree_pss(process.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if sample_memory:
+        sampler.start()
     _, status, usage = os.wait4(process.pid, 0)
     done.set()
-    sampler.join()
+    if sample_memory:
+        sampler.join()
     seconds = time.perf_counter() - start
     stderr = process.stderr.read().decode()
     process.stderr.close()
@@ -122,7 +126,8 @@ def main():
             order = list(enumerate(trees.items()))
             order = order if round_index % 2 == 0 else order[::-1]
             for index, (label, tree) in order:
-                seconds, mib, pss, cpu = run_show(tree, work, f"t{index}")
+                seconds, _, _, cpu = run_show(tree, work, f"t{index}", sample_memory=False)
+                _, mib, pss, _ = run_show(tree, work, f"t{index}", sample_memory=True)
                 results[label].append((seconds, mib, pss, cpu))
                 print(f"round {round_index + 1}: {label:<10} {seconds:6.2f} s wall  {cpu:6.2f} s CPU  peak "
                       f"{mib:6.0f} MiB one process, {pss:6.0f} MiB PSS all  (load average "

@@ -18,7 +18,7 @@ from . import fast, layers
 from . import grads as grads_module
 from .grads import Grads
 from .resample import resample_pos_embed, resample_pos_embed_backward
-from .trace import Trace
+from .trace import AttentionMaps, Trace
 
 __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
 
@@ -78,7 +78,9 @@ def _stored(name, value, dtype):
 
 class ViT:
     """A Vision Transformer in NumPy. ``run`` takes an image (or a batch) and returns a Trace of every
-    intermediate; ``attention_maps`` holds the last run's attention patterns, as the guide's class did."""
+    intermediate; ``attention_maps`` holds the last run's attention patterns, one array per layer, in a list as in
+    the guide's class, which also remembers its Trace: a figure given that list knows the patch size, the grid
+    and the image."""
 
     def __init__(self, config: ViTConfig = None, params=None, seed=0, dtype=np.float32, **config_fields):
         if config is None:
@@ -100,7 +102,7 @@ class ViT:
             check_params(config, params)
         self.params = {k: _stored(k, v, self.dtype) for k, v in params.items()}
         self.param_tree = _nest(self.params)  # param_tree["blocks"]["0"]["attn"]["qkv"]["weight"]
-        self.attention_maps = []
+        self.attention_maps = AttentionMaps()
         self.last_trace = None
         # numpy_vit.fast's speed-ups: None uses them on several threads (numpy_vit.get_num_threads()) and the
         # reference math of numpy_vit.layers on one; True or False: always or never
@@ -197,7 +199,8 @@ class ViT:
                     logits = (logits + ops.linear(x[:, 1], **weights["head_dist"])) / 2
                 trace.add("logits", logits)
 
-        self.attention_maps = [trace[k] for k in (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
+        patterns = [trace[k] for k in (f"blocks.{i}.attn.pattern" for i in range(c.depth)) if k in trace]
+        self.attention_maps = AttentionMaps(patterns, trace)  # a list that remembers its trace (the figures read it)
         self.last_trace = trace
         return trace
 

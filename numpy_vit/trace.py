@@ -98,6 +98,24 @@ class Recorder:
         return Recorder(self.trace.shard(rows, batch_size), self.prefix)
 
 
+class AttentionMaps(list):
+    """``model.attention_maps``: the last run's attention patterns, one [B, H, N, N] array per layer, as the
+    guide's plain list; it also keeps the Trace they belong to (``.trace``), so that a figure given only this
+    list still knows the patch size, the grid, the prefix tokens and the image. A slice or a copy is a plain
+    list and knows none of them."""
+
+    def __init__(self, patterns=(), trace=None):
+        super().__init__(patterns)
+        self.trace = trace
+
+    def is_whole(self) -> bool:
+        """True while the list holds exactly its trace's patterns (not edited since the run)."""
+        if self.trace is None:
+            return False
+        keys = [f"blocks.{i}.attn.pattern" for i in range(len(self))]
+        return all(key in self.trace and self.trace[key] is pattern for key, pattern in zip(keys, self))
+
+
 class Trace(Mapping):
     """A read-only mapping name -> array from one forward pass, with the metadata to interpret it.
 

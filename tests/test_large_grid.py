@@ -84,6 +84,25 @@ def test_the_bare_model_path_reads_patch_size_from_the_model(model, image):
     assert "16 px patches" not in all_text(fig) and "in patches (14 px each)" in all_text(fig)
 
 
+def test_the_bare_attention_maps_list_reads_patch_size_grid_and_image_from_its_run(model, image):
+    model.run(image, img_size=224, record=["blocks.*.attn.pattern"])   # 16 x 16 patches of 14 px, 4 registers
+    maps = model.attention_maps
+    assert isinstance(maps, list) and len(maps) == 3 and maps.trace is model.last_trace
+    fig = viz.visualize_attention_distance(maps)
+    assert "16 px patches" not in all_text(fig) and "in patches (14 px each)" in all_text(fig)
+    assert "guessed" not in all_text(fig)
+    fig = viz.visualize_attention_rollout(maps)
+    assert "16 px" not in all_text(fig) and "guessed" not in all_text(fig)
+    assert any(len(ax.images) == 2 for ax in fig.get_axes())     # the run's image in grey under the map
+    fig = viz.visualize_attention_map(maps, layer_indices=[0])   # a figure that needs the image takes it too
+    assert any(len(ax.images) == 2 for ax in fig.get_axes())
+    # a slice is a plain list: it knows nothing of the run, and the figure says what it had to assume
+    bare = maps[:]
+    assert type(bare) is list
+    with pytest.raises(Exception, match="cannot tell the patch grid"):   # 4 registers + 16x16 is no 1 + square
+        viz.visualize_attention_distance(bare)
+
+
 def test_the_rollout_row_matches_the_full_matrix_at_37x37(model, image):
     trace = model.run(image, record=["blocks.*.attn.pattern"])
     layers = analysis.trace_layers(trace)

@@ -76,6 +76,8 @@ def resolve_trace(model_or_trace, image=None, function: str = "this figure", rec
             raise ArgumentError(f"{function} got a Trace and an image: a Trace already holds the image it was "
                                 f"run on; pass either (model, image) or a Trace alone")
         return model_or_trace
+    if image is None and callable(getattr(model_or_trace, "is_whole", None)) and model_or_trace.is_whole():
+        return model_or_trace.trace   # model.attention_maps, as the run left it: that run's Trace
     if hasattr(model_or_trace, "run"):
         if image is None:
             raise ArgumentError(f"{function} needs an image with a model: a path, a PIL image, an HxWx3 uint8 "
@@ -288,6 +290,10 @@ def resolve_attention(source, grid=None, num_prefix_tokens=None, patch_size=None
     """(list of [B, H, N, N], TokenLayout, trace or None) from a Trace, a model that has run, or a bare list."""
     if is_trace(source):
         return trace_attention(source), TokenLayout.of_trace(source), source
+    remembered = getattr(source, "trace", None)   # model.attention_maps remembers the run it came from
+    if (isinstance(source, list) and callable(getattr(source, "is_whole", None)) and source.is_whole()
+            and grid is None and num_prefix_tokens is None and patch_size is None):
+        return trace_attention(remembered), TokenLayout.of_trace(remembered), remembered
     config = None
     if hasattr(source, "attention_maps") and not isinstance(source, (list, tuple, np.ndarray)):
         config = getattr(source, "config", None)
