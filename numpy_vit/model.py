@@ -163,8 +163,6 @@ class ViT:
         trace = Trace(c, grid, record=record, image=image_for_overlay)
         trace.add("input", x)
         ops = fast if fast.wanted(self.speedups) else layers  # as nanoGPT's `if self.flash: ... else: manual`
-        if self._has_eva_pieces():  # numpy_vit.fast has no RoPE or SwiGLU: EVA-02 runs the reference math
-            ops = layers
 
         # eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
         patches = trace.add("patches", ops.patchify(x, c.patch_size))  # [B, P, C*p*p]
@@ -307,10 +305,6 @@ class ViT:
                 start += count
 
     # --- the blocks' weights and options ------------------------------------------------------
-    def _has_eva_pieces(self):
-        c = self.config
-        return c.rope or c.mlp != "gelu" or c.qkv_layout != "fused"
-
     def _block_weights(self, i):
         """Block i's weights as ``layers.block`` takes them: the stored tree, EVA's q, k, v pieces stacked into
         one qkv projection (``layers.eva_qkv``)."""

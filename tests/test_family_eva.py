@@ -321,3 +321,34 @@ def test_demo_on_a_random_eva02(eva_npz, tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--model", eva_npz, "--dpi", "30"]) == 0
     assert "vis_7_attention_rollout.png" in os.listdir(tmp_path)
     assert "prediction:" in capsys.readouterr().out
+
+
+# --- numpy_vit.fast ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["fused", "separate"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_eva_block_and_model_equal_the_reference(monkeypatch, layout, dtype):
+    """``fast.block`` with RoPE and SwiGLU on two threads, and the model's forward by each (a batch in shards),
+    record the names ``layers.block`` records and the same numbers within 1e-5 (float32) / 1e-12 (float64) of
+    each array's scale: the two differ only in how BLAS blocks the products (tests/test_fast.py's tolerance)."""
+    from numpy_vit import fast
+    monkeypatch.setattr(fast, "_num_threads", 2)
+    model = small_eva(layout, dtype=dtype)
+    x = np.random.default_rng(7).standard_normal((3, 3, 56, 56)).astype(dtype)
+    limit = 1e-5 if dtype == np.float32 else 1e-12
+    h = np.random.default_rng(8).standard_normal((3, 17, 32)).astype(dtype)
+    weights, options = model._block_weights(0), model._block_options((4, 4))
+    ref, got = {}, {}
+    expected = layers.block(h, **weights, **options, record=ref.__setitem__)
+    out = fast.block(h, **weights, **options, record=got.__setitem__)
+    assert list(got) == list(ref) and {"attn.q_rot", "attn.k_rot", "mlp.gate", "mlp.value"} <= set(ref)
+    for key in ref:
+        assert np.max(np.abs(got[key] - ref[key])) <= limit * max(1.0, np.max(np.abs(ref[key]))), key
+    assert np.max(np.abs(out - expected)) <= limit * max(1.0, np.max(np.abs(expected)))
+    model.speedups = False
+    reference = model.forward(x)
+    model.speedups = True
+    faster = model.forward(x)
+    assert sorted(faster) == sorted(reference)
+    for key in reference:
+        assert np.max(np.abs(faster[key] - reference[key])) <= limit * max(1.0, np.max(np.abs(reference[key]))), key
