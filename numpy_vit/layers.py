@@ -392,7 +392,7 @@ def rope_frequencies(head_dim, temperature=10000.0):  # -> [G]
 def rope_tables(grid, head_dim, ref_grid=None, dtype=np.float32):  # -> sin, cos [P, Dh]
     """The sines and cosines that rotate each patch's q and k by its position (RoFormer eq. 34 in 2-D, as EVA-02
     and timm's ``RotaryEmbeddingCat`` lay it out). Patch (r, c) of the gh x gw grid sits at y = r, x = c,
-    rescaled to ``ref_grid`` (the grid the model was trained at: y = r * ref_h / gh) so that another grid
+    rescaled to ``ref_grid`` (the training grid: y = r * ref_h / gh) so that another grid
     covers the same span of angles. Channel pair j of a head (channels 2j, 2j+1) turns by
         y * theta_j          for j < G          (the first half of the head: the row)
         x * theta_(j - G)    for G <= j < 2G    (the second half: the column).

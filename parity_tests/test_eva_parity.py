@@ -231,3 +231,21 @@ def test_eva02_backward_matches_torch_autograd():
         assert worst[0] <= 1e-10, (name, worst)
         assert max_err(grads["input"], xt.grad.numpy()) / scale_of(xt.grad.numpy()) <= 1e-10
         print(f"{name} (depth=2, width 96, perturbed) float64 gradients: worst {worst[0]:.2e} ({worst[1]})")
+
+
+def test_every_timm_eva02_name_maps_to_its_config():
+    """Every EVA-02 classifier timm lists (with its pretrained tags): our parameters are named and shaped as
+    timm's state dict, and the head, input size and crop are those of its pretrained config."""
+    names = [n for n in timm.list_models("eva02_*", pretrained=True) if "clip" not in n]
+    assert len(names) >= 16  # timm 1.0: tiny, small at 224 / 336; base, large at 224 / 448; their tags
+    for name in names:
+        config = nv.ViTConfig.preset(name)
+        pretrained = timm.models.get_pretrained_cfg(name)
+        assert config.num_classes == pretrained.num_classes, name
+        assert config.img_size == tuple(pretrained.input_size[1:]) and config.crop_pct == pretrained.crop_pct, name
+        assert np.allclose(config.mean, pretrained.mean) and np.allclose(config.std, pretrained.std), name
+    for name in ("eva02_tiny_patch14_336", "eva02_base_patch14_448", "eva02_large_patch14_224"):
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = timm.create_model(name, pretrained=False)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert nv.config.param_shapes(nv.ViTConfig.preset(name)) == expected, name
