@@ -18,6 +18,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Google / augreg ViT checkpoints normalise to [-1, 1]
 INCEPTION_STD = (0.5, 0.5, 0.5)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics (EVA-02 trains with them)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 from .errors import CheckpointError, ConfigError
@@ -52,6 +54,13 @@ class ViTConfig:
     layer_norm_eps: float = 1e-6         # timm and Flax use 1e-6, HF ViTConfig uses 1e-12; it changes the last digits
     gelu: str = "erf"                    # "erf" (exact, timm / HF) or "tanh" (the approximation the Flax code uses)
     init_values: float | None = None     # layer scale (CaiT / DINOv2): per-channel gains on each branch, None = off
+    # --- EVA-02 (Fang et al. 2023): rotary positions, gated MLP ----------
+    rope: bool = False                   # 2-D rotary position embedding on the patch tokens' q and k (EVA-02)
+    rope_ref_grid: tuple | None = None   # (gh, gw) RoPE positions are scaled to (timm's ref_feat_shape; EVA-02: 16 x 16)
+    mlp: str = "gelu"                    # "gelu": fc1, GELU, fc2; "swiglu": SiLU(x W_g) * (x W_x), then fc2 (EVA-02)
+    mlp_norm: bool = False               # LayerNorm on the MLP's hidden layer before fc2 (EVA-02 base / large's sub-LN)
+    qkv_layout: str = "fused"            # "fused": qkv(.bias); "fused_qv_bias": qkv + q_bias, v_bias, no k bias (EVA-02
+                                         # tiny / small); "separate": q_proj, k_proj (no bias), v_proj (EVA-02 base / large)
     # --- head -------------------------------------------------------------
     global_pool: str = "token"           # "token": read the CLS token; "avg": mean over patch tokens; "": no pooling
     fc_norm: bool | None = None          # LayerNorm after pooling instead of before it; None = timm's rule (on for "avg")
@@ -74,6 +83,8 @@ class ViTConfig:
         object.__setattr__(self, "img_size", _pair(self.img_size, "img_size"))
         if self.pos_embed_grid is not None:
             object.__setattr__(self, "pos_embed_grid", _pair(self.pos_embed_grid, "pos_embed_grid"))
+        if self.rope_ref_grid is not None:
+            object.__setattr__(self, "rope_ref_grid", _pair(self.rope_ref_grid, "rope_ref_grid"))
         for name in ("mean", "std"):
             value = getattr(self, name)
             try:
@@ -107,7 +118,7 @@ class ViTConfig:
             value = getattr(self, name)
             need((value is None and name == "representation_size") or is_int(value),
                  f"{name} must be an integer{' or None' if name == 'representation_size' else ''}, got {value!r}")
-        for name in ("qkv_bias", "class_token", "distilled", "no_embed_class", "fc_norm"):
+        for name in ("qkv_bias", "class_token", "distilled", "no_embed_class", "fc_norm", "rope", "mlp_norm"):
             value = getattr(self, name)
             need((value is None and name == "fc_norm") or isinstance(value, (bool, np.bool_)),
                  f"{name} must be True or False{' (or None)' if name == 'fc_norm' else ''}, got {value!r}")
@@ -122,6 +133,18 @@ class ViTConfig:
         need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         need(self.num_reg_tokens >= 0, f"num_reg_tokens must be >= 0, got {self.num_reg_tokens}")
         need(self.gelu in ("erf", "tanh"), f"gelu must be 'erf' or 'tanh', got {self.gelu!r}")
+        need(self.mlp in ("gelu", "swiglu"), f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        need(not self.mlp_norm or self.mlp == "swiglu",
+             "mlp_norm=True (the sub-LayerNorm in the MLP) exists only with mlp='swiglu' (EVA-02 base / large)")
+        need(self.qkv_layout in ("fused", "fused_qv_bias", "separate"),
+             f"qkv_layout must be 'fused', 'fused_qv_bias' or 'separate', got {self.qkv_layout!r}")
+        need(self.qkv_layout == "fused" or self.qkv_bias,
+             f"qkv_layout={self.qkv_layout!r} stores q and v biases: it needs qkv_bias=True (or use 'fused')")
+        need(not self.rope or self.head_dim % 4 == 0,
+             f"rope=True rotates pairs of channels by a y and an x angle: the head width {self.head_dim} "
+             f"(embed_dim / num_heads) must be a multiple of 4")
+        need(self.rope_ref_grid is None or (self.rope and min(self.rope_ref_grid) >= 1),
+             f"rope_ref_grid {self.rope_ref_grid} needs rope=True and positive sides")
         need(self.global_pool in ("token", "avg", ""), f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
         need(not (self.global_pool == "token" and not self.class_token),
              "global_pool='token' needs class_token=True; use global_pool='avg' for a model without a class token")
@@ -222,6 +245,9 @@ class ViTConfig:
         """
         if not isinstance(name, str):
             raise ConfigError(f"a preset name must be a string, got {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        eva02 = _eva02_name_fields(name)  # the EVA-02 grammar, tags included (its presets are its names)
+        if eva02 is not None:
+            return cls.from_dict({**eva02, "name": name, **overrides})
         base = name if name in PRESETS else name.split(".")[0]
         if base in PRESETS:
             fields = dict(PRESETS[base])
@@ -299,6 +325,58 @@ def _tag_fields(tag: str, family: str, res, name: str) -> dict:
     return fields
 
 
+EVA02_SIZES = {  # size: (embed_dim, depth, num_heads, resolutions timm registers), timm/models/eva.py
+    "tiny": (192, 12, 3, (224, 336)), "small": (384, 12, 6, (224, 336)),
+    "base": (768, 12, 12, (224, 448)), "large": (1024, 24, 16, (224, 448)),
+}
+_EVA02_NAME = re.compile(r"^eva02_(?P<size>[a-z]+)_patch(?P<patch>\d+)_(?P<rest>.+)$")
+# EVA-02 pretrained tags (mim_<pretraining data>[_ft_<fine-tuning data>]): what the head becomes
+_EVA02_TAGS = {
+    "mim_in22k": dict(num_classes=0), "mim_m38m": dict(num_classes=0),     # masked image modelling: a backbone
+    "mim_in22k_ft_in1k": {}, "mim_m38m_ft_in1k": {},
+    "mim_in22k_ft_in22k": dict(num_classes=21841), "mim_m38m_ft_in22k": dict(num_classes=21841),
+    "mim_in22k_ft_in22k_in1k": {}, "mim_m38m_ft_in22k_in1k": {},
+}
+
+
+def _eva02_name_fields(name: str) -> dict | None:
+    """The fields of an EVA-02 name (Fang et al. 2023; timm/models/eva.py), ``eva02_{size}_patch14_{res}[.tag]``,
+    or None for a name of another family. Every EVA-02 classifier: 14 px patches, a class token with a position,
+    2-D RoPE scaled to the 16 x 16 grid of 224 px, a SwiGLU MLP of width 4 * 2/3 D, average pooling + fc_norm,
+    OpenAI CLIP's pixel statistics. Tiny / small fuse q, k, v (q and v biases); base / large keep them apart
+    and put a LayerNorm in the MLP (timm's ``qkv_fused=False, scale_mlp=True``)."""
+    base, _, tag = name.partition(".")
+    m = _EVA02_NAME.match(base)
+    if m is None:
+        return None
+    size, patch, rest = m["size"], int(m["patch"]), m["rest"]
+    if size not in EVA02_SIZES:
+        raise UnknownName(f"unknown size {size!r} in {name!r}: timm's EVA-02 classifiers are "
+                          f"{', '.join(EVA02_SIZES)} (the enormous model is a CLIP tower with post-norm blocks)")
+    width, depth, heads, resolutions = EVA02_SIZES[size]
+    if rest.startswith("clip"):
+        raise UnknownName(f"unknown part {rest!r} in {name!r}: EVA-02 CLIP towers add a LayerNorm inside the "
+                          f"attention (timm's scale_attn_inner), which numpy_vit does not model")
+    if not rest.isdigit() or patch != 14:
+        raise UnknownName(f"unknown part 'patch{patch}_{rest}' in {name!r}: EVA-02 names read "
+                          f"eva02_<size>_patch14_<resolution>")
+    res = int(rest)
+    if res not in resolutions:
+        raise UnknownName(f"unknown resolution {res} in {name!r}: timm's EVA-02 {size} exists at "
+                          f"{' and '.join(map(str, resolutions))} px")
+    if tag and tag not in _EVA02_TAGS:
+        raise UnknownName(f"unknown pretrained tag {tag!r} in {name!r}; EVA-02 tags are {', '.join(_EVA02_TAGS)}")
+    separate = size in ("base", "large")
+    fields = dict(embed_dim=width, depth=depth, num_heads=heads, patch_size=14, img_size=res, mlp_ratio=4 * 2 / 3,
+                  rope=True, rope_ref_grid=(16, 16), mlp="swiglu", mlp_norm=separate,
+                  qkv_layout="separate" if separate else "fused_qv_bias", global_pool="avg",
+                  mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=1.0 if res > 224 else 0.9)
+    if not tag and res == 224:  # timm's default weights at 224 are the masked-image-modelling backbones
+        fields["num_classes"] = 0
+    fields.update(_EVA02_TAGS.get(tag, {}))
+    return fields
+
+
 def timm_name_fields(name: str) -> dict:
     """The ViTConfig fields of a timm architecture name, or a ConfigError that names the part it cannot read.
 
@@ -306,11 +384,14 @@ def timm_name_fields(name: str) -> dict:
     in the embedding (timm's non-register DINOv2); ``_reg4_`` adds 4 registers and drops the prefix tokens
     from the position embedding (Darcet et al. 2023); ``deit3_*`` -> layer scale 1e-6, patch-only positions.
     """
+    eva02 = _eva02_name_fields(name)
+    if eva02 is not None:
+        return eva02
     base, _, tag = name.partition(".")
     m = _NAME.match(base)
     if m is None:
-        raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES> "
-                          f"or vit_<size>_patch14[_reg<K>]_dinov2")
+        raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES>, "
+                          f"vit_<size>_patch14[_reg<K>]_dinov2 or eva02_<size>_patch14_<RES>")
     family, size, rest = m["family"], m["size"], m["rest"]
     if size not in TIMM_SIZES:
         raise UnknownName(f"unknown size {size!r} in {name!r}: timm's plain ViT sizes are {', '.join(TIMM_SIZES)}"
@@ -367,6 +448,10 @@ PRESETS = {
     # global average pooling over patches, LayerNorm after pooling (EVA / MAE-style fine-tuning)
     "eva_large_patch14_196": dict(img_size=196, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
                                   global_pool="avg", crop_pct=1.0),                             # 304M
+    # EVA-02 (Fang et al. 2023): 2-D RoPE on q and k, SwiGLU MLP, average pooling + fc_norm
+    "eva02_tiny_patch14_224": _eva02_name_fields("eva02_tiny_patch14_224"),                    # 5.7M
+    "eva02_small_patch14_224": _eva02_name_fields("eva02_small_patch14_224"),                  # 22M
+    "eva02_base_patch14_224": _eva02_name_fields("eva02_base_patch14_224"),                    # 86M
     # the guide's model: ViT-B/16 geometry with a 10-class head
     "guide_vit_base_patch16_224_10cls": dict(embed_dim=768, depth=12, num_heads=12, num_classes=10),
 }
@@ -392,16 +477,32 @@ def param_shapes(config: ViTConfig) -> dict:
     for i in range(config.depth):
         b = f"blocks.{i}."
         shapes[b + "norm1.weight"] = shapes[b + "norm1.bias"] = (D,)
-        shapes[b + "attn.qkv.weight"] = (3 * D, D)
-        if config.qkv_bias:
+        if config.qkv_layout == "separate":  # EVA-02 base / large: three projections, the key's without bias
+            shapes[b + "attn.q_proj.weight"] = shapes[b + "attn.k_proj.weight"] = (D, D)
+            shapes[b + "attn.q_proj.bias"] = (D,)
+            shapes[b + "attn.v_proj.weight"] = (D, D)
+            shapes[b + "attn.v_proj.bias"] = (D,)
+        else:
+            shapes[b + "attn.qkv.weight"] = (3 * D, D)
+        if config.qkv_layout == "fused_qv_bias":  # EVA / BEiT: biases for q and v only (k's is zero)
+            shapes[b + "attn.q_bias"] = shapes[b + "attn.v_bias"] = (D,)
+        elif config.qkv_layout == "fused" and config.qkv_bias:
             shapes[b + "attn.qkv.bias"] = (3 * D,)
         shapes[b + "attn.proj.weight"] = (D, D)
         shapes[b + "attn.proj.bias"] = (D,)
         if config.init_values is not None:
             shapes[b + "ls1.gamma"] = (D,)
         shapes[b + "norm2.weight"] = shapes[b + "norm2.bias"] = (D,)
-        shapes[b + "mlp.fc1.weight"] = (M, D)
-        shapes[b + "mlp.fc1.bias"] = (M,)
+        if config.mlp == "gelu":
+            shapes[b + "mlp.fc1.weight"] = (M, D)
+            shapes[b + "mlp.fc1.bias"] = (M,)
+        elif config.mlp_norm:  # timm's SwiGLU: gate and value projections apart, a LayerNorm on the hidden layer
+            shapes[b + "mlp.fc1_g.weight"] = shapes[b + "mlp.fc1_x.weight"] = (M, D)
+            shapes[b + "mlp.fc1_g.bias"] = shapes[b + "mlp.fc1_x.bias"] = (M,)
+            shapes[b + "mlp.norm.weight"] = shapes[b + "mlp.norm.bias"] = (M,)
+        else:  # timm's SwiGLUPacked: one fc1, gate rows first, then value rows
+            shapes[b + "mlp.fc1.weight"] = (2 * M, D)
+            shapes[b + "mlp.fc1.bias"] = (2 * M,)
         shapes[b + "mlp.fc2.weight"] = (D, M)
         shapes[b + "mlp.fc2.bias"] = (D,)
         if config.init_values is not None:

@@ -384,9 +384,10 @@ def attend_in_head_groups(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, p
     return scores, pattern, z.transpose(0, 2, 1, 3)  # [B, N, H, Dh] -> [B, H, N, Dh], a view
 
 
-def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B, N, D]
+def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, N, D] -> [B, N, D]
     """``layers.attention`` line for line, with this module's ``linear`` and the three lines of attention in
-    groups of heads (``attend_in_head_groups``). The same names recorded; the tolerance of its products."""
+    groups of heads (``attend_in_head_groups``); EVA-02's rotation of q and k is ``layers.apply_rope`` itself.
+    The same names recorded; the tolerance of its products."""
     B, N, D = x.shape
     Dh = D // num_heads
     qkv_out = linear(x, **qkv).reshape(B, N, 3, num_heads, Dh)  # [B, N, 3D] -> [B, N, 3, H, Dh]
@@ -394,6 +395,10 @@ def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B
     record("q", q)
     record("k", k)
     record("v", v)
+    if rope is not None:
+        q, k = layers.apply_rope(q, **rope), layers.apply_rope(k, **rope)  # [B, H, N, Dh] each
+        record("q_rot", q)
+        record("k_rot", k)
     scores, pattern, z = attend_in_head_groups(q, k, v, scale=x.dtype.type(Dh ** -0.5))
     record("scores", scores)
     record("pattern", pattern)
@@ -408,6 +413,26 @@ def mlp_block(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B,
     record("pre", h)
     h = gelu(h, gelu_approximate)
     record("post", h)
+    return linear(h, **fc2)  # [B, N, D]
+
+
+def swiglu_mlp(x, fc2, fc1=None, fc1_g=None, fc1_x=None, norm=None, *, eps=1e-6,
+               record=_no_record):  # [B, N, D] -> [B, N, D]
+    """``layers.swiglu_mlp`` line for line, with this module's ``linear`` and ``layer_norm`` (the SiLU and the
+    product are the reference's). The same names recorded; the tolerance of its products."""
+    if fc1 is not None:
+        both = linear(x, **fc1)  # [B, N, 2M]
+        M = both.shape[-1] // 2
+        gate, value = both[..., :M], both[..., M:]  # [B, N, M] each
+    else:
+        gate, value = linear(x, **fc1_g), linear(x, **fc1_x)  # [B, N, M] each
+    record("gate", gate)
+    record("value", value)
+    h = layers.silu(gate) * value  # [B, N, M]
+    record("post", h)
+    if norm is not None:
+        h = layer_norm(h, **norm, eps=eps)
+        record("norm", h)
     return linear(h, **fc2)  # [B, N, D]
 
 
@@ -482,14 +507,14 @@ def _sum_trees(trees):
 
 
 def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
-          record=_no_record):  # [B, N, D] -> [B, N, D]
+          rope=None, swiglu=False, record=_no_record):  # [B, N, D] -> [B, N, D]
     """``layers.block`` line for line, each step this module's faster one (``layer_norm``, ``attention``,
-    ``mlp_block``), which splits its work between the threads where it has several. The same names recorded;
-    the tolerance of its products."""
+    ``mlp_block`` or ``swiglu_mlp``), which splits its work between the threads where it has several. The same
+    names recorded; the tolerance of its products."""
     record("resid_pre", x)
     h = layer_norm(x, **norm1, eps=eps)
     record("ln1", h)
-    h = attention(h, **attn, num_heads=num_heads, record=lambda name, a: record("attn." + name, a))
+    h = attention(h, **attn, num_heads=num_heads, rope=rope, record=lambda name, a: record("attn." + name, a))
     if ls1 is not None:
         h = h * ls1["gamma"]
     record("attn_out", h)
@@ -497,7 +522,10 @@ def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gel
     record("resid_mid", x)
     h = layer_norm(x, **norm2, eps=eps)
     record("ln2", h)
-    h = mlp_block(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
+    if swiglu:
+        h = swiglu_mlp(h, **mlp, eps=eps, record=lambda name, a: record("mlp." + name, a))
+    else:
+        h = mlp_block(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
     if ls2 is not None:
         h = h * ls2["gamma"]
     record("mlp_out", h)

@@ -16,13 +16,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from .errors import ArgumentError
-from .layers import BLOCK_SAVED
+from .layers import BLOCK_SAVED, block_saved
 from .trace import Recorder, Trace, TraceKeyError, TraceShard, _matches
 
 # globs of every array the backward pass may read, for any model: model.run(x, record=BACKWARD_RECORD + [...]).
 # "input" is not read, but recording it is what makes grads["input"] (a saliency map) available; "pos_embed"
 # (one small array) lets the backward pass check that the trace was made with this model's weights.
-BACKWARD_RECORD = ["input", "patches", "pos_embed"] + [f"blocks.*.{name}" for name in BLOCK_SAVED] + [
+BACKWARD_RECORD = ["input", "patches", "pos_embed"] + [
+    f"blocks.*.{name}" for name in dict.fromkeys(BLOCK_SAVED + block_saved(rope=True, swiglu=True))] + [
     "blocks.*.resid_post", "norm", "pooled", "pre_logits", "logits"]
 
 
@@ -36,7 +37,8 @@ def output_name(config):
 def names_needed(config, target=None):
     """The recorded arrays ``ViT.backward`` reads for this model (and this target: "top" reads the logits)."""
     last = f"blocks.{config.depth - 1}.resid_post"  # the final LayerNorm's (or pooling's) input
-    names = ["patches"] + [f"blocks.{i}.{name}" for i in range(config.depth) for name in BLOCK_SAVED] + [last]
+    saved = block_saved(rope=config.rope, swiglu=config.mlp == "swiglu")
+    names = ["patches"] + [f"blocks.{i}.{name}" for i in range(config.depth) for name in saved] + [last]
     if config.global_pool and (config.num_classes or config.representation_size):
         names.append("pooled")  # the input of the head or of pre_logits
     if config.global_pool and config.representation_size:

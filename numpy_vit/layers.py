@@ -150,11 +150,13 @@ def merge_heads(z):  # [B, H, N, Dh] -> [B, N, D]
     return z.transpose(0, 2, 1, 3).reshape(B, N, H * Dh)  # [B, H, N, Dh] -> [B, N, H, Dh] -> [B, N, D]
 
 
-def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B, N, D]
+def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, N, D] -> [B, N, D]
     """Multi-head self-attention (Vaswani et al. 2017, eq. 1): softmax(q k^T / sqrt(Dh)) v, per head.
 
     ``qkv`` holds q, k and v stacked along the output axis ([3D, D], rows laid out (q|k|v, head, Dh)) as
     timm stores them. The query is scaled before the product, as timm does, so float32 rounding matches.
+    ``rope``: None, or {"sin", "cos"} [P, Dh] of ``rope_tables``: q and k of the patches turned by their
+    position before the product (EVA-02), recorded as ``q_rot`` and ``k_rot`` beside ``q`` and ``k``.
     """
     B, N, D = x.shape
     Dh = D // num_heads
@@ -163,6 +165,10 @@ def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B
     record("q", q)
     record("k", k)
     record("v", v)
+    if rope is not None:
+        q, k = apply_rope(q, **rope), apply_rope(k, **rope)  # [B, H, N, Dh] each
+        record("q_rot", q)
+        record("k_rot", k)
     scores = (q * x.dtype.type(Dh ** -0.5)) @ k.swapaxes(-1, -2)  # [B, H, N, Dh] @ [B, H, Dh, N] -> [B, H, N, N]
     record("scores", scores)
     pattern = softmax(scores)  # [B, H, N, N], each row a distribution over the N keys
@@ -172,12 +178,13 @@ def attention(x, qkv, proj, *, num_heads, record=_no_record):  # [B, N, D] -> [B
     return linear(merge_heads(z), **proj)  # [B, H, N, Dh] -> [B, N, D]
 
 
-def attention_backward(dy, x, q, k, v, pattern, z, qkv, proj, *, num_heads,
+def attention_backward(dy, x, q, k, v, pattern, z, qkv, proj, *, num_heads, rope=None,
                        record=_no_record):  # dy, x [B, N, D] -> dx [B, N, D], {qkv, proj}
     """``attention`` in reverse, from its recorded q, k, v, pattern and z (Z = P V, P = softmax(S),
     S = scale Q K^T, scale = Dh^-1/2):
         dV = P^T dZ,   dP = dZ V^T,   dS = d softmax(dP),   dQ = scale * dS K,   dK = scale * dS^T Q,
-    then dQ, dK, dV side by side as the qkv projection's output gradient."""
+    then dQ, dK, dV side by side as the qkv projection's output gradient. With ``rope``, ``q`` and ``k`` are
+    the rotated ones (the trace's q_rot, k_rot) and dQ, dK are turned back (``apply_rope_backward``)."""
     B, H, N, Dh = q.shape
     scale = x.dtype.type(Dh ** -0.5)
     dz, proj_grads = linear_backward(dy, merge_heads(z), **proj)  # [B, N, D]
@@ -194,6 +201,11 @@ def attention_backward(dy, x, q, k, v, pattern, z, qkv, proj, *, num_heads,
     np.matmul(d_scores.swapaxes(-1, -2), q, out=dk)  # dS^T Q: [B, H, N, N] @ [B, H, N, Dh] -> [B, H, N, Dh]
     dk *= scale  # dK = scale * dS^T Q
     np.matmul(pattern.swapaxes(-1, -2), dz, out=dv)  # dV = P^T dZ: [B, H, N, N] @ [B, H, N, Dh] -> [B, H, N, Dh]
+    if rope is not None:
+        record("q_rot", dq.copy())
+        record("k_rot", dk.copy())
+        dq[...] = apply_rope_backward(dq, **rope)  # [B, H, N, Dh], in place in d_qkv
+        dk[...] = apply_rope_backward(dk, **rope)
     record("q", dq)
     record("k", dk)
     record("v", dv)
@@ -226,13 +238,14 @@ def layer_scale_backward(dy, h, gamma):  # dy, h [..., D] -> dh [..., D], {gamma
 
 
 def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
-          record=_no_record):  # [B, N, D] -> [B, N, D]
+          rope=None, swiglu=False, record=_no_record):  # [B, N, D] -> [B, N, D]
     """One pre-norm transformer block (ViT eqs. 2-3): x + attn(LN(x)), then x + mlp(LN(x)); optional layer
-    scale (CaiT) multiplies each branch by a learned per-channel gamma."""
+    scale (CaiT) multiplies each branch by a learned per-channel gamma. EVA-02: ``rope`` (the tables of
+    ``rope_tables``) turns q and k; ``swiglu`` makes the MLP ``swiglu_mlp``."""
     record("resid_pre", x)
     h = layer_norm(x, **norm1, eps=eps)
     record("ln1", h)
-    h = attention(h, **attn, num_heads=num_heads, record=lambda name, a: record("attn." + name, a))
+    h = attention(h, **attn, num_heads=num_heads, rope=rope, record=lambda name, a: record("attn." + name, a))
     if ls1 is not None:
         h = h * ls1["gamma"]
     record("attn_out", h)
@@ -240,7 +253,10 @@ def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gel
     record("resid_mid", x)
     h = layer_norm(x, **norm2, eps=eps)
     record("ln2", h)
-    h = mlp_block(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
+    if swiglu:
+        h = swiglu_mlp(h, **mlp, eps=eps, record=lambda name, a: record("mlp." + name, a))
+    else:
+        h = mlp_block(h, **mlp, gelu_approximate=gelu_approximate, record=lambda name, a: record("mlp." + name, a))
     if ls2 is not None:
         h = h * ls2["gamma"]
     record("mlp_out", h)
@@ -254,20 +270,39 @@ BLOCK_SAVED = ("resid_pre", "ln1", "attn.q", "attn.k", "attn.v", "attn.pattern",
                "mlp.pre", "mlp.post")
 
 
+def block_saved(rope=False, swiglu=False):
+    """``BLOCK_SAVED`` for a block with EVA-02's pieces: the rotated q and k in place of q and k, the SwiGLU's
+    gate, value and product in place of the GELU's input and output."""
+    names = [n for n in BLOCK_SAVED if not ((rope and n in ("attn.q", "attn.k"))
+                                            or (swiglu and n in ("mlp.pre", "mlp.post")))]
+    names += ["attn.q_rot", "attn.k_rot"] if rope else []
+    names += ["mlp.gate", "mlp.value", "mlp.post"] if swiglu else []
+    return tuple(names)
+
+
 def block_backward(dy, saved, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps,
-                   gelu_approximate="erf", record=_no_record):  # dy [B, N, D] -> dx [B, N, D], {weights' grads}
+                   gelu_approximate="erf", rope=None, swiglu=False,
+                   record=_no_record):  # dy [B, N, D] -> dx [B, N, D], {weights' grads}
     """``block`` in reverse: the MLP branch, then the attention branch. ``saved``: the block's recorded arrays
-    by name (``BLOCK_SAVED``). Each residual add x + h hands its gradient unchanged to both x and h, so the
+    by name (``block_saved``). Each residual add x + h hands its gradient unchanged to both x and h, so the
     gradient leaving the block is dy plus what flows back through each branch."""
     grads = {}
     record("resid_post", dy)
     record("mlp_out", dy)  # x + h: the branch's output gets the residual stream's gradient
     dh = dy
     if ls2 is not None:  # the trace keeps the branch after its layer scale: recompute it before
-        dh, grads["ls2"] = layer_scale_backward(dy, linear(saved["mlp.post"], **mlp["fc2"]), **ls2)
-    dh, grads["mlp"] = mlp_block_backward(dh, saved["ln2"], saved["mlp.pre"], saved["mlp.post"], **mlp,
-                                          gelu_approximate=gelu_approximate,
-                                          record=lambda name, a: record("mlp." + name, a))  # [B, N, D]
+        fc2_input = saved["mlp.post"]
+        if swiglu and mlp.get("norm") is not None:
+            fc2_input = layer_norm(fc2_input, **mlp["norm"], eps=eps)
+        dh, grads["ls2"] = layer_scale_backward(dy, linear(fc2_input, **mlp["fc2"]), **ls2)
+    if swiglu:
+        dh, grads["mlp"] = swiglu_mlp_backward(dh, saved["ln2"], saved["mlp.gate"], saved["mlp.value"],
+                                               saved["mlp.post"], **mlp, eps=eps,
+                                               record=lambda name, a: record("mlp." + name, a))  # [B, N, D]
+    else:
+        dh, grads["mlp"] = mlp_block_backward(dh, saved["ln2"], saved["mlp.pre"], saved["mlp.post"], **mlp,
+                                              gelu_approximate=gelu_approximate,
+                                              record=lambda name, a: record("mlp." + name, a))  # [B, N, D]
     record("ln2", dh)
     dh, grads["norm2"] = layer_norm_backward(dh, saved["resid_mid"], **norm2, eps=eps)  # [B, N, D]
     dh += dy  # d resid_mid: the MLP branch plus the residual path
@@ -276,8 +311,9 @@ def block_backward(dy, saved, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, nu
     record("attn_out", d_mid)
     if ls1 is not None:
         dh, grads["ls1"] = layer_scale_backward(d_mid, linear(merge_heads(saved["attn.z"]), **attn["proj"]), **ls1)
-    dh, grads["attn"] = attention_backward(dh, saved["ln1"], saved["attn.q"], saved["attn.k"], saved["attn.v"],
-                                           saved["attn.pattern"], saved["attn.z"], **attn, num_heads=num_heads,
+    q, k = (saved["attn.q_rot"], saved["attn.k_rot"]) if rope is not None else (saved["attn.q"], saved["attn.k"])
+    dh, grads["attn"] = attention_backward(dh, saved["ln1"], q, k, saved["attn.v"], saved["attn.pattern"],
+                                           saved["attn.z"], **attn, num_heads=num_heads, rope=rope,
                                            record=lambda name, a: record("attn." + name, a))  # [B, N, D]
     record("ln1", dh)
     dx, grads["norm1"] = layer_norm_backward(dh, saved["resid_pre"], **norm1, eps=eps)  # [B, N, D]
@@ -340,3 +376,145 @@ def embed_backward(dx, num_prefix, no_embed_class):  # dx [B, N, D] -> [prefix, 
     d_tokens = dx[:, num_prefix:]  # [B, P, D]
     d_pos = sum_over_rows(d_tokens if no_embed_class else dx)  # [B, N_pos, D] -> [N_pos, D]
     return d_prefix, d_tokens, d_pos
+
+
+# --- EVA-02: 2-D rotary position embedding and the SwiGLU MLP (Fang et al. 2023, arXiv 2303.11331) ---
+# Shapes as above; G = Dh / 4 the frequencies per axis (each rotates one pair of channels).
+
+def rope_frequencies(head_dim, temperature=10000.0):  # -> [G]
+    """The G = Dh / 4 rotation frequencies of one axis, theta_j = temperature^(-j / G), j = 0 .. G-1 (Su et al.
+    2021, RoFormer eq. 15, with the exponent over G = Dh / 4 as timm's ``freq_bands(Dh // 4, step=1)``): half
+    of a head's Dh / 2 channel pairs turn with the row, half with the column, G frequencies each."""
+    G = head_dim // 4
+    return 1.0 / temperature ** (np.arange(G, dtype=np.float64) / G)  # [G], float64 whatever the model's dtype
+
+
+def rope_tables(grid, head_dim, ref_grid=None, dtype=np.float32):  # -> sin, cos [P, Dh]
+    """The sines and cosines that rotate each patch's q and k by its position (RoFormer eq. 34 in 2-D, as EVA-02
+    and timm's ``RotaryEmbeddingCat`` lay it out). Patch (r, c) of the gh x gw grid sits at y = r, x = c,
+    rescaled to ``ref_grid`` (the training grid: y = r * ref_h / gh) so that another grid
+    covers the same span of angles. Channel pair j of a head (channels 2j, 2j+1) turns by
+        y * theta_j          for j < G          (the first half of the head: the row)
+        x * theta_(j - G)    for G <= j < 2G    (the second half: the column).
+    Computed in float64, returned in ``dtype``; each angle is written twice, once per channel of its pair."""
+    gh, gw = grid
+    ref_h, ref_w = grid if ref_grid is None else ref_grid
+    y = np.arange(gh, dtype=np.float64) / gh * ref_h  # [gh] row positions
+    x = np.arange(gw, dtype=np.float64) / gw * ref_w  # [gw] column positions
+    theta = rope_frequencies(head_dim)  # [G]
+    y_angles = np.broadcast_to((y[:, None] * theta)[:, None, :], (gh, gw, theta.size))  # [gh, gw, G]
+    x_angles = np.broadcast_to((x[:, None] * theta)[None, :, :], (gh, gw, theta.size))  # [gh, gw, G]
+    angles = np.concatenate([y_angles, x_angles], axis=-1).reshape(gh * gw, -1)  # [P, 2G = Dh / 2], row-major patches
+    angles = np.repeat(angles, 2, axis=-1)  # [P, Dh]: each pair's angle on both its channels
+    return np.sin(angles).astype(dtype), np.cos(angles).astype(dtype)
+
+
+def rotate_pairs(x):  # [..., Dh] -> [..., Dh]
+    """Each channel pair (a, b) -> (-b, a): a quarter turn, the matrix [[0, -1], [1, 0]] on every pair."""
+    turned = np.empty_like(x)
+    turned[..., 0::2] = -x[..., 1::2]
+    turned[..., 1::2] = x[..., 0::2]
+    return turned
+
+
+def apply_rope(x, sin, cos):  # x [B, H, N, Dh], sin / cos [P, Dh] -> [B, H, N, Dh]
+    """RoFormer eq. 34: each channel pair of the last P tokens (the patches) turned by its angle,
+    (a, b) -> (a cos - b sin, a sin + b cos); the N - P prefix tokens in front (the class token) have no
+    position and stay as they are (timm rotates ``q[:, :, num_prefix_tokens:]``)."""
+    P = sin.shape[0]
+    out = x.copy()
+    patches = x[..., -P:, :]  # [B, H, P, Dh]
+    out[..., -P:, :] = patches * cos + rotate_pairs(patches) * sin
+    return out
+
+
+def apply_rope_backward(dy, sin, cos):  # dy [B, H, N, Dh] -> dx [B, H, N, Dh]
+    """A rotation's inverse is its transpose, the turn by the opposite angle: dx = dy cos - turn(dy) sin on the
+    patches (the quarter turn's transpose is minus itself); the prefix tokens' gradient passes unchanged."""
+    P = sin.shape[0]
+    dx = dy.copy()
+    patches = dy[..., -P:, :]  # [B, H, P, Dh]
+    dx[..., -P:, :] = patches * cos - rotate_pairs(patches) * sin
+    return dx
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), written so that neither branch overflows: exp of a non-positive number only."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def silu(x):
+    """Sigmoid linear unit x * sigmoid(x) (Elfwing et al. 2018; Swish with beta = 1, Ramachandran et al. 2017)."""
+    return x * sigmoid(x)
+
+
+def swiglu_mlp(x, fc2, fc1=None, fc1_g=None, fc1_x=None, norm=None, *, eps=1e-6,
+               record=_no_record):  # [B, N, D] -> [B, N, D]
+    """Shazeer 2020, "GLU Variants Improve Transformer", eq. 6: FFN_SwiGLU(x) = (SiLU(x W_g) * x W_x) W_2, the
+    gate's SiLU multiplying the value channel by channel; EVA-02 (Fang et al. 2023) normalises the hidden layer
+    before W_2 (its sub-LN, ``norm``: base / large). Weights as timm stores them: ``fc1_g`` and ``fc1_x`` apart,
+    or packed in one ``fc1`` [2M, D], gate rows first (timm's SwiGLUPacked, ``gate_last=False``)."""
+    if fc1 is not None:
+        both = linear(x, **fc1)  # [B, N, 2M]
+        M = both.shape[-1] // 2
+        gate, value = both[..., :M], both[..., M:]  # [B, N, M] each
+    else:
+        gate, value = linear(x, **fc1_g), linear(x, **fc1_x)  # [B, N, M] each
+    record("gate", gate)
+    record("value", value)
+    h = silu(gate) * value  # [B, N, M]
+    record("post", h)
+    if norm is not None:
+        h = layer_norm(h, **norm, eps=eps)
+        record("norm", h)
+    return linear(h, **fc2)  # [B, N, D]
+
+
+def swiglu_mlp_backward(dy, x, gate, value, post, fc2, fc1=None, fc1_g=None, fc1_x=None, norm=None, *, eps=1e-6,
+                        record=_no_record):  # dy, x [B, N, D] -> dx [B, N, D], {weights}
+    """``swiglu_mlp`` in reverse from its input and its recorded gate, value and post (SiLU(gate) * value):
+    h = SiLU(g) v  =>  dv = dh SiLU(g),  dg = dh v SiLU'(g),  SiLU'(g) = s (1 + g (1 - s)), s = sigmoid(g)."""
+    grads = {}
+    fc2_input = post if norm is None else layer_norm(post, **norm, eps=eps)  # [B, N, M]
+    dh, grads["fc2"] = linear_backward(dy, fc2_input, **fc2)  # [B, N, D] -> [B, N, M]
+    if norm is not None:
+        record("norm", dh)
+        dh, grads["norm"] = layer_norm_backward(dh, post, **norm, eps=eps)  # [B, N, M]
+    record("post", dh)
+    s = sigmoid(gate)
+    d_value = dh * gate * s  # dh SiLU(g)
+    d_gate = dh * value * s * (1 + gate * (1 - s))  # dh v SiLU'(g)
+    record("gate", d_gate)
+    record("value", d_value)
+    if fc1 is not None:
+        dx, grads["fc1"] = linear_backward(np.concatenate([d_gate, d_value], axis=-1), x, **fc1)  # [B, N, 2M] -> [B, N, D]
+    else:
+        dx, grads["fc1_g"] = linear_backward(d_gate, x, **fc1_g)  # [B, N, M] -> [B, N, D]
+        dx_value, grads["fc1_x"] = linear_backward(d_value, x, **fc1_x)
+        dx += dx_value
+    return dx, grads
+
+
+def eva_qkv(proj, qkv=None, q_bias=None, v_bias=None, q_proj=None, k_proj=None, v_proj=None):  # -> {qkv, proj}
+    """EVA's attention weights as ``attention`` takes them: one qkv projection [3D, D] whose bias is
+    [q_bias; 0; v_bias] (the key has none: a bias on k adds the same amount to every score of a query, which
+    the softmax cancels), as timm's ``cat(q_bias, k_bias, v_bias)``. Stored fused (``qkv`` + ``q_bias``,
+    ``v_bias``: tiny / small) or apart (``q_proj``, ``k_proj``, ``v_proj``: base / large), stacked here."""
+    if qkv is None:
+        qkv = {"weight": np.concatenate([q_proj["weight"], k_proj["weight"], v_proj["weight"]])}  # [3D, D]
+        q_bias, v_bias = q_proj["bias"], v_proj["bias"]
+    bias = np.concatenate([q_bias, np.zeros_like(q_bias), v_bias])  # [3D]
+    return {"qkv": {"weight": qkv["weight"], "bias": bias}, "proj": proj}
+
+
+def eva_qkv_backward(grads, separate):  # {qkv, proj} gradients -> keyed like EVA's stored weights
+    """``eva_qkv`` in reverse: the fused projection's gradients cut back into the stored pieces (the key's
+    bias gradient, of a constant zero, is dropped)."""
+    weight, bias = grads["qkv"]["weight"], grads["qkv"]["bias"]
+    dq_w, dk_w, dv_w = np.split(weight, 3)  # [D, D] each
+    dq_b, _, dv_b = np.split(bias, 3)  # [D] each
+    if separate:
+        return {"q_proj": {"weight": dq_w, "bias": dq_b}, "k_proj": {"weight": dk_w},
+                "v_proj": {"weight": dv_w, "bias": dv_b}, "proj": grads["proj"]}
+    return {"qkv": {"weight": weight}, "q_bias": dq_b, "v_bias": dv_b, "proj": grads["proj"]}

@@ -31,7 +31,7 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
     for name, shape in param_shapes(config).items():
         if name.endswith(".gamma"):
             value = np.full(shape, config.init_values)
-        elif name.endswith(".bias"):
+        elif name.endswith((".bias", "_bias")):  # "_bias": EVA's q_bias and v_bias
             value = np.zeros(shape)
         elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
             value = np.ones(shape)
@@ -179,9 +179,8 @@ class ViT:
             x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
 
         # eqs. 2-3, block after block: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
-        blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
-        x = ops.encoder(x, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps, gelu_approximate=c.gelu,
-                        record=trace.recorder("blocks"))  # [B, N, D]
+        blocks = [self._block_weights(i) for i in range(c.depth)]
+        x = ops.encoder(x, blocks, **self._block_options(grid), record=trace.recorder("blocks"))  # [B, N, D]
 
         # eq. 4: y = LN(z_L^0), then the classifier head
         if not c.use_fc_norm:
@@ -229,11 +228,15 @@ class ViT:
         d = self._head_backward(trace, grads, params)  # [B, N, D]
 
         # eqs. 2-3 in reverse, the last block first
-        blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
-        saved = [{name: trace[f"blocks.{i}.{name}"] for name in layers.BLOCK_SAVED} for i in range(c.depth)]
+        blocks = [self._block_weights(i) for i in range(c.depth)]
+        saved_names = layers.block_saved(rope=c.rope, swiglu=c.mlp == "swiglu")
+        saved = [{name: trace[f"blocks.{i}.{name}"] for name in saved_names} for i in range(c.depth)]
         ops = fast if fast.wanted(self.speedups) else layers  # as in forward: a batch in shards on several threads
-        d, block_grads = ops.encoder_backward(d, saved, blocks, num_heads=c.num_heads, eps=c.layer_norm_eps,
-                                              gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
+        d, block_grads = ops.encoder_backward(d, saved, blocks, **self._block_options(trace.grid),
+                                              record=grads.recorder("blocks"))  # [B, N, D]
+        if c.qkv_layout != "fused":  # back to EVA's stored pieces (q_bias, v_bias or q_proj, k_proj, v_proj)
+            for block in block_grads:
+                block["attn"] = layers.eva_qkv_backward(block["attn"], separate=c.qkv_layout == "separate")
         params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
 
         # eq. 1 in reverse: to the tokens, the position embedding, the patch projection and the pixels
@@ -303,6 +306,27 @@ class ViT:
             if count:
                 params[name] = d_prefix[None, start:start + count]  # [1, count, D]
                 start += count
+
+    # --- the blocks' weights and options ------------------------------------------------------
+    def _block_weights(self, i):
+        """Block i's weights as ``layers.block`` takes them: the stored tree, EVA's q, k, v pieces stacked into
+        one qkv projection (``layers.eva_qkv``)."""
+        weights = self.param_tree["blocks"][str(i)]
+        if self.config.qkv_layout == "fused":
+            return weights
+        return {**weights, "attn": layers.eva_qkv(**weights["attn"])}
+
+    def _block_options(self, grid):
+        """The keyword arguments of ``layers.block`` for this config, at a patch grid (gh, gw): EVA-02's RoPE
+        tables are those of this grid, its positions scaled to ``rope_ref_grid`` (timm's dynamic_img_size)."""
+        c = self.config
+        options = dict(num_heads=c.num_heads, eps=c.layer_norm_eps, gelu_approximate=c.gelu)
+        if c.rope:
+            sin, cos = layers.rope_tables(grid, c.head_dim, c.rope_ref_grid, self.dtype)  # [P, Dh] each
+            options["rope"] = {"sin": sin, "cos": cos}
+        if c.mlp == "swiglu":
+            options["swiglu"] = True
+        return options
 
     def prefix_tokens(self):  # -> [prefix, D]
         """The class token, DeiT's distillation token and the register tokens, in that order, as learned."""

@@ -46,7 +46,8 @@ def _draw_patch_grid(fig, trace, options):
 
 def _draw_position_embedding(fig, trace, options):
     position_embedding.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace),
-                                               options.get("similarity_low"))
+                                               options.get("similarity_low"),
+                                               rope=getattr(getattr(trace, "config", None), "rope", False))
 
 
 def _shared_similarity_scale(traces, options):

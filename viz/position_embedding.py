@@ -61,7 +61,7 @@ def lowest_similarity(pos_embed, layout: TokenLayout) -> float:
     return float(analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens).min())
 
 
-def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=None):
+def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=None, rope=False):
     """``similarity_low``: where the colour scale starts (default: this embedding's lowest similarity)."""
     gh, gw = layout.grid
     tiles = analysis.position_embedding_similarity(pos_embed, layout.grid, layout.num_prefix_tokens)  # [gh,gw,gh,gw]
@@ -133,7 +133,9 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=
     prefix_rows = np.shape(pos_embed)[-2] - gh * gw        # 0 where the prefix tokens have no position
     footnote(fig, f"{gh}x{gw} patch positions, numbered from 0 like the tokens ({prefix_rows} prefix "
                   f"token row(s) excluded); {scale}. The figure shows the embedding as it is, not how it got "
-                  f"there: a fixed sine-cosine table makes neighbours similar without any training.")
+                  f"there: a fixed sine-cosine table makes neighbours similar without any training."
+                  + (" This model also turns each patch's q and k by its row and column in every block (EVA-02's "
+                     "rotary embedding, layers.rope_tables), which this table does not show." if rope else ""))
 
 
 def visualize_position_embedding(model, save_path=None):
@@ -144,6 +146,6 @@ def visualize_position_embedding(model, save_path=None):
     pos_embed, layout = _position_source(model)
     with style():
         fig = new_figure(*position_size(layout.grid))
-        draw_position_embedding(fig, pos_embed, layout)
+        draw_position_embedding(fig, pos_embed, layout, rope=getattr(getattr(model, "config", None), "rope", False))
     save_figure(fig, save_path)
     return fig

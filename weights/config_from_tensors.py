@@ -125,7 +125,8 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     both: it describes another model.
     """
     ranks = {"patch_embed.proj.weight": "[D, C, p, p]", "pos_embed": "[1, N, D]", "reg_token": "[1, R, D]",
-             "blocks.0.mlp.fc1.weight": "[M, D]", "pre_logits.fc.weight": "[R, D]", "head.weight": "[C, D]"}
+             "blocks.0.mlp.fc1.weight": "[M, D]", "blocks.0.mlp.fc1_g.weight": "[M, D]",
+             "pre_logits.fc.weight": "[R, D]", "head.weight": "[C, D]"}
 
     def get(key):
         if key not in params:
@@ -139,7 +140,13 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     if ph != pw:
         raise CheckpointError(f"{where}: patch_embed.proj.weight has a {ph}x{pw} patch; numpy_vit needs square patches")
     depth = len({k.split(".")[1] for k in params if k.startswith("blocks.")})
-    mlp_dim = int(get("blocks.0.mlp.fc1.weight").shape[0]) if depth else 4 * D
+    eva = _eva_fields(params, where, base, D)  # EVA-02's layout fields, {} for a plain ViT
+    if not depth:
+        mlp_dim = 4 * D
+    elif "blocks.0.mlp.fc1_g.weight" in params:
+        mlp_dim = int(get("blocks.0.mlp.fc1_g.weight").shape[0])
+    else:  # a packed SwiGLU's fc1 holds the gate's rows and the value's
+        mlp_dim = int(get("blocks.0.mlp.fc1.weight").shape[0]) // (2 if eva.get("mlp") == "swiglu" else 1)
     if base is not None:
         _check_base_fits(base, where, {"embed_dim": D, "depth": depth, "patch_size": ph, "mlp width": mlp_dim,
                                        "in_chans": C})
@@ -155,7 +162,8 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     fields = dict(
         embed_dim=D, depth=depth, patch_size=ph, in_chans=C, mlp_ratio=mlp_dim / D, num_heads=heads,
         img_size=img_size, no_embed_class=no_embed_class, class_token=class_token, distilled=distilled,
-        num_reg_tokens=num_reg_tokens, qkv_bias="blocks.0.attn.qkv.bias" in params or depth == 0,
+        num_reg_tokens=num_reg_tokens, qkv_bias=any(f"blocks.0.attn.{k}" in params for k in (
+            "qkv.bias", "q_bias", "q_proj.bias")) or depth == 0, **eva,
         init_values=layer_scale if "blocks.0.ls1.gamma" in params else None,
         fc_norm=fc_norm, global_pool=global_pool,
         representation_size=int(get("pre_logits.fc.weight").shape[0]) if "pre_logits.fc.weight" in params else None,
@@ -171,6 +179,25 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
         return start.replace(**fields)
     except ConfigError as e:
         raise CheckpointError(f"{where}: the shapes give a config numpy_vit cannot build: {e}") from None
+
+
+def _eva_fields(params: dict, where: str, base, width: int) -> dict:
+    """EVA-02's fields: the q, k, v layout and the sub-LayerNorm from the keys, the RoPE and the SwiGLU from the
+    base (a rotary embedding has no weights, and a packed SwiGLU's fc1 is shaped like a wider GELU MLP's)."""
+    keys = {k[len("blocks.0."):] for k in params if k.startswith("blocks.0.")}
+    separate, qv_bias = "attn.q_proj.weight" in keys, "attn.q_bias" in keys
+    split_mlp = "mlp.fc1_g.weight" in keys
+    if not (separate or qv_bias or split_mlp) and (base is None or base.mlp == "gelu"):
+        return {}
+    if base is None or not base.rope:
+        sizes = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
+        hint = f"eva02_{sizes[width]}_patch14_224" if width in sizes else "eva02_<size>_patch14_<res>"
+        raise CheckpointError(f"{where}: an EVA-02 checkpoint (keys {', '.join(sorted(k for k in keys if 'q_' in k or 'fc1_' in k)[:3])}); "
+                              f"its rotary position embedding has no weights, so the file cannot say so: pass "
+                              f"arch={hint!r} (or the file's timm name)")
+    return dict(rope=True, rope_ref_grid=base.rope_ref_grid, mlp="swiglu" if split_mlp else base.mlp,
+                mlp_norm="mlp.norm.weight" in keys,
+                qkv_layout="separate" if separate else "fused_qv_bias" if qv_bias else "fused")
 
 
 def name_with_registers(name: str, count: int) -> str:

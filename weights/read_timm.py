@@ -17,7 +17,12 @@ from .mapping import apply_table, count_blocks, rule
 
 _PER_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
               "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
-              "mlp.fc2.bias", "ls2.gamma"]
+              "mlp.fc2.bias", "ls2.gamma",
+              # EVA-02 (timm/models/eva.py): q and v biases beside a bias-free qkv, or q, k, v projections apart;
+              # SwiGLU's gate and value projections and its sub-LayerNorm
+              "attn.q_bias", "attn.v_bias", "attn.q_proj.weight", "attn.q_proj.bias", "attn.k_proj.weight",
+              "attn.v_proj.weight", "attn.v_proj.bias", "mlp.fc1_g.weight", "mlp.fc1_g.bias", "mlp.fc1_x.weight",
+              "mlp.fc1_x.bias", "mlp.norm.weight", "mlp.norm.bias"]
 TIMM_KEYS = (["cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
              + ["blocks.{i}." + k for k in _PER_BLOCK]
              + ["norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias", "pre_logits.fc.weight",
@@ -45,10 +50,15 @@ def is_dino(obj) -> bool:
     return isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in ("teacher", "student"))
 
 
+# EVA-02's rotary tables (``rope.*``; older checkpoints keep them as buffers) are a function of the config and the
+# grid, recomputed for every input (numpy_vit.layers.rope_tables): ignored here, as timm's checkpoint_filter_fn does
+TIMM_IGNORED = (r"^rope\.", r"^blocks\.\d+\.attn\.k_bias$")  # k_bias: a constant zero buffer, never a weight
+
+
 def timm_params(state_dict: dict, where: str):
     """(params, sources) from a timm state dict, every key accounted for."""
     depth = count_blocks(state_dict, BLOCK_INDEX, where)
-    return apply_table(state_dict, TIMM_TABLE, depth, where)
+    return apply_table(state_dict, TIMM_TABLE, depth, where, ignore=TIMM_IGNORED)
 
 
 def with_imagenet_labels(config):
