@@ -415,8 +415,10 @@ def _siglip_name_fields(name: str) -> dict:
                   mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)
     if tag:
         fields.update(_tag_fields(tag, "siglip", res, name))
-        if gap and (size, patch) == ("so400m", 14) and res >= 378 and tag != "v2_webli":
-            fields["crop_pct"] = 1.0  # timm's pretrained configs of the PaliGemma and 378 px WebLI towers: no crop
+    if gap and (size, patch) == ("so400m", 14) and res >= 378 and tag != "v2_webli" and (tag or res >= 448):
+        # timm's pretrained configs of the PaliGemma towers (at 448 and 896 px, untagged too: their only tags) and
+        # of the 378 px WebLI one evaluate without a crop
+        fields["crop_pct"] = 1.0
     return fields
 
 

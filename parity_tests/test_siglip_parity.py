@@ -325,3 +325,49 @@ def test_attention_pool_gradients_match_torch():
     torch32 = _torch_pool_gradients(tm32, x64.astype(np.float32), cotangent)
     torch64 = _torch_pool_gradients(tm64, x64, cotangent)
     compare(f"timm {name} (depth=2, width 192, 64 px)", ours[np.float32], ours[np.float64], torch32, torch64)
+
+
+# --- timm's names and files ------------------------------------------------------------------------------------
+
+def test_every_timm_siglip_name_gives_timms_model():
+    """Every SigLIP tower timm registers (34 architectures, each pretrained tag): our parameter names and shapes
+    are its state dict's, in its order (built on the meta device: shapes without memory), its GELU is ours, and
+    each tag's preprocessing and head are its pretrained config's. The two 384 px towers in 14 px patches are refused with
+    a pointer to their 378 px twin (timm crops 6 pixels there that numpy_vit would not)."""
+    names = [n for n in timm.list_models("vit_*siglip*") if "naflex" not in n]
+    assert len(names) >= 30
+    refused = []
+    for name in names:
+        try:
+            config = nv.ViTConfig.preset(name)
+        except nv.ConfigError as e:
+            assert "whole number of 14 px patches" in str(e), name
+            refused.append(name)
+            continue
+        with torch.device("meta"):
+            reference = timm.create_model(name, pretrained=False)
+        shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+        assert list(shapes.items()) == list(nv.param_shapes(config).items()), name
+        act = reference.blocks[0].mlp.act  # timm's GELUTanh, or torch's GELU (approximate "none")
+        tanh = isinstance(act, timm.layers.activations.GELUTanh) or getattr(act, "approximate", "") == "tanh"
+        assert isinstance(act, (torch.nn.GELU, timm.layers.activations.GELUTanh)), (name, act)
+        assert (config.gelu == "tanh") == tanh, name
+        for tagged in [name] + timm.list_pretrained(name + ".*"):  # a tag changes the head and preprocessing only
+            config = nv.ViTConfig.preset(tagged)
+            cfg = timm.models.get_pretrained_cfg(tagged).to_dict()  # the untagged name: timm's default tag
+            assert (config.img_size, config.num_classes, config.mean, config.std, config.crop_pct) == \
+                (tuple(cfg["input_size"][1:]), cfg["num_classes"], tuple(cfg["mean"]), tuple(cfg["std"]),
+                 cfg["crop_pct"]), tagged
+    assert sorted(refused) == ["vit_so400m_patch14_siglip_384", "vit_so400m_patch14_siglip_gap_384"]
+
+
+def test_timm_pth_of_a_siglip_tower(tmp_path):
+    """A timm .pth (torch.save of the state dict, in a {"state_dict": ...} wrapper) of a narrow tower."""
+    overrides = dict(SMALL, depth=1)
+    tm, _ = timm_siglip("vit_base_patch16_siglip_224", np.float32, **overrides)
+    torch.save({"state_dict": tm.state_dict()}, tmp_path / "siglip.pth")
+    model = nv.ViT.from_pretrained(str(tmp_path / "siglip.pth"),
+                                   arch=nv.ViTConfig.preset("vit_base_patch16_siglip_224", **overrides))
+    x = random_batch(model.config, batch=1)
+    trace, reference = run_timm(tm, model, x)
+    assert np.abs(trace["pooled"] - reference["pooled"]).max() <= 1e-4  # conftest.TOL's float32 pooled limit
