@@ -127,9 +127,11 @@ TIMM_CASES = [
 
 
 def _label(source, name, overrides, perturbed, size=None):
-    shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    """The parity table's row name: the model, what the test changed of it, and "peaky" for perturbed weights."""
+    words = {"depth": "{} blocks", "embed_dim": "D {}", "img_size": "{} px", "num_classes": "{} classes"}
+    shown = ", ".join(words[k].format(v) for k, v in overrides.items() if k in words)
     return (f"{source} {name}" + (f" @ {size[0]}x{size[1]}" if size else "") + (f" ({shown})" if shown else "")
-            + (" perturbed" if perturbed else ""))
+            + (", peaky" if perturbed else ""))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -253,7 +255,7 @@ def test_hf_siglip_matches(tmp_path, dtype, perturbed, float64_softmax):
     trace = model.forward(x)
     if perturbed:
         _assert_peaky("HF SiglipVisionModel", trace)
-    compare_traces(trace, run_hf(hf, x), dtype, "HF SiglipVisionModel" + (" perturbed" if perturbed else ""), c.depth)
+    compare_traces(trace, run_hf(hf, x), dtype, "HF SiglipVisionModel (3 blocks, D 192, 112 px)" + (", peaky" if perturbed else ""), c.depth)
 
 
 def test_hf_siglip_model_with_text_tower_and_new_grid(tmp_path):
@@ -264,7 +266,7 @@ def test_hf_siglip_model_with_text_tower_and_new_grid(tmp_path):
     x = random_batch(model.config, batch=2, size=(160, 96), seed=2)
     trace = model.forward(x)
     assert trace.grid == (10, 6)
-    compare_traces(trace, run_hf(hf, x, interpolate=True), np.float32, "HF SiglipModel (image tower) @ 160x96",
+    compare_traces(trace, run_hf(hf, x, interpolate=True), np.float32, "HF SiglipModel's image tower @ 160x96 (3 blocks, D 192)",
                    model.config.depth)
 
 
@@ -324,7 +326,7 @@ def test_attention_pool_gradients_match_torch():
                        **{f"param:{k}": v for k, v in grads.params.items()}}
     torch32 = _torch_pool_gradients(tm32, x64.astype(np.float32), cotangent)
     torch64 = _torch_pool_gradients(tm64, x64, cotangent)
-    compare(f"timm {name} (depth=2, width 192, 64 px)", ours[np.float32], ours[np.float64], torch32, torch64)
+    compare(f"timm {name}: attention pool, peaky (2 blocks, D 192, 64 px)", ours[np.float32], ours[np.float64], torch32, torch64)
 
 
 # --- timm's names and files ------------------------------------------------------------------------------------
