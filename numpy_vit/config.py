@@ -245,8 +245,9 @@ class ViTConfig:
 # --- timm's architecture names, read as a grammar ----------------------------------------------------
 # timm names a plain ViT ``{family}_{size}_[distilled_]patch{P}[_reg{K}]_{res | dinov2}[.{tag}]``. The family
 # fixes the recipe (timm/models/vision_transformer.py and deit.py): the size the width, depth and heads; the
-# tag the pretraining data, hence the head and the preprocessing. Anything else in a name (clip, siglip, gap,
-# rope, ...) changes the architecture in ways this model does not have, and is refused by name.
+# tag the pretraining data, hence the head and the preprocessing. SigLIP's towers have a grammar of their own
+# (``_siglip_name_fields``). Anything else in a name (clip, gap, rope, ...) changes the architecture in ways this
+# model does not have, and is refused by name.
 
 class UnknownName(ConfigError):
     """A name that is no timm ViT / DeiT / DINOv2 name (its message says which part is unknown)."""
@@ -344,7 +345,7 @@ def timm_name_fields(name: str) -> dict:
                               f"vit_<size>_patch14_reg<K>_dinov2")
     else:
         raise UnknownName(f"unknown part {rest!r} in {name!r}: after patch<P> this reads only a resolution "
-                          f"(_224) or _dinov2 (parts such as clip, siglip, gap or rope change the architecture "
+                          f"(_224) or _dinov2 (parts such as clip, gap or rope change the architecture "
                           f"in ways numpy_vit does not model)")
     if m["distilled"] and family != "deit":
         raise ConfigError(f"{name!r}: only deit_ models have a distilled_ variant")

@@ -307,6 +307,45 @@ def test_the_hub_name_reads_the_siglip_folder(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.forward(x)["pooled"], model.forward(x)["pooled"])
 
 
+def test_a_timm_hub_folder_of_a_siglip_tower(tmp_path, monkeypatch):
+    """timm's hub layout (config.json with architecture, model_args and pretrained_cfg; timm's state dict) under
+    a timm/ name: the architecture, tag and pooling from config.json, the geometry from the tensors."""
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
+    model = tiny_siglip(seed=9)
+    folder = tmp_path / "timm--vit_base_patch16_siglip_224.webli"
+    folder.mkdir()
+    save_file({k: np.ascontiguousarray(v) for k, v in model.params.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "vit_base_patch16_siglip_224", "num_classes": 0, "global_pool": "map",
+        "model_args": {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 48},
+        "pretrained_cfg": {"tag": "webli", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 0.9,
+                           "input_size": [3, 48, 48], "num_classes": 0}}))
+    loaded = nv.ViT.from_pretrained("timm/vit_base_patch16_siglip_224.webli")
+    assert loaded.config.name == "vit_base_patch16_siglip_224.webli" and loaded.config.global_pool == "map"
+    x = np.random.default_rng(2).standard_normal((1, 3, 48, 48)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x)["pooled"], model.forward(x)["pooled"])
+
+
+def test_speedups_compute_the_same_tower():
+    """numpy_vit.fast runs the encoder (the pool is the reference's at every setting): the same pooled features
+    and pool attention within 1e-5 of their scale in float32 (the bound of a whole forward pass split into
+    shards, tests/README.md), and the same gradients within 1e-4 of theirs."""
+    model = tiny_siglip(seed=10)
+    x = np.random.default_rng(3).standard_normal((3, 3, 48, 48)).astype(np.float32)
+    results = []
+    for speedups in (False, True):
+        model.speedups = speedups
+        trace = model.forward(x)
+        results.append((trace, model.backward(trace, np.ones((3, 32), np.float32))))
+    (reference, reference_grads), (fast, fast_grads) = results
+    for name in ("pooled", "attn_pool.pattern", "norm"):
+        scale = max(1.0, float(np.abs(reference[name]).max()))
+        assert np.abs(fast[name] - reference[name]).max() <= 1e-5 * scale, name
+    for name in ("attn_pool.latent", "attn_pool.kv.weight", "blocks.0.attn.qkv.weight"):
+        scale = float(np.abs(reference_grads.params[name]).max())
+        assert np.abs(fast_grads.params[name] - reference_grads.params[name]).max() <= 1e-4 * scale, name
+
+
 def test_bad_siglip_files_are_named(tmp_path):
     model = tiny_siglip(seed=8)
     folder = hf_siglip_folder(tmp_path / "a", model)
