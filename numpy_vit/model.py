@@ -24,8 +24,9 @@ __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
 
 
 def init_params(config: ViTConfig, seed=0, dtype=np.float32):
-    """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens,
-    zeros for biases, ones for LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
+    """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens (std
+    D^-1/2 for the attention pool's latent query, as timm's AttentionPoolLatent), zeros for biases, ones for
+    LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():
@@ -36,7 +37,8 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
         elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
             value = np.ones(shape)
         else:
-            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * 0.02  # clipped at 2 std, like trunc_normal_
+            std = shape[-1] ** -0.5 if name == "attn_pool.latent" else 0.02
+            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * std  # clipped at 2 std, like trunc_normal_
         params[name] = value.astype(dtype)
     return params
 
