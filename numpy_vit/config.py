@@ -62,7 +62,8 @@ class ViTConfig:
     qkv_layout: str = "fused"            # "fused": qkv(.bias); "fused_qv_bias": qkv + q_bias, v_bias, no k bias (EVA-02
                                          # tiny / small); "separate": q_proj, k_proj (no bias), v_proj (EVA-02 base / large)
     # --- head -------------------------------------------------------------
-    global_pool: str = "token"           # "token": read the CLS token; "avg": mean over patch tokens; "": no pooling
+    global_pool: str = "token"           # "token": read the CLS token; "avg": mean over patch tokens; "": no pooling;
+                                         # "map": a learned latent query attends over the patch tokens (SigLIP)
     fc_norm: bool | None = None          # LayerNorm after pooling instead of before it; None = timm's rule (on for "avg")
     representation_size: int | None = None  # JAX ViT "pre_logits": a Dense + tanh between pooling and head (in21k models)
     num_classes: int = 1000              # 0 = no classifier: the model returns pooled features (DINO backbones)
@@ -145,7 +146,11 @@ class ViTConfig:
              f"(embed_dim / num_heads) must be a multiple of 4")
         need(self.rope_ref_grid is None or (self.rope and min(self.rope_ref_grid) >= 1),
              f"rope_ref_grid {self.rope_ref_grid} needs rope=True and positive sides")
-        need(self.global_pool in ("token", "avg", ""), f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
+        need(self.global_pool in ("token", "avg", "", "map"),
+             f"global_pool must be 'token', 'avg', 'map' (attention pooling, SigLIP) or '', got {self.global_pool!r}")
+        need(not (self.global_pool == "map" and self.representation_size),
+             "global_pool='map' has no pre_logits layer (representation_size must be None): the attention pool's "
+             "MLP is its last layer before the head")
         need(not (self.global_pool == "token" and not self.class_token),
              "global_pool='token' needs class_token=True; use global_pool='avg' for a model without a class token")
         need(not (self.distilled and not self.class_token), "distilled=True needs class_token=True (DeiT has both)")
@@ -240,8 +245,9 @@ class ViTConfig:
 
         A name of the table PRESETS, or any timm name of the plain ViT, DeiT, DeiT-3 and DINOv2 families
         (``vit_small_patch14_dinov2.lvd142m``, ``vit_base_patch14_reg4_dinov2``, ``deit3_small_patch16_224.fb_in1k``,
-        ``vit_base_patch16_224.augreg_in21k_ft_in1k``): see :func:`config_from_timm_name`. The config keeps
-        the name as given, tag included.
+        ``vit_base_patch16_224.augreg_in21k_ft_in1k``) and of SigLIP's image towers
+        (``vit_base_patch16_siglip_224.webli``, ``vit_so400m_patch14_siglip_gap_224``): see :func:`timm_name_fields`.
+        The config keeps the name as given, tag included.
         """
         if not isinstance(name, str):
             raise ConfigError(f"a preset name must be a string, got {name!r}; known presets: {', '.join(sorted(PRESETS))}")
@@ -265,8 +271,9 @@ class ViTConfig:
 # --- timm's architecture names, read as a grammar ----------------------------------------------------
 # timm names a plain ViT ``{family}_{size}_[distilled_]patch{P}[_reg{K}]_{res | dinov2}[.{tag}]``. The family
 # fixes the recipe (timm/models/vision_transformer.py and deit.py): the size the width, depth and heads; the
-# tag the pretraining data, hence the head and the preprocessing. Anything else in a name (clip, siglip, gap,
-# rope, ...) changes the architecture in ways this model does not have, and is refused by name.
+# tag the pretraining data, hence the head and the preprocessing. SigLIP's towers have a grammar of their own
+# (``_siglip_name_fields``). Anything else in a name (clip, gap, rope, ...) changes the architecture in ways this
+# model does not have, and is refused by name.
 
 class UnknownName(ConfigError):
     """A name that is no timm ViT / DeiT / DINOv2 name (its message says which part is unknown)."""
@@ -299,10 +306,19 @@ _TAGS = {
     "fb_in1k": (("deit", "deit3"), {}),
     "fb_in22k_ft_in1k": (("deit3",), dict(crop_pct=1.0)),
     "lvd142m": (("dinov2",), {}),
+    # SigLIP image towers (timm's vit_*_siglip_*): WebLI pre-training, no classifier, except the ImageNet fine-tunes
+    "webli": (("siglip",), {}),
+    "v2_webli": (("siglip",), {}),                                 # SigLIP 2 (Tschannen et al. 2025)
+    "webli_i18n": (("siglip",), {}),
+    "webli_ft_in1k": (("siglip",), dict(num_classes=1000, crop_pct=1.0)),  # timm squashes to square; here: centre crop
+    **{tag: (("siglip",), {}) for tag in ("pali_mix", "pali_pt", "pali_refcoco_seg", "pali_ocrvqa", "pali2_3b_pt",
+                                          "pali2_10b_pt", "pali2_3b_docci", "pali2_10b_docci")},  # PaliGemma towers
 }
 
 
 def _family_of(base: str) -> str:
+    if _SIGLIP_NAME.match(base):
+        return "siglip"
     m = _NAME.match(base)
     if m is None:
         return "vit"
@@ -388,6 +404,8 @@ def timm_name_fields(name: str) -> dict:
     if eva02 is not None:
         return eva02
     base, _, tag = name.partition(".")
+    if "_siglip" in base:
+        return _siglip_name_fields(name)
     m = _NAME.match(base)
     if m is None:
         raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES>, "
@@ -408,7 +426,7 @@ def timm_name_fields(name: str) -> dict:
                               f"vit_<size>_patch14_reg<K>_dinov2")
     else:
         raise UnknownName(f"unknown part {rest!r} in {name!r}: after patch<P> this reads only a resolution "
-                          f"(_224) or _dinov2 (parts such as clip, siglip, gap or rope change the architecture "
+                          f"(_224) or _dinov2 (parts such as clip, gap or rope change the architecture "
                           f"in ways numpy_vit does not model)")
     if m["distilled"] and family != "deit":
         raise ConfigError(f"{name!r}: only deit_ models have a distilled_ variant")
@@ -422,6 +440,67 @@ def timm_name_fields(name: str) -> dict:
         fields["crop_pct"] = 1.0
     if tag:
         fields.update(_tag_fields(tag, family, res, name))
+    return fields
+
+
+# --- SigLIP's image towers (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training") ---------------------
+# timm names them ``vit_{size}_patch{P}_siglip[_gap]_{res}[.{tag}]`` (timm/models/vision_transformer.py): no class
+# token, mean = std = 0.5, and the image summary read by attention pooling ("map", a learned latent query; timm's
+# AttentionPoolLatent) or, in the ``_gap_`` variants, by the mean over the patch tokens after the final norm.
+SIGLIP_SIZES = {  # size: (embed_dim, depth, num_heads, mlp_ratio), as timm's model functions give them
+    "base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0),
+    "so400m": (1152, 27, 16, 3.7362),     # the shape-optimised 400M tower (Alabdulmohsin et al. 2023): M = 4304
+    "giantopt": (1536, 40, 16, 4.0),
+}
+# (size, patch): the resolutions timm registers, for the attention-pooled towers and for the _gap_ ones
+SIGLIP_ARCHS = {
+    ("base", 32): ((256,), (256,)),
+    ("base", 16): ((224, 256, 384, 512), (224, 256, 384, 512)),
+    ("large", 16): ((256, 384, 512), (256, 384, 512)),
+    ("so400m", 14): ((224, 378, 384), (224, 378, 384, 448, 896)),
+    ("so400m", 16): ((256, 384, 512), (256, 384, 512)),
+    ("giantopt", 16): ((256, 384), (256, 384)),
+}
+# timm builds these with the tanh approximation of GELU (act_layer='gelu_tanh'), the others with the exact one
+SIGLIP_GELU_TANH = {("base", 32, 256), ("large", 16, 512), ("so400m", 16, 256), ("so400m", 16, 384),
+                    ("so400m", 16, 512), ("giantopt", 16, 256), ("giantopt", 16, 384)}
+_SIGLIP_NAME = re.compile(r"^vit_(?P<size>[a-z0-9]+)_patch(?P<patch>\d+)_siglip(?P<gap>_gap)?_(?P<res>\d+)$")
+
+
+def _siglip_name_fields(name: str) -> dict:
+    """The ViTConfig fields of a timm SigLIP name, e.g. ``vit_so400m_patch14_siglip_224.v2_webli`` -> width 1152,
+    27 blocks, 16 heads, M = 4304, patch 14 at 224 px, no class token, attention pooling, no classifier."""
+    base, _, tag = name.partition(".")
+    m = _SIGLIP_NAME.match(base)
+    if m is None:
+        raise UnknownName(f"{name!r} is not of the form vit_{{{'|'.join(SIGLIP_SIZES)}}}_patch<P>_siglip[_gap]_<RES> "
+                          f"(timm's SigLIP image towers)")
+    size, patch, res, gap = m["size"], int(m["patch"]), int(m["res"]), bool(m["gap"])
+    if size not in SIGLIP_SIZES:
+        raise UnknownName(f"unknown size {size!r} in {name!r}: timm's SigLIP sizes are {', '.join(SIGLIP_SIZES)}")
+    if (size, patch) not in SIGLIP_ARCHS:
+        raise UnknownName(f"unknown patch size {patch} for SigLIP {size} in {name!r}: timm has "
+                          f"{', '.join(f'patch{p}' for s, p in SIGLIP_ARCHS if s == size)}")
+    resolutions = SIGLIP_ARCHS[size, patch][gap]
+    if res not in resolutions:
+        raise UnknownName(f"unknown resolution {res} in {name!r}: timm's {size} patch{patch} SigLIP "
+                          f"{'_gap_ ' if gap else ''}towers are {', '.join(map(str, resolutions))} px")
+    if res % patch:  # vit_so400m_patch14_siglip_384: timm's patch embedding drops the last res % patch pixels
+        raise ConfigError(f"{name!r}: {res} px is not a whole number of {patch} px patches (timm's patch embedding "
+                          f"drops the last {res % patch} pixel rows and columns, which numpy_vit does not do); "
+                          f"timm's {base.replace(f'_{res}', f'_{res // patch * patch}')} holds the same weights on "
+                          f"the same {res // patch} x {res // patch} grid at {res // patch * patch} px: use that name")
+    width, depth, heads, mlp_ratio = SIGLIP_SIZES[size]
+    fields = dict(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, patch_size=patch, img_size=res,
+                  class_token=False, global_pool="avg" if gap else "map", fc_norm=False if gap else None,
+                  gelu="tanh" if (size, patch, res) in SIGLIP_GELU_TANH else "erf", num_classes=0,
+                  mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)
+    if tag:
+        fields.update(_tag_fields(tag, "siglip", res, name))
+    if gap and (size, patch) == ("so400m", 14) and res >= 378 and tag != "v2_webli" and (tag or res >= 448):
+        # timm's pretrained configs of the PaliGemma towers (at 448 and 896 px, untagged too: their only tags) and
+        # of the 378 px WebLI one evaluate without a crop
+        fields["crop_pct"] = 1.0
     return fields
 
 
@@ -452,6 +531,11 @@ PRESETS = {
     "eva02_tiny_patch14_224": _eva02_name_fields("eva02_tiny_patch14_224"),                    # 5.7M
     "eva02_small_patch14_224": _eva02_name_fields("eva02_small_patch14_224"),                  # 22M
     "eva02_base_patch14_224": _eva02_name_fields("eva02_base_patch14_224"),                    # 86M
+    # SigLIP image towers: no class token, attention pooling by a learned latent query, no classifier
+    "vit_base_patch16_siglip_224": dict(embed_dim=768, depth=12, num_heads=12, class_token=False, global_pool="map",
+                                        num_classes=0, **_GOOGLE),                             # 93M
+    "vit_so400m_patch14_siglip_224": dict(patch_size=14, embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362,
+                                          class_token=False, global_pool="map", num_classes=0, **_GOOGLE),  # 428M
     # the guide's model: ViT-B/16 geometry with a 10-class head
     "guide_vit_base_patch16_224_10cls": dict(embed_dim=768, depth=12, num_heads=12, num_classes=10),
 }
@@ -509,6 +593,14 @@ def param_shapes(config: ViTConfig) -> dict:
             shapes[b + "ls2.gamma"] = (D,)
     final = "fc_norm" if config.use_fc_norm else "norm"
     shapes[final + ".weight"] = shapes[final + ".bias"] = (D,)
+    if config.global_pool == "map":  # timm's AttentionPoolLatent, after the final norm (layers.attention_pool)
+        shapes["attn_pool.latent"] = (1, 1, D)                    # the learned query (one latent token)
+        shapes["attn_pool.q.weight"], shapes["attn_pool.q.bias"] = (D, D), (D,)
+        shapes["attn_pool.kv.weight"], shapes["attn_pool.kv.bias"] = (2 * D, D), (2 * D,)  # rows k | v
+        shapes["attn_pool.proj.weight"], shapes["attn_pool.proj.bias"] = (D, D), (D,)
+        shapes["attn_pool.norm.weight"] = shapes["attn_pool.norm.bias"] = (D,)
+        shapes["attn_pool.mlp.fc1.weight"], shapes["attn_pool.mlp.fc1.bias"] = (M, D), (M,)
+        shapes["attn_pool.mlp.fc2.weight"], shapes["attn_pool.mlp.fc2.bias"] = (D, M), (D,)
     width = D
     if config.representation_size:
         width = config.representation_size

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .errors import ArgumentError
-from .layers import BLOCK_SAVED, block_saved
+from .layers import ATTENTION_POOL_SAVED, BLOCK_SAVED, block_saved
 from .trace import Recorder, Trace, TraceKeyError, TraceShard, _matches
 
 # globs of every array the backward pass may read, for any model: model.run(x, record=BACKWARD_RECORD + [...]).
@@ -24,7 +24,8 @@ from .trace import Recorder, Trace, TraceKeyError, TraceShard, _matches
 # (one small array) lets the backward pass check that the trace was made with this model's weights.
 BACKWARD_RECORD = ["input", "patches", "pos_embed"] + [
     f"blocks.*.{name}" for name in dict.fromkeys(BLOCK_SAVED + block_saved(rope=True, swiglu=True))] + [
-    "blocks.*.resid_post", "norm", "pooled", "pre_logits", "logits"]
+    "blocks.*.resid_post", "norm", "pooled", "pre_logits", "logits"] + [
+    f"attn_pool.{name}" for name in ATTENTION_POOL_SAVED]
 
 
 def output_name(config):
@@ -41,6 +42,8 @@ def names_needed(config, target=None):
     names = ["patches"] + [f"blocks.{i}.{name}" for i in range(config.depth) for name in saved] + [last]
     if config.global_pool and (config.num_classes or config.representation_size):
         names.append("pooled")  # the input of the head or of pre_logits
+    if config.global_pool == "map":  # the attention pool's input and its recorded arrays
+        names += ["norm"] + [f"attn_pool.{name}" for name in ATTENTION_POOL_SAVED]
     if config.global_pool and config.representation_size:
         names.append("pre_logits")  # tanh's output, its derivative's argument, and the head's input
     if config.global_pool and config.num_classes and config.distilled and not config.use_fc_norm:

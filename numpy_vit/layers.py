@@ -518,3 +518,91 @@ def eva_qkv_backward(grads, separate):  # {qkv, proj} gradients -> keyed like EV
         return {"q_proj": {"weight": dq_w, "bias": dq_b}, "k_proj": {"weight": dk_w},
                 "v_proj": {"weight": dv_w, "bias": dv_b}, "proj": grads["proj"]}
     return {"qkv": {"weight": weight}, "q_bias": dq_b, "v_bias": dv_b, "proj": grads["proj"]}
+
+
+# --- SigLIP: attention pooling by a learned latent query (Zhai et al. 2023; Lee et al. 2019's PMA) ---
+
+def attention_pool(x, latent, q, kv, proj, norm, mlp, *, num_heads, eps, gelu_approximate="erf",
+                   record=_no_record):  # [B, N, D] -> [B, D]
+    """Multi-head attention pooling ("MAP"), the image summary of SigLIP's image tower (Zhai et al. 2023,
+    "Sigmoid Loss for Language Image Pre-Training"; the head of Zhai et al. 2022, "Scaling Vision
+    Transformers"; timm's AttentionPoolLatent, big_vision's MAPHead). It is the Set Transformer's pooling by
+    multi-head attention (Lee et al. 2019, eqs. 7-8 and 11) with pre-norm: a learned latent query S of L tokens
+    (L = 1 here) attends over the N tokens x, then an MLP with a residual:
+        h = MultiHead(S W_q, x W_k, x W_v) W_o,    out = h + MLP(LN(h)),    pooled = out[:, 0]
+    The attention is ``attention``'s softmax(q k^T / sqrt(Dh)) v with the queries taken from the latent instead of
+    the tokens, so each head's pattern is [L, N]: how much each token contributes to the summary.
+
+    ``kv`` holds k and v stacked along the output axis ([2D, D], rows laid out (k|v, head, Dh)) as timm stores
+    them. L = latent length; trace names (prefix ``attn_pool.``): q, k, v, scores, pattern [B, H, L, N], z,
+    attn_out, ln, mlp.pre, mlp.post, out.
+    """
+    B, N, D = x.shape
+    L = latent.shape[1]
+    Dh = D // num_heads
+    query = linear(latent[0], **q).reshape(L, num_heads, Dh).transpose(1, 0, 2)  # [L, D] -> [H, L, Dh]
+    query = np.repeat(query[None], B, axis=0)  # the same query for every image: [H, L, Dh] -> [B, H, L, Dh]
+    kv_out = linear(x, **kv).reshape(B, N, 2, num_heads, Dh)  # [B, N, 2D] -> [B, N, 2, H, Dh]
+    k, v = kv_out.transpose(2, 0, 3, 1, 4)  # each [B, H, N, Dh]
+    record("q", query)
+    record("k", k)
+    record("v", v)
+    scores = (query * x.dtype.type(Dh ** -0.5)) @ k.swapaxes(-1, -2)  # [B, H, L, Dh] @ [B, H, Dh, N] -> [B, H, L, N]
+    record("scores", scores)
+    pattern = softmax(scores)  # [B, H, L, N], each latent's row a distribution over the N tokens
+    record("pattern", pattern)
+    z = pattern @ v  # [B, H, L, N] @ [B, H, N, Dh] -> [B, H, L, Dh]
+    record("z", z)
+    h = linear(merge_heads(z), **proj)  # [B, H, L, Dh] -> [B, L, D]
+    record("attn_out", h)
+    normed = layer_norm(h, **norm, eps=eps)  # [B, L, D]
+    record("ln", normed)
+    out = h + mlp_block(normed, **mlp, gelu_approximate=gelu_approximate,
+                        record=lambda name, a: record("mlp." + name, a))  # [B, L, D]
+    record("out", out)
+    return out[:, 0]  # [B, L, D] -> [B, D]: the first latent's output (timm's pool_type "token")
+
+
+# what ``attention_pool_backward`` reads of the pool's recorded arrays (the trace's attn_pool.<name>)
+ATTENTION_POOL_SAVED = ("q", "k", "v", "pattern", "z", "attn_out", "ln", "mlp.pre", "mlp.post")
+
+
+def attention_pool_backward(d_pooled, x, saved, latent, q, kv, proj, norm, mlp, *, num_heads, eps,
+                            gelu_approximate="erf", record=_no_record):  # [B, D], x [B, N, D] -> dx [B, N, D], {grads}
+    """``attention_pool`` in reverse, from its input x and its recorded arrays ``saved`` (ATTENTION_POOL_SAVED):
+    pooled = out[:, 0] hands d_pooled to the first latent's row; out = h + MLP(LN(h)) sends it to h both directly
+    and through the MLP; then the attention as in ``attention_backward``, with Q = S W_q from the latent:
+        dV = P^T dZ,   dP = dZ V^T,   dS = d softmax(dP),   dQ = scale * dS K,   dK = scale * dS^T Q.
+    The latent and W_q are shared by every image, so their gradients are summed over the batch."""
+    B, H, L, Dh = saved["q"].shape
+    scale = x.dtype.type(Dh ** -0.5)
+    d_out = np.zeros((B, L, H * Dh), d_pooled.dtype)  # [B, L, D]
+    d_out[:, 0] = d_pooled
+    record("out", d_out)
+    d_normed, mlp_grads = mlp_block_backward(d_out, saved["ln"], saved["mlp.pre"], saved["mlp.post"], **mlp,
+                                             gelu_approximate=gelu_approximate,
+                                             record=lambda name, a: record("mlp." + name, a))  # [B, L, D]
+    record("ln", d_normed)
+    d_h, norm_grads = layer_norm_backward(d_normed, saved["attn_out"], **norm, eps=eps)  # [B, L, D]
+    d_h += d_out  # the residual path of out = h + MLP(LN(h))
+    record("attn_out", d_h)
+    dz, proj_grads = linear_backward(d_h, merge_heads(saved["z"]), **proj)  # [B, L, D]
+    dz = dz.reshape(B, L, H, Dh).transpose(0, 2, 1, 3)  # [B, L, D] -> [B, H, L, Dh]
+    record("z", dz)
+    d_pattern = dz @ saved["v"].swapaxes(-1, -2)  # dP = dZ V^T: [B, H, L, Dh] @ [B, H, Dh, N] -> [B, H, L, N]
+    record("pattern", d_pattern)
+    d_scores = softmax_backward(d_pattern, saved["pattern"])  # [B, H, L, N]
+    record("scores", d_scores)
+    dq = scale * (d_scores @ saved["k"])  # dQ = scale dS K: [B, H, L, N] @ [B, H, N, Dh] -> [B, H, L, Dh]
+    dk = scale * (d_scores.swapaxes(-1, -2) @ saved["q"])  # dK = scale dS^T Q: [B, H, N, L] @ [B, H, L, Dh] -> [B, H, N, Dh]
+    dv = saved["pattern"].swapaxes(-1, -2) @ dz  # dV = P^T dZ: [B, H, N, L] @ [B, H, L, Dh] -> [B, H, N, Dh]
+    record("q", dq)
+    record("k", dk)
+    record("v", dv)
+    d_kv = np.stack([dk, dv], axis=2).transpose(0, 3, 2, 1, 4)  # [B, H, 2, N, Dh] -> [B, N, 2, H, Dh], as kv's output
+    dx, kv_grads = linear_backward(d_kv.reshape(B, -1, 2 * H * Dh), x, **kv)  # [B, N, 2D] -> [B, N, D]
+    d_query = merge_heads(dq)  # [B, H, L, Dh] -> [B, L, D]
+    latents = np.broadcast_to(latent, (B, L, H * Dh))  # the query projection's input, the same for every image
+    d_latents, q_grads = linear_backward(d_query, latents, **q)  # [B, L, D] -> [B, L, D]
+    return dx, {"latent": sum_over_rows(d_latents)[None], "q": q_grads, "kv": kv_grads, "proj": proj_grads,
+                "norm": norm_grads, "mlp": mlp_grads}

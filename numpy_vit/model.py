@@ -24,8 +24,9 @@ __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
 
 
 def init_params(config: ViTConfig, seed=0, dtype=np.float32):
-    """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens,
-    zeros for biases, ones for LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
+    """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens (std
+    D^-1/2 for the attention pool's latent query, as timm's AttentionPoolLatent), zeros for biases, ones for
+    LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():
@@ -36,7 +37,8 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
         elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
             value = np.ones(shape)
         else:
-            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * 0.02  # clipped at 2 std, like trunc_normal_
+            std = shape[-1] ** -0.5 if name == "attn_pool.latent" else 0.02
+            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * std  # clipped at 2 std, like trunc_normal_
         params[name] = value.astype(dtype)
     return params
 
@@ -185,7 +187,13 @@ class ViT:
         # eq. 4: y = LN(z_L^0), then the classifier head
         if not c.use_fc_norm:
             x = trace.add("norm", ops.layer_norm(x, **weights["norm"], eps=c.layer_norm_eps))  # [B, N, D]
-        pooled = layers.pool(x, c.global_pool, c.num_prefix_tokens) if c.global_pool else None  # [B, D]
+        if c.global_pool == "map":  # SigLIP: a learned query attends over the patch tokens. The reference math at
+            # every setting: with one query row the pool is a few small products next to the encoder's
+            pooled = layers.attention_pool(x[:, c.num_prefix_tokens:], **weights["attn_pool"], num_heads=c.num_heads,
+                                           eps=c.layer_norm_eps, gelu_approximate=c.gelu,
+                                           record=trace.recorder("attn_pool"))  # [B, P, D] -> [B, D]
+        else:
+            pooled = layers.pool(x, c.global_pool, c.num_prefix_tokens) if c.global_pool else None  # [B, D]
         if pooled is not None and c.use_fc_norm:
             pooled = ops.layer_norm(pooled, **weights["fc_norm"], eps=c.layer_norm_eps)  # [B, D]
         if pooled is not None:
@@ -269,16 +277,32 @@ class ViT:
             params["pre_logits"] = {"fc": fc}
         if c.global_pool:
             grads.add("pooled", d)
-            if c.use_fc_norm:  # pooled = LN(pool(last)): LayerNorm's input is recomputed, one cheap mean
+            if c.global_pool == "map":  # pooled = attention_pool(norm[:, prefix:]): the pool in reverse
+                d = self._attention_pool_backward(d, trace, grads, params)  # [B, D] -> [B, N, D]
+            elif c.use_fc_norm:  # pooled = LN(pool(last)): LayerNorm's input is recomputed, one cheap mean
                 pooled_tokens = layers.pool(last, c.global_pool, c.num_prefix_tokens)  # [B, D]
                 d, params["fc_norm"] = layers.layer_norm_backward(d, pooled_tokens, **weights["fc_norm"],
                                                                   eps=c.layer_norm_eps)  # [B, D]
-            d = layers.pool_backward(d, last.shape[1], c.global_pool, c.num_prefix_tokens)  # [B, D] -> [B, N, D]
+            if c.global_pool != "map":
+                d = layers.pool_backward(d, last.shape[1], c.global_pool, c.num_prefix_tokens)  # [B, D] -> [B, N, D]
             if d_dist is not None:
                 d[:, 1] += d_dist
         if not c.use_fc_norm:  # norm = LN(last)
             grads.add("norm", d)
             d, params["norm"] = layers.layer_norm_backward(d, last, **weights["norm"], eps=c.layer_norm_eps)
+        return d
+
+    def _attention_pool_backward(self, d_pooled, trace, grads, params):  # [B, D] -> [B, N, D]
+        """pooled = attention_pool(norm[:, prefix:]) in reverse (layers.attention_pool_backward): the gradient of the
+        final norm's output, the prefix tokens' rows zero (the pool reads the patch tokens only)."""
+        c = self.config
+        final = trace["norm"]  # [B, N, D]
+        saved = {name: trace[f"attn_pool.{name}"] for name in layers.ATTENTION_POOL_SAVED}
+        d_tokens, params["attn_pool"] = layers.attention_pool_backward(
+            d_pooled, final[:, c.num_prefix_tokens:], saved, **self.param_tree["attn_pool"], num_heads=c.num_heads,
+            eps=c.layer_norm_eps, gelu_approximate=c.gelu, record=grads.recorder("attn_pool"))  # [B, P, D]
+        d = np.zeros_like(final)  # [B, N, D]
+        d[:, c.num_prefix_tokens:] = d_tokens
         return d
 
     def _embedding_backward(self, d, trace, grads, params):  # d [B, N, D], the first block's input gradient

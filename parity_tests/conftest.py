@@ -90,7 +90,7 @@ def compare_traces(trace, reference, dtype, label, depth):
         ours = trace[name]
         assert ours.shape == ref.shape, f"{label}: {name} shape {ours.shape} != reference {ref.shape}"
         err = max_err(ours, ref)
-        if name.endswith("attn.pattern"):
+        if name.endswith("attn.pattern") or name == "attn_pool.pattern":  # SigLIP's pooling attention too
             kind, limit = "pattern", tol["pattern"]
         elif name in ("logits", "pooled"):
             kind, limit = "logits", tol["logits"]

@@ -157,7 +157,7 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     fc_norm = "fc_norm.weight" in params
     img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
                                                      class_token + distilled + num_reg_tokens, ph, base, where)
-    global_pool = _global_pool(base, class_token, fc_norm)
+    global_pool = "map" if "attn_pool.latent" in params else _global_pool(base, class_token, fc_norm)  # SigLIP
     layer_scale = (base.init_values if base is not None else None) or defaults.get("init_values") or 1e-5
     fields = dict(
         embed_dim=D, depth=depth, patch_size=ph, in_chans=C, mlp_ratio=mlp_dim / D, num_heads=heads,

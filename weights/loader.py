@@ -30,6 +30,7 @@ from .labels import labels_from_synsets
 from .native import is_native, open_npz, read_native
 from .read_hf import is_hf_config, looks_like_hf, read_hf, read_json, read_preprocessor
 from .read_jax import is_jax, read_jax
+from .read_siglip import looks_like_hf_siglip, read_hf_siglip
 from .read_timm import is_dino, read_dino, read_timm_state_dict, unwrap_state_dict, with_imagenet_labels
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.npz")
@@ -76,6 +77,14 @@ def _from_state_dict(raw: dict, where: str, arch, folder_cfg: dict | None, name:
                                           name=name, arch=arch)
         check_params(config, params, where, sources)
         return config, params, sources, f"HF transformers {container}"
+    if looks_like_hf_siglip(raw):  # SiglipVisionModel, or a whole SiglipModel whose image tower is read
+        if folder_cfg is None or not is_hf_config(folder_cfg):
+            raise CheckpointError(f"{where}: HF transformers SigLIP weights; their config.json (which holds the number "
+                                  f"of heads and the GELU) must sit next to them: pass the folder")
+        config, params, sources = read_hf_siglip(raw, folder_cfg, where, read_preprocessor(os.path.dirname(where)),
+                                                 name=name, arch=arch)
+        check_params(config, params, where, sources)
+        return config, params, sources, f"HF transformers SigLIP {container}"
     if any(k.endswith("patch_embed.proj.weight") for k in raw):
         base = None
         if folder_cfg is not None and "architecture" in folder_cfg:

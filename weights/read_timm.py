@@ -26,7 +26,10 @@ _PER_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", 
 TIMM_KEYS = (["cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
              + ["blocks.{i}." + k for k in _PER_BLOCK]
              + ["norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias", "pre_logits.fc.weight",
-                "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"])
+                "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"]
+             + ["attn_pool." + k for k in ("latent", "q.weight", "q.bias", "kv.weight", "kv.bias", "proj.weight",
+                                           "proj.bias", "norm.weight", "norm.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                                           "mlp.fc2.weight", "mlp.fc2.bias")])  # SigLIP's attention pooling
 
 TIMM_TABLE = [rule(key, key) for key in TIMM_KEYS]  # timm's names are ours
 BLOCK_INDEX = r"^blocks\.(\d+)\."
