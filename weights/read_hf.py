@@ -153,11 +153,15 @@ def hf_params(raw: dict, where: str):
 
 
 def looks_like_hf(keys) -> bool:
-    return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
+    return any(k.startswith(("vit.embeddings.", "beit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
 
 
 def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=None):
-    """(config, params, sources) of an HF ViT: the config from config.json, checked against the shapes."""
+    """(config, params, sources) of an HF ViT (or BEiT: weights/read_hf_beit.py): the config from config.json,
+    checked against the shapes."""
+    if cfg.get("model_type") == "beit":
+        from .read_hf_beit import read_hf_beit
+        return read_hf_beit(raw, cfg, where, preprocessor, name=name)
     params, sources = hf_params(raw, where)
     base = config_from_hf(cfg, where, preprocessor, name=name)
     if arch is not None:

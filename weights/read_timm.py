@@ -11,17 +11,25 @@ timm-layout ViT without classifier (``vision_transformer.py`` there).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from numpy_vit.errors import CheckpointError
+from numpy_vit.layers import relative_position_index
+
 from .config_from_tensors import config_for_arch, infer_config
 from .labels import imagenet_labels
 from .mapping import apply_table, count_blocks, rule
 
 _PER_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
               "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
-              "mlp.fc2.bias", "ls2.gamma"]
+              "mlp.fc2.bias", "ls2.gamma",
+              # timm Beit (BEiT, BEiT v2): q and v biases, a relative position bias table, layer scale gamma_1 / _2
+              "attn.q_bias", "attn.v_bias", "attn.relative_position_bias_table", "gamma_1", "gamma_2"]
 TIMM_KEYS = (["cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
              + ["blocks.{i}." + k for k in _PER_BLOCK]
              + ["norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias", "pre_logits.fc.weight",
-                "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"])
+                "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias",
+                "rel_pos_bias.relative_position_bias_table"])  # BEiT's shared table
 
 TIMM_TABLE = [rule(key, key) for key in TIMM_KEYS]  # timm's names are ours
 BLOCK_INDEX = r"^blocks\.(\d+)\."
@@ -45,10 +53,35 @@ def is_dino(obj) -> bool:
     return isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in ("teacher", "student"))
 
 
+# BEiT's relative_position_index: a buffer (rebuilt from the grid, not a parameter) that some files hold
+REL_POS_INDEX = r"(^|\.)relative_position_index$"
+
+
 def timm_params(state_dict: dict, where: str):
-    """(params, sources) from a timm state dict, every key accounted for."""
+    """(params, sources) from a timm state dict, every key accounted for (a BEiT index buffer is checked later,
+    ``check_rel_pos_index``, once the grid is known)."""
     depth = count_blocks(state_dict, BLOCK_INDEX, where)
-    return apply_table(state_dict, TIMM_TABLE, depth, where)
+    return apply_table(state_dict, TIMM_TABLE, depth, where, ignore=(REL_POS_INDEX,))
+
+
+def check_rel_pos_index(state_dict: dict, config, where: str):
+    """A BEiT file may hold each table's ``relative_position_index`` (older timm and BEiT's own code saved it).
+    numpy_vit rebuilds it from the grid (``numpy_vit.layers.relative_position_index``); one that differs would
+    mean the file's tables are laid out otherwise, so it is refused, naming the key."""
+    import re
+    expected = None
+    for key, value in state_dict.items():
+        if not re.search(REL_POS_INDEX, key):
+            continue
+        if not config.rel_pos_bias:
+            raise CheckpointError(f"{where}: {key} belongs to a relative position bias, which this model has not")
+        if expected is None:
+            expected = relative_position_index(config.grid_size)  # [N, N]
+        found = np.asarray(value)
+        if found.shape != expected.shape or not np.array_equal(found, expected):
+            raise CheckpointError(f"{where}: {key} (shape {found.shape}) is not the relative position index of a "
+                                  f"{config.grid_size[0]}x{config.grid_size[1]} grid with a class token (shape "
+                                  f"{expected.shape}) that numpy_vit rebuilds; the tables are laid out otherwise")
 
 
 def with_imagenet_labels(config):
@@ -64,6 +97,7 @@ def read_timm_state_dict(state_dict: dict, where: str, arch=None, base=None):
     if base is None and arch is not None:
         base = config_for_arch(arch)
     config = infer_config(params, where, base=base)
+    check_rel_pos_index(state_dict, config, where)
     return with_imagenet_labels(config), params, sources
 
 
