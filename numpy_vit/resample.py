@@ -146,15 +146,26 @@ def resample_pos_embed_backward(d_pos, old_grid, new_grid, num_prefix,
     return np.concatenate([d_prefix, d_grid.reshape(-1, d_grid.shape[-1])], axis=0)  # [N_old, D]
 
 
+def table_axis_weights(n_in, n_out, method):  # -> [n_out, n_in]
+    """The weights along one axis of a bias table being resized. timm's "geometric" resampling moves the offsets
+    of an axis even where its length stays (their spacing is the progression's, not 1), so it is never the
+    identity once the table is resized at all; torch's bilinear interpolation to the same length is."""
+    return _weights_geometric(n_in, n_out) if method == "geometric" else resize_weights(n_in, n_out, method)
+
+
 def resample_rel_pos_table(table, old_grid, new_grid, method="geometric"):  # [T_old, H] -> [T_new, H]
     """BEiT's relative position bias table for another patch grid: the (2 gh - 1) x (2 gw - 1) offsets resized
     as a grid of H-vectors by ``method`` ("geometric": timm's ``resize_rel_pos_bias_table``; "bilinear": HF's
-    ``BeitRelativePositionBias``), the three class-token entries at the end kept as they are."""
+    ``BeitRelativePositionBias``), the three class-token entries at the end kept as they are. Computed in
+    float64, returned in the table's dtype."""
     if tuple(old_grid) == tuple(new_grid):
         return table
     (gh, gw), (nh, nw) = old_grid, new_grid
-    offsets = table[:-3].reshape(2 * gh - 1, 2 * gw - 1, -1)  # [T_old - 3, H] -> [2gh-1, 2gw-1, H]
-    offsets = resample_grid(offsets, (2 * nh - 1, 2 * nw - 1), method)  # [2nh-1, 2nw-1, H]
+    Wr = table_axis_weights(2 * gh - 1, 2 * nh - 1, method)  # [2nh-1, 2gh-1]
+    Wc = table_axis_weights(2 * gw - 1, 2 * nw - 1, method)  # [2nw-1, 2gw-1]
+    offsets = table[:-3].reshape(2 * gh - 1, 2 * gw - 1, -1).astype(np.float64)  # [T_old - 3, H] -> [2gh-1, 2gw-1, H]
+    rows = np.einsum("ig,gwh->iwh", Wr, offsets)  # [2nh-1, 2gw-1, H]
+    offsets = np.einsum("jw,iwh->ijh", Wc, rows).astype(table.dtype)  # [2nh-1, 2nw-1, H]
     return np.concatenate([offsets.reshape(-1, table.shape[1]), table[-3:]], axis=0)  # [T_new, H]
 
 
@@ -165,8 +176,8 @@ def resample_rel_pos_table_backward(d_table, old_grid, new_grid, method="geometr
         return d_table
     (gh, gw), (nh, nw) = old_grid, new_grid
     d_grid = d_table[:-3].reshape(2 * nh - 1, 2 * nw - 1, -1)  # [2nh-1, 2nw-1, H]
-    Wr = resize_weights(2 * gh - 1, 2 * nh - 1, method).astype(d_table.dtype)  # [2nh-1, 2gh-1]
-    Wc = resize_weights(2 * gw - 1, 2 * nw - 1, method).astype(d_table.dtype)  # [2nw-1, 2gw-1]
+    Wr = table_axis_weights(2 * gh - 1, 2 * nh - 1, method).astype(d_table.dtype)  # [2nh-1, 2gh-1]
+    Wc = table_axis_weights(2 * gw - 1, 2 * nw - 1, method).astype(d_table.dtype)  # [2nw-1, 2gw-1]
     d_rows = np.einsum("jw,ijh->iwh", Wc, d_grid)  # [2nh-1, 2gw-1, H]
     d_grid = np.einsum("ig,iwh->gwh", Wr, d_rows)  # [2gh-1, 2gw-1, H]
     return np.concatenate([d_grid.reshape(-1, d_table.shape[1]), d_table[-3:]], axis=0)  # [T_old, H]
