@@ -157,11 +157,7 @@ def looks_like_hf(keys) -> bool:
 
 
 def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=None):
-    """(config, params, sources) of an HF ViT (or BEiT: weights/read_hf_beit.py): the config from config.json,
-    checked against the shapes."""
-    if cfg.get("model_type") == "beit":
-        from .read_hf_beit import read_hf_beit
-        return read_hf_beit(raw, cfg, where, preprocessor, name=name)
+    """(config, params, sources) of an HF ViT: the config from config.json, checked against the shapes."""
     params, sources = hf_params(raw, where)
     base = config_from_hf(cfg, where, preprocessor, name=name)
     if arch is not None:
