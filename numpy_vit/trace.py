@@ -151,6 +151,10 @@ class Trace(Mapping):
             return self._arrays[name]
         except KeyError:
             pass
+        if name == "pos_embed" and not getattr(self.config, "abs_pos_embed", True):
+            raise TraceKeyError("no array 'pos_embed' in this trace: this model has no absolute position embedding "
+                                "(BEiT: positions enter as each block's relative position bias, "
+                                "trace['blocks.0.attn.bias'])")
         if self._patterns is not None and name not in self._arrays:
             hint = f"it was not recorded (record={self._patterns}); run again with record=None to keep everything"
         else:

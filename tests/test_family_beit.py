@@ -376,3 +376,17 @@ def test_figure_2_draws_the_relative_bias_without_a_position_embedding():
     assert "Relative position bias of layer 0" in fig.get_suptitle()
     fig = figures.make_figure("attention_rollout", model.run(image))
     assert "relative position bias (BEiT)" in fig.get_supxlabel()
+
+
+def test_a_model_without_position_embedding_says_so():
+    import matplotlib
+    matplotlib.use("Agg")
+    from numpy_vit.trace import TraceKeyError
+    from numpy_vit.viz import visualize_position_embedding
+    model = perturbed(TINY.replace(img_size=64))
+    trace = model.run(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(TraceKeyError, match="no absolute position embedding .*blocks.0.attn.bias"):
+        trace["pos_embed"]
+    for source in (model, trace):  # the guide's function, given the model or its trace
+        fig = visualize_position_embedding(source)
+        assert "Relative position bias of layer 0" in fig.get_suptitle()

@@ -177,7 +177,19 @@ def visualize_position_embedding(model, save_path=None):
     """Figure 4: (a) the cosine-similarity matrix of the patch position embeddings, (b) the centre
     patch's similarity to every position, (c) their 2-D PCA, and (d) the ViT paper's grid of tiles
     (Dosovitskiy et al. 2021, Fig. 7 centre). ``model`` is a ViT or a Trace (whose ``pos_embed``
-    is the one actually used, resampled if the image size differed)."""
+    is the one actually used, resampled if the image size differed). A model without an absolute position
+    embedding (BEiT) gets layer 0's relative position bias instead (``draw_relative_position_bias``)."""
+    config = getattr(model, "config", None)
+    if config is not None and not getattr(config, "abs_pos_embed", True):  # BEiT: its relative position bias
+        layout = TokenLayout.of_trace(model) if is_trace(model) else TokenLayout(
+            config.grid_size, config.num_prefix_tokens, config.prefix_names, config.patch_size)
+        bias = trace_array(model, "blocks.0.attn.bias") if is_trace(model) else model.block_weights(
+            config.grid_size)[0]["attn_bias"]  # [H, N, N]
+        with style():
+            fig = new_figure(*position_size(layout.grid))
+            draw_relative_position_bias(fig, bias, layout)
+        save_figure(fig, save_path)
+        return fig
     pos_embed, layout = _position_source(model)
     with style():
         fig = new_figure(*position_size(layout.grid))
