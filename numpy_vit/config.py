@@ -338,7 +338,7 @@ def timm_name_fields(name: str) -> dict:
     from the position embedding (Darcet et al. 2023); ``deit3_*`` -> layer scale 1e-6, patch-only positions.
     """
     base, _, tag = name.partition(".")
-    if base.startswith(("beit_", "beitv2_")):
+    if base.startswith(("beit_", "beitv2_", "beit3_")):
         return _beit_name_fields(name)
     m = _NAME.match(base)
     if m is None:
@@ -396,9 +396,13 @@ def _beit_name_fields(name: str) -> dict:
     Every timm BEiT has a relative position bias table per block and no absolute position embedding, q and v
     biases without a key bias, layer scale (0.1 for BEiT-base, else 1e-5), and average pooling with a LayerNorm
     after it (fc_norm). BEiT v1 normalises with mean = std = 0.5, v2 with ImageNet's; the tag's ``_in22k`` end
-    means a 21841-class head. The crop is timm's: 0.9, 1.0 at 384 / 512 px, 0.95 for BEiT v2 large.
+    means a 21841-class head. The crop is timm's: 0.9, 1.0 at 384 / 512 px, 0.95 for BEiT v2 large's ImageNet-1k
+    classifiers.
     """
     base, _, tag = name.partition(".")
+    if base.startswith("beit3_"):
+        raise UnknownName(f"{name!r} is BEiT-3 (timm beit3.py: Magneto's sub-LayerNorms in every branch), another "
+                          f"architecture than BEiT / BEiT v2, which numpy_vit does not model")
     m = _BEIT_NAME.match(base)
     if m is None:
         raise UnknownName(f"{name!r} is not of the form beit[v2]_{{base|large}}_patch16_{{224|384|512}}")
@@ -417,7 +421,8 @@ def _beit_name_fields(name: str) -> dict:
                 block_names="beit", abs_pos_embed=False, rel_pos_bias="layer", init_values=init_values,
                 global_pool="avg", mean=IMAGENET_MEAN if v2 else INCEPTION_MEAN,
                 std=IMAGENET_STD if v2 else INCEPTION_STD,
-                crop_pct=1.0 if res >= 384 else 0.95 if base == "beitv2_large_patch16_224" else 0.9,
+                crop_pct=1.0 if res >= 384 else 0.95 if base == "beitv2_large_patch16_224" and tag != "in1k_ft_in22k"
+                else 0.9,
                 num_classes=21841 if tag.endswith("_in22k") else 1000)
 
 

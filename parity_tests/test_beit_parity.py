@@ -140,6 +140,27 @@ def test_timm_beit_at_a_new_grid(dtype):
                    _label("timm beit_base_patch16_224 @ 64x96", True, "trained at 64x64"), config.depth)
 
 
+def test_every_timm_beit_name_maps_to_its_config():
+    """Each pretrained BEiT / BEiT v2 name timm lists: our config has its model's width, depth, heads, layer
+    scale, head and its pretrained_cfg's input size, mean, std and crop (the models built on the meta device:
+    no weights). BEiT-3 (timm beit3.py) is another architecture, refused by name."""
+    names = [n for n in timm.list_pretrained("beit*") if not n.startswith("beit3")]
+    assert len(names) >= 13
+    for name in names:
+        with torch.device("meta"):
+            tm = timm.create_model(name, pretrained=False)
+        config, cfg = nv.ViTConfig.preset(name), tm.pretrained_cfg
+        ours = (config.embed_dim, config.depth, config.num_heads, config.init_values, config.num_classes,
+                config.img_size, config.mean, config.std, config.crop_pct, config.global_pool)
+        theirs = (tm.embed_dim, len(tm.blocks), tm.blocks[0].attn.num_heads, tm.blocks[0].init_values,
+                  tm.num_classes, tuple(cfg["input_size"][1:]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                  cfg["crop_pct"], tm.global_pool)
+        assert ours == theirs, name
+        assert tm.pos_embed is None and tm.blocks[0].attn.relative_position_bias_table is not None
+    with pytest.raises(nv.errors.ConfigError, match="BEiT-3"):
+        nv.ViTConfig.preset("beit3_base_patch16_224.in22k_ft_in1k")
+
+
 # --- HF transformers -----------------------------------------------------------------------------------------
 
 def _hf_beit(tmp_path, perturbed, dtype):
