@@ -390,3 +390,26 @@ def test_a_model_without_position_embedding_says_so():
     for source in (model, trace):  # the guide's function, given the model or its trace
         fig = visualize_position_embedding(source)
         assert "Relative position bias of layer 0" in fig.get_suptitle()
+
+
+def test_timm_hub_name_stand_in(tmp_path, monkeypatch):
+    """timm's hub folder: config.json (architecture, model_args, pretrained_cfg with its tag) + model.safetensors."""
+    import sys
+    from safetensors.numpy import save_file
+    monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # never reached: the files are there
+    folder = tmp_path / "timm--beitv2_base_patch16_224.in1k_ft_in1k"
+    folder.mkdir()
+    model = perturbed(ViTConfig.preset("beitv2_base_patch16_224.in1k_ft_in1k", img_size=32, embed_dim=16, depth=2,
+                                       num_heads=2))
+    save_file(c_order(model.params), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "beitv2_base_patch16_224", "num_classes": 1000, "global_pool": "avg",
+        "model_args": {"depth": 2, "embed_dim": 16, "num_heads": 2, "img_size": 32},
+        "pretrained_cfg": {"tag": "in1k_ft_in1k", "input_size": [3, 32, 32], "interpolation": "bicubic",
+                           "crop_pct": 0.9, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}))
+    loaded = nv.ViT.from_pretrained("timm/beitv2_base_patch16_224.in1k_ft_in1k")
+    assert loaded.config.name == "beitv2_base_patch16_224.in1k_ft_in1k" and loaded.config.init_values == 1e-5
+    assert loaded.config.rel_pos_resample == "geometric" and loaded.config.labels[0] == "tench"
+    x = images((1, 3, 32, 32))
+    assert np.allclose(loaded.forward(x).logits, model.forward(x).logits, rtol=1e-6, atol=1e-7)  # the same weights
