@@ -109,7 +109,8 @@ def test_fast_attention_adds_the_same_bias():
     a dot product of length Dh = 4 and of N = 5 keys: 1e-6 relative."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 5, 8)).astype(np.float32)
-    qkv = {"weight": rng.standard_normal((24, 8)).astype(np.float32), "bias": rng.standard_normal(24).astype(np.float32)}
+    qkv = {"weight": rng.standard_normal((24, 8)).astype(np.float32),
+           "bias": rng.standard_normal(24).astype(np.float32)}
     proj = {"weight": rng.standard_normal((8, 8)).astype(np.float32), "bias": np.zeros(8, np.float32)}
     bias = rng.standard_normal((2, 5, 5)).astype(np.float32)
     ref, got = {}, {}
@@ -263,7 +264,8 @@ def test_timm_index_buffer_is_checked(tmp_path):
     from safetensors.numpy import save_file
     model = perturbed(TINY)
     index = layers.relative_position_index(TINY.grid_size)
-    save_file({**c_order(model.params), "blocks.0.attn.relative_position_index": index}, str(tmp_path / "ok.safetensors"))
+    save_file({**c_order(model.params), "blocks.0.attn.relative_position_index": index},
+              str(tmp_path / "ok.safetensors"))
     config, _ = weights.load_any(tmp_path / "ok.safetensors", arch=TINY)
     assert config.rel_pos_bias == "layer"
     save_file({**c_order(model.params), "blocks.1.attn.relative_position_index": index.T.copy()},
@@ -312,7 +314,8 @@ def test_hf_folder_and_the_hub_name_stand_in(tmp_path, monkeypatch):
     write_hf_folder(tmp_path / "folder", model)
     config, params = weights.load_any(tmp_path / "folder")
     assert config.rel_pos_resample == "bilinear" and config.layer_norm_eps == 1e-12 and config.labels[2] == "class 2"
-    assert all(np.array_equal(params[k], model.params[k]) for k in model.params) and params.keys() == model.params.keys()
+    assert params.keys() == model.params.keys()
+    assert all(np.array_equal(params[k], model.params[k]) for k in model.params)
     # the name a user types: its files put by hand into our cache folder (what a download leaves there)
     monkeypatch.setenv("NUMPY_VIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # never reached: the files are there
