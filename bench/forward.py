@@ -42,22 +42,22 @@ PATTERNS_AND_LOGITS = ["blocks.*.attn.pattern", "logits"]
 
 # --- the contenders -----------------------------------------------------------------------------------
 
-def make_models(torch, timm):
+def make_models(torch, timm, arch=ARCH):
     """timm's model twice (fused and non-fused attention) and numpy_vit's, all with one set of random weights."""
     import timm.layers
 
     torch.manual_seed(0)
-    fused = timm.create_model(ARCH, pretrained=False).eval()
+    fused = timm.create_model(arch, pretrained=False).eval()
     with torch.no_grad():  # timm zero-initialises the head; random values make the logits comparable
         fused.head.weight.normal_(0, 0.02)
         fused.head.bias.normal_(0, 0.1)
     timm.layers.set_fused_attn(False)
-    unfused = timm.create_model(ARCH, pretrained=False).eval()
+    unfused = timm.create_model(arch, pretrained=False).eval()
     unfused.load_state_dict(fused.state_dict())
     timm.layers.set_fused_attn(True)
     assert fused.blocks[0].attn.fused_attn and not unfused.blocks[0].attn.fused_attn
     params = {k: v.detach().numpy() for k, v in fused.state_dict().items()}  # our names are timm's
-    return fused, unfused, nv.ViT(nv.ViTConfig.preset(ARCH), params)
+    return fused, unfused, nv.ViT(nv.ViTConfig.preset(arch), params)
 
 
 def contenders(model, fused, unfused, x, torch):
@@ -194,6 +194,7 @@ def limit_blas_threads(threads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default=ARCH, help=f"a timm architecture name numpy_vit reads (default {ARCH})")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and numpy's BLAS "
@@ -211,17 +212,17 @@ def main(argv=None):
     threads = torch.get_num_threads()
     _limiter, blas = limit_blas_threads(threads)  # kept alive for the whole run
     nv.set_num_threads(threads)  # numpy_vit's own threads (shards, split layers), as torch's intra-op threads
-    print(f"{ARCH}, float32, {threads} thread(s) for torch {torch.__version__}, for numpy {np.__version__}'s "
+    print(f"{args.arch}, float32, {threads} thread(s) for torch {torch.__version__}, for numpy {np.__version__}'s "
           f"BLAS ({blas}) and for numpy_vit's own; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS"):
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
 
-    fused, unfused, model = make_models(torch, timm)
+    fused, unfused, model = make_models(torch, timm, args.arch)
     model.speedups = True if args.speedups else None
     rows = []
     for batch in args.batch:
-        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *model.config.img_size), dtype=np.float32)
         runs = contenders(model, fused, unfused, x, torch)
         check_same_numbers(runs)
         times, cpu = interleaved_times(runs, args.rounds)

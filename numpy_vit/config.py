@@ -61,6 +61,15 @@ class ViTConfig:
     mlp_norm: bool = False               # LayerNorm on the MLP's hidden layer before fc2 (EVA-02 base / large's sub-LN)
     qkv_layout: str = "fused"            # "fused": qkv(.bias); "fused_qv_bias": qkv + q_bias, v_bias, no k bias (EVA-02
                                          # tiny / small); "separate": q_proj, k_proj (no bias), v_proj (EVA-02 base / large)
+    # --- BEiT (Bao et al. 2022; BEiT v2, Peng et al. 2022) --------------
+    block_names: str = "vit"             # a block's state-dict names: "vit" (timm VisionTransformer: attn.qkv.bias,
+                                         # ls1.gamma) or "beit" (timm Beit: attn.q_bias + attn.v_bias, no key bias;
+                                         # layer scale gamma_1 / gamma_2)
+    abs_pos_embed: bool = True           # an absolute position embedding added to the tokens; BEiT has none (False)
+    rel_pos_bias: str = ""               # BEiT's relative position bias added to the attention scores: "" none,
+                                         # "layer" a table per block (fine-tuned BEiT), "shared" one for all blocks
+    rel_pos_resample: str = "geometric"  # how the bias table is resized to another grid: "geometric" (timm and
+                                         # BEiT's fine-tuning code) or "bilinear" (HF transformers)
     # --- head -------------------------------------------------------------
     global_pool: str = "token"           # "token": read the CLS token; "avg": mean over patch tokens; "": no pooling;
                                          # "map": a learned latent query attends over the patch tokens (SigLIP)
@@ -119,7 +128,8 @@ class ViTConfig:
             value = getattr(self, name)
             need((value is None and name == "representation_size") or is_int(value),
                  f"{name} must be an integer{' or None' if name == 'representation_size' else ''}, got {value!r}")
-        for name in ("qkv_bias", "class_token", "distilled", "no_embed_class", "fc_norm", "rope", "mlp_norm"):
+        for name in ("qkv_bias", "class_token", "distilled", "no_embed_class", "fc_norm", "rope", "mlp_norm",
+                     "abs_pos_embed"):
             value = getattr(self, name)
             need((value is None and name == "fc_norm") or isinstance(value, (bool, np.bool_)),
                  f"{name} must be True or False{' (or None)' if name == 'fc_norm' else ''}, got {value!r}")
@@ -154,6 +164,17 @@ class ViTConfig:
         need(not (self.global_pool == "token" and not self.class_token),
              "global_pool='token' needs class_token=True; use global_pool='avg' for a model without a class token")
         need(not (self.distilled and not self.class_token), "distilled=True needs class_token=True (DeiT has both)")
+        need(self.block_names in ("vit", "beit"), f"block_names must be 'vit' or 'beit', got {self.block_names!r}")
+        need(self.rel_pos_bias in ("", "layer", "shared"),
+             f"rel_pos_bias must be '' (none), 'layer' (a table per block) or 'shared' (one for every block), "
+             f"got {self.rel_pos_bias!r}")
+        need(self.rel_pos_resample in ("geometric", "bilinear"),
+             f"rel_pos_resample must be 'geometric' (timm) or 'bilinear' (HF), got {self.rel_pos_resample!r}")
+        need(not self.rel_pos_bias or (self.class_token and not self.distilled and not self.num_reg_tokens),
+             "rel_pos_bias needs exactly one prefix token, the class token (BEiT's table has three entries for it: "
+             "class to patch, patch to class, class to class)")
+        need(self.block_names == "vit" or self.init_values is None or self.init_values > 0,
+             f"block_names='beit' layer scale init_values must be > 0 or None, got {self.init_values}")
         need(self.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         need(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         need(len(self.mean) == self.in_chans and len(self.std) == self.in_chans and all(s > 0 for s in self.std),
@@ -201,8 +222,17 @@ class ViTConfig:
 
     @property
     def num_pos_embed(self) -> int:
-        """Rows of the position embedding: the patches, plus the prefix tokens unless no_embed_class."""
+        """Rows of the position embedding: the patches, plus the prefix tokens unless no_embed_class (0: none)."""
+        if not self.abs_pos_embed:
+            return 0
         return self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+
+    @property
+    def num_relative_distance(self) -> int:
+        """Rows of BEiT's relative position bias table: one per (dy, dx) offset between two patches,
+        (2 gh - 1)(2 gw - 1) of them, and 3 for the class token (class to patch, patch to class, class to class)."""
+        gh, gw = self.grid_size
+        return (2 * gh - 1) * (2 * gw - 1) + 3
 
     # --- conversion ---------------------------------------------------------
     def replace(self, **changes) -> "ViTConfig":
@@ -255,6 +285,8 @@ class ViTConfig:
         if eva02 is not None:
             return cls.from_dict({**eva02, "name": name, **overrides})
         base = name if name in PRESETS else name.split(".")[0]
+        if base in PRESETS and base != name and base.startswith(("beit_", "beitv2_")):
+            base = name  # a BEiT tag: its own grammar reads it (below)
         if base in PRESETS:
             fields = dict(PRESETS[base])
             if base != name:  # a pretrained tag on a preset: only the head and preprocessing may change
@@ -406,6 +438,8 @@ def timm_name_fields(name: str) -> dict:
     base, _, tag = name.partition(".")
     if "_siglip" in base:
         return _siglip_name_fields(name)
+    if base.startswith(("beit_", "beitv2_", "beit3_")):
+        return _beit_name_fields(name)
     m = _NAME.match(base)
     if m is None:
         raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES>, "
@@ -504,6 +538,55 @@ def _siglip_name_fields(name: str) -> dict:
     return fields
 
 
+# --- BEiT's names: beit[v2]_{base|large}_patch16_{224|384|512}[.{tag}] (timm/models/beit.py) -----------------
+_BEIT_NAME = re.compile(r"^(?P<family>beitv2|beit)_(?P<size>[a-z]+)_patch(?P<patch>\d+)_(?P<res>\d+)$")
+_BEIT_MODELS = {  # the models timm registers: layer scale's initial value, and the tags it has weights for
+    "beit_base_patch16_224": (0.1, ("in22k_ft_in22k_in1k", "in22k_ft_in22k")),
+    "beit_base_patch16_384": (0.1, ("in22k_ft_in22k_in1k",)),
+    "beit_large_patch16_224": (1e-5, ("in22k_ft_in22k_in1k", "in22k_ft_in22k")),
+    "beit_large_patch16_384": (1e-5, ("in22k_ft_in22k_in1k",)),
+    "beit_large_patch16_512": (1e-5, ("in22k_ft_in22k_in1k",)),
+    "beitv2_base_patch16_224": (1e-5, ("in1k_ft_in22k_in1k", "in1k_ft_in1k", "in1k_ft_in22k")),
+    "beitv2_large_patch16_224": (1e-5, ("in1k_ft_in22k_in1k", "in1k_ft_in1k", "in1k_ft_in22k")),
+}
+
+
+def _beit_name_fields(name: str) -> dict:
+    """The ViTConfig fields of a timm BEiT / BEiT v2 name, e.g. ``beitv2_base_patch16_224.in1k_ft_in22k_in1k``.
+
+    Every timm BEiT has a relative position bias table per block and no absolute position embedding, q and v
+    biases without a key bias, layer scale (0.1 for BEiT-base, else 1e-5), and average pooling with a LayerNorm
+    after it (fc_norm). BEiT v1 normalises with mean = std = 0.5, v2 with ImageNet's; the tag's ``_in22k`` end
+    means a 21841-class head. The crop is timm's: 0.9, 1.0 at 384 / 512 px, 0.95 for BEiT v2 large's ImageNet-1k
+    classifiers.
+    """
+    base, _, tag = name.partition(".")
+    if base.startswith("beit3_"):
+        raise UnknownName(f"{name!r} is BEiT-3 (timm beit3.py: Magneto's sub-LayerNorms in every branch), another "
+                          f"architecture than BEiT / BEiT v2, which numpy_vit does not model")
+    m = _BEIT_NAME.match(base)
+    if m is None:
+        raise UnknownName(f"{name!r} is not of the form beit[v2]_{{base|large}}_patch16_{{224|384|512}}")
+    if m["size"] not in ("base", "large"):
+        raise UnknownName(f"unknown size {m['size']!r} in {name!r}: timm's BEiT sizes are base and large")
+    if base not in _BEIT_MODELS:
+        raise UnknownName(f"{name!r}: timm has no BEiT of patch {m['patch']} at {m['res']} px; its BEiT names are "
+                          f"{', '.join(_BEIT_MODELS)}")
+    init_values, tags = _BEIT_MODELS[base]
+    if tag and tag not in tags:
+        raise ConfigError(f"unknown pretrained tag {tag!r} in {name!r}; {base}'s tags are {', '.join(tags)}")
+    width, depth, heads = TIMM_SIZES[m["size"]]
+    res = int(m["res"])
+    v2 = m["family"] == "beitv2"
+    return dict(embed_dim=width, depth=depth, num_heads=heads, patch_size=int(m["patch"]), img_size=res,
+                block_names="beit", abs_pos_embed=False, rel_pos_bias="layer", init_values=init_values,
+                global_pool="avg", mean=IMAGENET_MEAN if v2 else INCEPTION_MEAN,
+                std=IMAGENET_STD if v2 else INCEPTION_STD,
+                crop_pct=1.0 if res >= 384 else 0.95 if base == "beitv2_large_patch16_224" and tag != "in1k_ft_in22k"
+                else 0.9,
+                num_classes=21841 if tag.endswith("_in22k") else 1000)
+
+
 _GOOGLE = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)  # augreg / original Google ViT weights
 
 PRESETS = {
@@ -536,6 +619,9 @@ PRESETS = {
                                         num_classes=0, **_GOOGLE),                             # 93M
     "vit_so400m_patch14_siglip_224": dict(patch_size=14, embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362,
                                           class_token=False, global_pool="map", num_classes=0, **_GOOGLE),  # 428M
+    # BEiT / BEiT v2: relative position bias per block, q / v biases, layer scale, mean pooling + fc_norm
+    "beit_base_patch16_224": _beit_name_fields("beit_base_patch16_224"),                      # 86M
+    "beitv2_base_patch16_224": _beit_name_fields("beitv2_base_patch16_224"),                  # 86M
     # the guide's model: ViT-B/16 geometry with a 10-class head
     "guide_vit_base_patch16_224_10cls": dict(embed_dim=768, depth=12, num_heads=12, num_classes=10),
 }
@@ -555,9 +641,14 @@ def param_shapes(config: ViTConfig) -> dict:
         shapes["dist_token"] = (1, 1, D)
     if config.num_reg_tokens:
         shapes["reg_token"] = (1, config.num_reg_tokens, D)
-    shapes["pos_embed"] = (1, config.num_pos_embed, D)
+    if config.abs_pos_embed:
+        shapes["pos_embed"] = (1, config.num_pos_embed, D)
     shapes["patch_embed.proj.weight"] = (D, C, p, p)
     shapes["patch_embed.proj.bias"] = (D,)
+    beit = config.block_names == "beit"
+    table = (config.num_relative_distance, config.num_heads)  # BEiT's relative position bias, one column per head
+    if config.rel_pos_bias == "shared":
+        shapes["rel_pos_bias.relative_position_bias_table"] = table
     for i in range(config.depth):
         b = f"blocks.{i}."
         shapes[b + "norm1.weight"] = shapes[b + "norm1.bias"] = (D,)
@@ -568,13 +659,17 @@ def param_shapes(config: ViTConfig) -> dict:
             shapes[b + "attn.v_proj.bias"] = (D,)
         else:
             shapes[b + "attn.qkv.weight"] = (3 * D, D)
-        if config.qkv_layout == "fused_qv_bias":  # EVA / BEiT: biases for q and v only (k's is zero)
+        if config.qkv_layout == "fused_qv_bias" or (config.qkv_bias and beit):  # EVA / BEiT: q and v biases only
             shapes[b + "attn.q_bias"] = shapes[b + "attn.v_bias"] = (D,)
         elif config.qkv_layout == "fused" and config.qkv_bias:
             shapes[b + "attn.qkv.bias"] = (3 * D,)
+        if config.rel_pos_bias == "layer":
+            shapes[b + "attn.relative_position_bias_table"] = table
+        if beit and config.init_values is not None:
+            shapes[b + "gamma_1"] = shapes[b + "gamma_2"] = (D,)
         shapes[b + "attn.proj.weight"] = (D, D)
         shapes[b + "attn.proj.bias"] = (D,)
-        if config.init_values is not None:
+        if config.init_values is not None and not beit:
             shapes[b + "ls1.gamma"] = (D,)
         shapes[b + "norm2.weight"] = shapes[b + "norm2.bias"] = (D,)
         if config.mlp == "gelu":
@@ -589,7 +684,7 @@ def param_shapes(config: ViTConfig) -> dict:
             shapes[b + "mlp.fc1.bias"] = (2 * M,)
         shapes[b + "mlp.fc2.weight"] = (D, M)
         shapes[b + "mlp.fc2.bias"] = (D,)
-        if config.init_values is not None:
+        if config.init_values is not None and not beit:
             shapes[b + "ls2.gamma"] = (D,)
     final = "fc_norm" if config.use_fc_norm else "norm"
     shapes[final + ".weight"] = shapes[final + ".bias"] = (D,)

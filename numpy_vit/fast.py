@@ -344,9 +344,9 @@ def _gelu_float32_chunks(flat, out, starts, chunk):
 _SCORES_IN_CACHE = 1 << 20  # bytes of [N, N] scores in one group of heads: about one core's L2 cache
 
 
-def attend_in_head_groups(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, pattern, z
-    """The three lines of ``layers.attention`` (scores = q * scale @ k^T, pattern = softmax(scores),
-    z = pattern @ v), evaluated a group of heads of one image at a time, the groups shared between
+def attend_in_head_groups(q, k, v, scale, bias=None):  # q, k, v [B, H, N, Dh] -> scores, pattern, z
+    """The three lines of ``layers.attention`` (scores = q * scale @ k^T (+ bias [H, N, N]), pattern =
+    softmax(scores), z = pattern @ v), evaluated a group of heads of one image at a time, the groups shared between
     ``matmul_threads()`` threads on one BLAS thread each. Tolerance: each product within the dot product's
     rounding bound, the softmax between them bit for bit.
 
@@ -373,6 +373,8 @@ def attend_in_head_groups(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, p
             qs = q_scaled[:heads.stop - heads.start]
             np.multiply(q[b, heads], scale, out=qs)
             np.matmul(qs, k[b, heads].transpose(0, 2, 1), out=scores[b, heads])  # [G, N, Dh] @ [G, Dh, N] -> [G, N, N]
+            if bias is not None:
+                scores[b, heads] += bias[heads]  # BEiT's relative position bias: [G, N, N]
             softmax(scores[b, heads], axis=-1, out=pattern[b, heads])
             np.matmul(pattern[b, heads], v[b, heads], out=z[b, :, heads].transpose(1, 0, 2))  # -> [G, N, Dh]
 
@@ -384,7 +386,7 @@ def attend_in_head_groups(q, k, v, scale):  # q, k, v [B, H, N, Dh] -> scores, p
     return scores, pattern, z.transpose(0, 2, 1, 3)  # [B, N, H, Dh] -> [B, H, N, Dh], a view
 
 
-def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, N, D] -> [B, N, D]
+def attention(x, qkv, proj, *, num_heads, rope=None, bias=None, record=_no_record):  # [B, N, D] -> [B, N, D]
     """``layers.attention`` line for line, with this module's ``linear`` and the three lines of attention in
     groups of heads (``attend_in_head_groups``); EVA-02's rotation of q and k is ``layers.apply_rope`` itself.
     The same names recorded; the tolerance of its products."""
@@ -399,7 +401,9 @@ def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, 
         q, k = layers.apply_rope(q, **rope), layers.apply_rope(k, **rope)  # [B, H, N, Dh] each
         record("q_rot", q)
         record("k_rot", k)
-    scores, pattern, z = attend_in_head_groups(q, k, v, scale=x.dtype.type(Dh ** -0.5))
+    if bias is not None:
+        record("bias", bias)
+    scores, pattern, z = attend_in_head_groups(q, k, v, scale=x.dtype.type(Dh ** -0.5), bias=bias)
     record("scores", scores)
     record("pattern", pattern)
     record("z", z)
@@ -506,7 +510,7 @@ def _sum_trees(trees):
     return total
 
 
-def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
+def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, attn_bias=None, *, num_heads, eps, gelu_approximate="erf",
           rope=None, swiglu=False, record=_no_record):  # [B, N, D] -> [B, N, D]
     """``layers.block`` line for line, each step this module's faster one (``layer_norm``, ``attention``,
     ``mlp_block`` or ``swiglu_mlp``), which splits its work between the threads where it has several. The same
@@ -514,7 +518,8 @@ def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gel
     record("resid_pre", x)
     h = layer_norm(x, **norm1, eps=eps)
     record("ln1", h)
-    h = attention(h, **attn, num_heads=num_heads, rope=rope, record=lambda name, a: record("attn." + name, a))
+    h = attention(h, **attn, num_heads=num_heads, rope=rope, bias=attn_bias,
+                  record=lambda name, a: record("attn." + name, a))
     if ls1 is not None:
         h = h * ls1["gamma"]
     record("attn_out", h)

@@ -150,13 +150,16 @@ def merge_heads(z):  # [B, H, N, Dh] -> [B, N, D]
     return z.transpose(0, 2, 1, 3).reshape(B, N, H * Dh)  # [B, H, N, Dh] -> [B, N, H, Dh] -> [B, N, D]
 
 
-def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, N, D] -> [B, N, D]
+def attention(x, qkv, proj, *, num_heads, rope=None, bias=None, record=_no_record):  # [B, N, D] -> [B, N, D]
     """Multi-head self-attention (Vaswani et al. 2017, eq. 1): softmax(q k^T / sqrt(Dh)) v, per head.
 
     ``qkv`` holds q, k and v stacked along the output axis ([3D, D], rows laid out (q|k|v, head, Dh)) as
     timm stores them. The query is scaled before the product, as timm does, so float32 rounding matches.
     ``rope``: None, or {"sin", "cos"} [P, Dh] of ``rope_tables``: q and k of the patches turned by their
     position before the product (EVA-02), recorded as ``q_rot`` and ``k_rot`` beside ``q`` and ``k``.
+    ``bias``: None, or an [H, N, N] array added to every image's scores before the softmax (BEiT's relative
+    position bias, ``relative_position_bias``; Liu et al. 2021, Swin, eq. 4: softmax(q k^T / sqrt(Dh) + B) v);
+    recorded as ``bias``, and the recorded ``scores`` are then the softmax's input, the bias included.
     """
     B, N, D = x.shape
     Dh = D // num_heads
@@ -170,6 +173,9 @@ def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, 
         record("q_rot", q)
         record("k_rot", k)
     scores = (q * x.dtype.type(Dh ** -0.5)) @ k.swapaxes(-1, -2)  # [B, H, N, Dh] @ [B, H, Dh, N] -> [B, H, N, N]
+    if bias is not None:
+        record("bias", bias)
+        scores += bias  # [B, H, N, N] + [H, N, N]: the same bias for every image
     record("scores", scores)
     pattern = softmax(scores)  # [B, H, N, N], each row a distribution over the N keys
     record("pattern", pattern)
@@ -178,13 +184,15 @@ def attention(x, qkv, proj, *, num_heads, rope=None, record=_no_record):  # [B, 
     return linear(merge_heads(z), **proj)  # [B, H, N, Dh] -> [B, N, D]
 
 
-def attention_backward(dy, x, q, k, v, pattern, z, qkv, proj, *, num_heads, rope=None,
-                       record=_no_record):  # dy, x [B, N, D] -> dx [B, N, D], {qkv, proj}
+def attention_backward(dy, x, q, k, v, pattern, z, qkv, proj, *, num_heads, rope=None, bias=None,
+                       record=_no_record):  # dy, x [B, N, D] -> dx [B, N, D], {qkv, proj[, bias]}
     """``attention`` in reverse, from its recorded q, k, v, pattern and z (Z = P V, P = softmax(S),
-    S = scale Q K^T, scale = Dh^-1/2):
+    S = scale Q K^T (+ bias), scale = Dh^-1/2):
         dV = P^T dZ,   dP = dZ V^T,   dS = d softmax(dP),   dQ = scale * dS K,   dK = scale * dS^T Q,
     then dQ, dK, dV side by side as the qkv projection's output gradient. With ``rope``, ``q`` and ``k`` are
-    the rotated ones (the trace's q_rot, k_rot) and dQ, dK are turned back (``apply_rope_backward``)."""
+    the rotated ones (the trace's q_rot, k_rot) and dQ, dK are turned back (``apply_rope_backward``). With a
+    ``bias`` (the same for every image) added to S, its gradient is dS summed over the batch, returned as
+    ``bias`` [H, N, N]."""
     B, H, N, Dh = q.shape
     scale = x.dtype.type(Dh ** -0.5)
     dz, proj_grads = linear_backward(dy, merge_heads(z), **proj)  # [B, N, D]
@@ -210,7 +218,10 @@ def attention_backward(dy, x, q, k, v, pattern, z, qkv, proj, *, num_heads, rope
     record("k", dk)
     record("v", dv)
     dx, qkv_grads = linear_backward(d_qkv.reshape(B, N, 3 * H * Dh), x, **qkv)  # [B, N, 3D] -> [B, N, D]
-    return dx, {"qkv": qkv_grads, "proj": proj_grads}
+    grads = {"qkv": qkv_grads, "proj": proj_grads}
+    if bias is not None:
+        grads["bias"] = sum_over_rows(d_scores)  # [B, H, N, N] -> [H, N, N]
+    return dx, grads
 
 
 def mlp_block(x, fc1, fc2, *, gelu_approximate="erf", record=_no_record):  # [B, N, D] -> [B, N, D]
@@ -237,15 +248,17 @@ def layer_scale_backward(dy, h, gamma):  # dy, h [..., D] -> dh [..., D], {gamma
     return dy * gamma, {"gamma": sum_over_rows(dy * h, tuple(range(dy.ndim - 1)))}  # [..., D], [D]
 
 
-def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps, gelu_approximate="erf",
+def block(x, norm1, attn, norm2, mlp, ls1=None, ls2=None, attn_bias=None, *, num_heads, eps, gelu_approximate="erf",
           rope=None, swiglu=False, record=_no_record):  # [B, N, D] -> [B, N, D]
     """One pre-norm transformer block (ViT eqs. 2-3): x + attn(LN(x)), then x + mlp(LN(x)); optional layer
-    scale (CaiT) multiplies each branch by a learned per-channel gamma. EVA-02: ``rope`` (the tables of
-    ``rope_tables``) turns q and k; ``swiglu`` makes the MLP ``swiglu_mlp``."""
+    scale (CaiT) multiplies each branch by a learned per-channel gamma; ``attn_bias`` [H, N, N] is added to the
+    attention scores (BEiT's relative position bias). EVA-02: ``rope`` (the tables of ``rope_tables``) turns
+    q and k; ``swiglu`` makes the MLP ``swiglu_mlp``."""
     record("resid_pre", x)
     h = layer_norm(x, **norm1, eps=eps)
     record("ln1", h)
-    h = attention(h, **attn, num_heads=num_heads, rope=rope, record=lambda name, a: record("attn." + name, a))
+    h = attention(h, **attn, num_heads=num_heads, rope=rope, bias=attn_bias,
+                  record=lambda name, a: record("attn." + name, a))
     if ls1 is not None:
         h = h * ls1["gamma"]
     record("attn_out", h)
@@ -280,12 +293,13 @@ def block_saved(rope=False, swiglu=False):
     return tuple(names)
 
 
-def block_backward(dy, saved, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, num_heads, eps,
+def block_backward(dy, saved, norm1, attn, norm2, mlp, ls1=None, ls2=None, attn_bias=None, *, num_heads, eps,
                    gelu_approximate="erf", rope=None, swiglu=False,
                    record=_no_record):  # dy [B, N, D] -> dx [B, N, D], {weights' grads}
     """``block`` in reverse: the MLP branch, then the attention branch. ``saved``: the block's recorded arrays
     by name (``block_saved``). Each residual add x + h hands its gradient unchanged to both x and h, so the
-    gradient leaving the block is dy plus what flows back through each branch."""
+    gradient leaving the block is dy plus what flows back through each branch. With an ``attn_bias``, its
+    gradient (summed over the batch) is returned as ``attn_bias``."""
     grads = {}
     record("resid_post", dy)
     record("mlp_out", dy)  # x + h: the branch's output gets the residual stream's gradient
@@ -313,8 +327,10 @@ def block_backward(dy, saved, norm1, attn, norm2, mlp, ls1=None, ls2=None, *, nu
         dh, grads["ls1"] = layer_scale_backward(d_mid, linear(merge_heads(saved["attn.z"]), **attn["proj"]), **ls1)
     q, k = (saved["attn.q_rot"], saved["attn.k_rot"]) if rope is not None else (saved["attn.q"], saved["attn.k"])
     dh, grads["attn"] = attention_backward(dh, saved["ln1"], q, k, saved["attn.v"], saved["attn.pattern"],
-                                           saved["attn.z"], **attn, num_heads=num_heads, rope=rope,
+                                           saved["attn.z"], **attn, num_heads=num_heads, rope=rope, bias=attn_bias,
                                            record=lambda name, a: record("attn." + name, a))  # [B, N, D]
+    if attn_bias is not None:
+        grads["attn_bias"] = grads["attn"].pop("bias")  # [H, N, N]
     record("ln1", dh)
     dx, grads["norm1"] = layer_norm_backward(dh, saved["resid_pre"], **norm1, eps=eps)  # [B, N, D]
     dx += d_mid  # d resid_pre: the attention branch plus the residual path
@@ -606,3 +622,48 @@ def attention_pool_backward(d_pooled, x, saved, latent, q, kv, proj, norm, mlp, 
     d_latents, q_grads = linear_backward(d_query, latents, **q)  # [B, L, D] -> [B, L, D]
     return dx, {"latent": sum_over_rows(d_latents)[None], "q": q_grads, "kv": kv_grads, "proj": proj_grads,
                 "norm": norm_grads, "mlp": mlp_grads}
+
+
+# --- BEiT: relative position bias (Bao et al. 2022, BEiT, Sec. 2.2) -----------------------------------
+# BEiT gives each block a learned table of attention biases, one entry per head for every (dy, dx) offset
+# between two patches (Swin, Liu et al. 2021, eq. 4: softmax(q k^T / sqrt(Dh) + B) v), plus three entries for
+# the class token, which has no place on the grid. ``relative_position_index`` says which entry each
+# (query, key) pair reads; ``relative_position_bias`` gathers them into the [H, N, N] array ``attention`` adds
+# to its scores. T = (2 gh - 1)(2 gw - 1) + 3 rows of the table.
+
+def relative_position_index(grid):  # (gh, gw) -> [N, N] ints, N = 1 + gh * gw
+    """Which row of the bias table each (query, key) pair reads, for a patch grid (gh, gw) behind one class token
+    (timm ``gen_relative_position_index``, BEiT's unilm code).
+
+    Patches i and j at (row, col) positions (yi, xi) and (yj, xj) differ by dy = yi - yj in [-(gh-1), gh-1] and
+    dx = xi - xj in [-(gw-1), gw-1]: shifted to start at 0, (dy + gh - 1) (2 gw - 1) + (dx + gw - 1) numbers
+    the (2 gh - 1)(2 gw - 1) offsets row by row, so two pairs with the same offset share a bias. The class
+    token has no (dy, dx): its row of queries reads entry T - 3 (class to patch), its column of keys T - 2
+    (patch to class), and the class token attending to itself T - 1.
+    """
+    gh, gw = grid
+    num_offsets = (2 * gh - 1) * (2 * gw - 1)
+    rows, cols = np.divmod(np.arange(gh * gw), gw)  # [P] each patch's grid position, row by row
+    dy = rows[:, None] - rows[None, :] + (gh - 1)  # [P, P] the row offset query - key, shifted to 0 .. 2 gh - 2
+    dx = cols[:, None] - cols[None, :] + (gw - 1)  # [P, P] the column offset, 0 .. 2 gw - 2
+    index = np.empty((gh * gw + 1, gh * gw + 1), np.int64)  # [N, N], token 0 is the class token
+    index[1:, 1:] = dy * (2 * gw - 1) + dx
+    index[0, :] = num_offsets  # class token to every key
+    index[:, 0] = num_offsets + 1  # every query to the class token
+    index[0, 0] = num_offsets + 2  # class token to itself
+    return index
+
+
+def relative_position_bias(table, index):  # table [T, H], index [N, N] -> [H, N, N]
+    """The bias ``attention`` adds to each head's scores: entry index[i, j] of the table for query i, key j."""
+    return table[index].transpose(2, 0, 1)  # [N, N, H] -> [H, N, N]
+
+
+def relative_position_bias_backward(d_bias, index, num_rows):  # d_bias [H, N, N] -> d_table [T, H]
+    """``relative_position_bias`` in reverse: a gather reads each table entry at every pair that shares its
+    offset, so the entry's gradient is the sum of their gradients, a scatter-add (np.add.at, which adds
+    repeated indices instead of keeping only the last one, as ``d_table[index] += ...`` would)."""
+    H = d_bias.shape[0]
+    d_table = np.zeros((num_rows, H), np.float64)  # summed in float64: an entry gathers up to N of them
+    np.add.at(d_table, index.reshape(-1), d_bias.reshape(H, -1).T)  # [N*N] rows of [N*N, H] into [T, H]
+    return d_table.astype(d_bias.dtype)

@@ -17,7 +17,8 @@ from .errors import ArgumentError, ConfigError, ImageError
 from . import fast, layers
 from . import grads as grads_module
 from .grads import Grads
-from .resample import resample_pos_embed, resample_pos_embed_backward
+from .resample import (resample_pos_embed, resample_pos_embed_backward, resample_rel_pos_table,
+                       resample_rel_pos_table_backward)
 from .trace import AttentionMaps, Trace
 
 __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
@@ -26,13 +27,14 @@ __all__ = ["ViT", "ViTWithAttention", "init_params", "param_shapes"]
 def init_params(config: ViTConfig, seed=0, dtype=np.float32):
     """Random weights as timm initialises a fresh ViT: truncated normal (std 0.02) for weights and tokens (std
     D^-1/2 for the attention pool's latent query, as timm's AttentionPoolLatent), zeros for biases, ones for
-    LayerNorm gains, ``init_values`` for layer scale. Deterministic for a seed."""
+    LayerNorm gains, ``init_values`` for layer scale; BEiT's q / v biases and relative position bias tables
+    start at zero too (timm's Beit), as do EVA's q / v biases. Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():
-        if name.endswith(".gamma"):
+        if name.endswith((".gamma", ".gamma_1", ".gamma_2")):
             value = np.full(shape, config.init_values)
-        elif name.endswith((".bias", "_bias")):  # "_bias": EVA's q_bias and v_bias
+        elif name.endswith((".bias", "_bias", "relative_position_bias_table")):  # "_bias": q_bias, v_bias
             value = np.zeros(shape)
         elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
             value = np.ones(shape)
@@ -146,11 +148,94 @@ class ViT:
                 f"{self.dtype.name})")
 
     # --- position embedding -------------------------------------------------------------
-    def pos_embed_for(self, grid):  # -> [N_pos, D]
+    def pos_embed_for(self, grid):  # -> [N_pos, D], or None for a model without one (BEiT)
         """The position embedding for a patch grid (gh, gw), resampled from the training grid if they differ."""
         c = self.config
+        if not c.abs_pos_embed:
+            return None
         num_prefix = 0 if c.no_embed_class else c.num_prefix_tokens
         return resample_pos_embed(self.params["pos_embed"][0], c.grid_size, grid, num_prefix, c.pos_embed_resample)
+
+    # --- BEiT: relative position bias, and the block weights in the reference's names ------
+    def rel_pos_bias_for(self, table, grid):  # [T, H] -> [H, N, N]
+        """BEiT's relative position bias for a patch grid: the table resampled from the training grid if they
+        differ (``config.rel_pos_resample``), then gathered at each (query, key) pair's offset."""
+        c = self.config
+        table = resample_rel_pos_table(table, c.grid_size, grid, c.rel_pos_resample)  # [T_grid, H]
+        return layers.relative_position_bias(table, layers.relative_position_index(grid))  # [H, N, N]
+
+    def block_weights(self, grid):
+        """Each block's weights in the argument names of ``layers.block``, for a patch grid. timm's Beit names the
+        same math apart: its q_bias and v_bias become qkv's bias with zeros for the key (which has none: a key
+        bias adds q . b_k to every score of a query, the same for each key, which the softmax cancels), its
+        gamma_1 / gamma_2 the layer scales ls1 / ls2, and its relative position bias table (one per block, or
+        one shared) the [H, N, N] ``attn_bias`` added to the scores."""
+        c = self.config
+        blocks = [self._block_weights(i) for i in range(c.depth)]
+        if c.block_names == "vit" and not c.rel_pos_bias:
+            return blocks
+        shared = (self.rel_pos_bias_for(self.params["rel_pos_bias.relative_position_bias_table"], grid)
+                  if c.rel_pos_bias == "shared" else None)  # [H, N, N]
+        translated = []
+        for weights in blocks:
+            attn = weights["attn"]
+            qkv = dict(attn["qkv"])
+            if "q_bias" in attn:
+                qkv["bias"] = np.concatenate([attn["q_bias"], np.zeros_like(attn["q_bias"]), attn["v_bias"]])  # [3D]
+            block = dict(norm1=weights["norm1"], attn=dict(qkv=qkv, proj=attn["proj"]), norm2=weights["norm2"],
+                         mlp=weights["mlp"])
+            for ours, theirs in (("ls1", "gamma_1"), ("ls2", "gamma_2")):
+                if theirs in weights:
+                    block[ours] = {"gamma": weights[theirs]}
+                elif ours in weights:
+                    block[ours] = weights[ours]
+            if c.rel_pos_bias == "layer":
+                block["attn_bias"] = self.rel_pos_bias_for(attn["relative_position_bias_table"], grid)  # [H, N, N]
+            elif shared is not None:
+                block["attn_bias"] = shared
+            translated.append(block)
+        return translated
+
+    def _block_params_grads(self, block_grads, grid, grads, params):
+        """The gradients of ``block_weights``' arrays under the names of ``model.params`` (nested): its translation
+        in reverse. A bias's gradient [H, N, N] is kept as ``blocks.{i}.attn.bias`` and scattered back into its
+        table's rows (``layers.relative_position_bias_backward``), then back through the resampling; a shared
+        table's gradient sums every block's (into ``params["rel_pos_bias"]``)."""
+        c = self.config
+        if c.block_names == "vit" and not c.rel_pos_bias:
+            return {str(i): g for i, g in enumerate(block_grads)}
+        D, index = c.embed_dim, layers.relative_position_index(grid)
+        num_rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3  # the table's rows at this grid
+
+        def table_grad(d_bias):  # [H, N, N] -> [T, H] of the stored table
+            d_table = layers.relative_position_bias_backward(d_bias, index, num_rows)  # [T_grid, H]
+            return resample_rel_pos_table_backward(d_table, c.grid_size, grid, c.rel_pos_resample)  # [T, H]
+
+        out, d_shared = {}, None
+        for i, g in enumerate(block_grads):
+            attn = {"qkv": {"weight": g["attn"]["qkv"]["weight"]}, "proj": g["attn"]["proj"]}
+            if "bias" in g["attn"]["qkv"] and c.block_names == "beit":
+                d_qkv_bias = g["attn"]["qkv"]["bias"]  # [3D] q | k | v: the key's part belongs to no parameter
+                attn["q_bias"], attn["v_bias"] = d_qkv_bias[:D], d_qkv_bias[2 * D:]
+            elif "bias" in g["attn"]["qkv"]:
+                attn["qkv"]["bias"] = g["attn"]["qkv"]["bias"]
+            block = dict(norm1=g["norm1"], attn=attn, norm2=g["norm2"], mlp=g["mlp"])
+            for ours, theirs in (("ls1", "gamma_1"), ("ls2", "gamma_2")):
+                if ours in g and c.block_names == "beit":
+                    block[theirs] = g[ours]["gamma"]  # [D]
+                elif ours in g:
+                    block[ours] = g[ours]
+            if "attn_bias" in g:
+                grads.add(f"blocks.{i}.attn.bias", g["attn_bias"])  # [H, N, N]
+                if c.rel_pos_bias == "layer":
+                    attn["relative_position_bias_table"] = table_grad(g["attn_bias"])  # [T, H]
+                else:
+                    d_shared = g["attn_bias"] if d_shared is None else d_shared + g["attn_bias"]
+            out[str(i)] = block
+        if d_shared is not None:
+            params["rel_pos_bias"] = {"relative_position_bias_table": table_grad(d_shared)}  # [T, H]
+        return out
+
 
     # --- forward --------------------------------------------------------------------------
     def forward(self, images, record=None, image_for_overlay=None):  # [B, C, H, W] -> Trace
@@ -173,15 +258,18 @@ class ViT:
         proj = weights["patch_embed"]["proj"]
         tokens = ops.linear(patches, proj["weight"].reshape(c.embed_dim, -1), proj["bias"])  # [B, P, D]
         trace.add("patch_embed", tokens)
-        pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
         prefix = np.broadcast_to(self.prefix_tokens(), (B, c.num_prefix_tokens, c.embed_dim))  # [B, prefix, D]
-        if c.no_embed_class:  # DINOv2 / DeiT-3: only the patches carry a position
+        if not c.abs_pos_embed:  # BEiT: positions enter as the attention's relative position bias instead
+            x = np.concatenate([prefix, tokens], axis=1)  # [B, N, D]
+        elif c.no_embed_class:  # DINOv2 / DeiT-3: only the patches carry a position
+            pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
             x = np.concatenate([prefix, tokens + pos], axis=1)  # [B, N, D]
         else:  # original ViT: the class token has a position entry too; concatenate, then add
+            pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
             x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
 
         # eqs. 2-3, block after block: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
-        blocks = [self._block_weights(i) for i in range(c.depth)]
+        blocks = self.block_weights(grid)  # (BEiT: with each block's relative position bias for this grid)
         x = ops.encoder(x, blocks, **self._block_options(grid), record=trace.recorder("blocks"))  # [B, N, D]
 
         # eq. 4: y = LN(z_L^0), then the classifier head
@@ -236,7 +324,7 @@ class ViT:
         d = self._head_backward(trace, grads, params)  # [B, N, D]
 
         # eqs. 2-3 in reverse, the last block first
-        blocks = [self._block_weights(i) for i in range(c.depth)]
+        blocks = self.block_weights(trace.grid)
         saved_names = layers.block_saved(rope=c.rope, swiglu=c.mlp == "swiglu")
         saved = [{name: trace[f"blocks.{i}.{name}"] for name in saved_names} for i in range(c.depth)]
         ops = fast if fast.wanted(self.speedups) else layers  # as in forward: a batch in shards on several threads
@@ -245,7 +333,7 @@ class ViT:
         if c.qkv_layout != "fused":  # back to EVA's stored pieces (q_bias, v_bias or q_proj, k_proj, v_proj)
             for block in block_grads:
                 block["attn"] = layers.eva_qkv_backward(block["attn"], separate=c.qkv_layout == "separate")
-        params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
+        params["blocks"] = self._block_params_grads(block_grads, trace.grid, grads, params)
 
         # eq. 1 in reverse: to the tokens, the position embedding, the patch projection and the pixels
         self._embedding_backward(d, trace, grads, params)
@@ -311,11 +399,12 @@ class ViT:
         c, proj = self.config, self.param_tree["patch_embed"]["proj"]
         B, _, D = d.shape
         d_prefix, d_tokens, d_pos = layers.embed_backward(d, c.num_prefix_tokens, c.no_embed_class)
-        grads.add("pos_embed", d_pos)  # [N_pos, D] the embedding used, perhaps resampled to this grid
         grads.add("patch_embed", d_tokens)  # [B, P, D]
-        params["pos_embed"] = resample_pos_embed_backward(d_pos, c.grid_size, trace.grid,
-                                                          0 if c.no_embed_class else c.num_prefix_tokens,
-                                                          c.pos_embed_resample)[None]  # [1, N_pos of the table, D]
+        if c.abs_pos_embed:
+            grads.add("pos_embed", d_pos)  # [N_pos, D] the embedding used, perhaps resampled to this grid
+            params["pos_embed"] = resample_pos_embed_backward(d_pos, c.grid_size, trace.grid,
+                                                              0 if c.no_embed_class else c.num_prefix_tokens,
+                                                              c.pos_embed_resample)[None]  # [1, N_pos of the table, D]
         d_patches, proj_grads = layers.linear_backward(d_tokens, trace["patches"], proj["weight"].reshape(D, -1),
                                                        proj["bias"])  # [B, P, D] -> [B, P, C*p*p]
         proj_grads["weight"] = proj_grads["weight"].reshape(proj["weight"].shape)  # [D, C*p*p] -> [D, C, p, p]

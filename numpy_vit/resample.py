@@ -10,7 +10,10 @@ arithmetic visible and lets the tests compare them entry by entry with torch.
 - ``bicubic_hf``: HF ``interpolate_pos_encoding`` = ``F.interpolate(mode="bicubic", align_corners=False)``:
   a = -0.75, no antialias, indices clamped to the border.
 - ``bilinear``: ``F.interpolate(mode="bilinear", align_corners=False)`` without antialias
-  (timm's loader for the JAX ``.npz`` checkpoints).
+  (timm's loader for the JAX ``.npz`` checkpoints; HF's BEiT for its relative position bias table).
+- ``geometric``: timm ``resize_rel_pos_bias_table`` (BEiT's ``run_class_finetuning.py``) for BEiT's relative
+  position bias table: the source offsets spread on a geometric progression, linear interpolation between
+  them (``RegularGridInterpolator``, timm's default; its scipy cubic variant is not modelled).
 """
 import math
 
@@ -65,10 +68,36 @@ def _weights_bilinear(n_in, n_out):  # -> [n_out, n_in]
     return W
 
 
+def geometric_offsets(n_in, n_out):  # -> [n_in] positions
+    """Where timm (after BEiT's fine-tuning code) places the n_in = 2 g - 1 offsets of a bias table before
+    reading it at the n_out integer offsets -(n_out // 2) .. n_out // 2: 0, then +-1, +-(1 + r), +-(1 + r + r^2),
+    ..., with the ratio r in [1.01, 1.5] found by bisection so that the last one, 1 + r + ... + r^(k-1)
+    (k = n_in // 2), reaches n_out // 2. Small offsets keep their spacing near 1; the far ones stretch."""
+    half = n_in // 2
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        r = (left + right) / 2.0
+        if (1.0 - r ** half) / (1.0 - r) > n_out // 2:  # the geometric series 1 + r + ... + r^(half-1)
+            right = r
+        else:
+            left = r
+    sums = np.cumsum(r ** np.arange(half))  # [half]: 1, 1 + r, 1 + r + r^2, ...
+    return np.concatenate([-sums[::-1], [0.0], sums])  # [n_in]
+
+
+def _weights_geometric(n_in, n_out):  # -> [n_out, n_in]
+    """Linear interpolation of values at ``geometric_offsets`` onto the integer offsets, held at the end values
+    beyond the outermost offsets (np.interp's rule, and that of timm's RegularGridInterpolator)."""
+    points = geometric_offsets(n_in, n_out)  # [n_in]
+    targets = np.arange(n_out) - n_out // 2  # [n_out]
+    return np.stack([np.interp(targets, points, column) for column in np.eye(n_in)], axis=1)  # [n_out, n_in]
+
+
 _METHODS = {
     "bicubic_antialias": _weights_antialias,
     "bicubic_hf": _weights_bicubic_clamped,
     "bilinear": _weights_bilinear,
+    "geometric": _weights_geometric,
 }
 
 
@@ -115,3 +144,40 @@ def resample_pos_embed_backward(d_pos, old_grid, new_grid, num_prefix,
     d_rows = np.einsum("jw,ijd->iwd", Wc, d_grid)  # W_cols^T along the columns: [nh, nw, D] -> [nh, gw, D]
     d_grid = np.einsum("ig,iwd->gwd", Wr, d_rows)  # W_rows^T along the rows: [nh, gw, D] -> [gh, gw, D]
     return np.concatenate([d_prefix, d_grid.reshape(-1, d_grid.shape[-1])], axis=0)  # [N_old, D]
+
+
+def table_axis_weights(n_in, n_out, method):  # -> [n_out, n_in]
+    """The weights along one axis of a bias table being resized. timm's "geometric" resampling moves the offsets
+    of an axis even where its length stays (their spacing is the progression's, not 1), so it is never the
+    identity once the table is resized at all; torch's bilinear interpolation to the same length is."""
+    return _weights_geometric(n_in, n_out) if method == "geometric" else resize_weights(n_in, n_out, method)
+
+
+def resample_rel_pos_table(table, old_grid, new_grid, method="geometric"):  # [T_old, H] -> [T_new, H]
+    """BEiT's relative position bias table for another patch grid: the (2 gh - 1) x (2 gw - 1) offsets resized
+    as a grid of H-vectors by ``method`` ("geometric": timm's ``resize_rel_pos_bias_table``; "bilinear": HF's
+    ``BeitRelativePositionBias``), the three class-token entries at the end kept as they are. Computed in
+    float64, returned in the table's dtype."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    (gh, gw), (nh, nw) = old_grid, new_grid
+    Wr = table_axis_weights(2 * gh - 1, 2 * nh - 1, method)  # [2nh-1, 2gh-1]
+    Wc = table_axis_weights(2 * gw - 1, 2 * nw - 1, method)  # [2nw-1, 2gw-1]
+    offsets = table[:-3].reshape(2 * gh - 1, 2 * gw - 1, -1).astype(np.float64)  # [T_old - 3, H] -> [2gh-1, 2gw-1, H]
+    rows = np.einsum("ig,gwh->iwh", Wr, offsets)  # [2nh-1, 2gw-1, H]
+    offsets = np.einsum("jw,iwh->ijh", Wc, rows).astype(table.dtype)  # [2nh-1, 2nw-1, H]
+    return np.concatenate([offsets.reshape(-1, table.shape[1]), table[-3:]], axis=0)  # [T_new, H]
+
+
+def resample_rel_pos_table_backward(d_table, old_grid, new_grid, method="geometric"):  # [T_new, H] -> [T_old, H]
+    """``resample_rel_pos_table`` in reverse: the class-token rows pass unchanged, the offset grid goes back
+    through the transposed weight matrices (as in ``resample_pos_embed_backward``)."""
+    if tuple(old_grid) == tuple(new_grid):
+        return d_table
+    (gh, gw), (nh, nw) = old_grid, new_grid
+    d_grid = d_table[:-3].reshape(2 * nh - 1, 2 * nw - 1, -1)  # [2nh-1, 2nw-1, H]
+    Wr = table_axis_weights(2 * gh - 1, 2 * nh - 1, method).astype(d_table.dtype)  # [2nh-1, 2gh-1]
+    Wc = table_axis_weights(2 * gw - 1, 2 * nw - 1, method).astype(d_table.dtype)  # [2nw-1, 2gw-1]
+    d_rows = np.einsum("jw,ijh->iwh", Wc, d_grid)  # [2nh-1, 2gw-1, H]
+    d_grid = np.einsum("ig,iwh->gwh", Wr, d_rows)  # [2gh-1, 2gw-1, H]
+    return np.concatenate([d_grid.reshape(-1, d_table.shape[1]), d_table[-3:]], axis=0)  # [T_old, H]

@@ -20,7 +20,13 @@ def _matches(name, patterns):
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
-UNBATCHED = {"pos_embed"}  # the trace's only array without a batch axis
+UNBATCHED = {"pos_embed"}  # arrays without a batch axis (the same for every image), with ``is_unbatched``
+
+
+def is_unbatched(name):
+    """Whether a trace name holds an array without a batch axis: the position embedding, or a block's relative
+    position bias (``blocks.{i}.attn.bias``, BEiT)."""
+    return name in UNBATCHED or name.endswith(".attn.bias")
 
 
 class TraceKeyError(KeyError, ArgumentError):
@@ -42,7 +48,8 @@ TRACE_KEYS = {
     "blocks.{i}.attn.v": "[B, H, N, Dh]",
     "blocks.{i}.attn.q_rot": "[B, H, N, Dh] q after the rotary position embedding (EVA-02; prefix rows unturned)",
     "blocks.{i}.attn.k_rot": "[B, H, N, Dh] k after the rotary position embedding (EVA-02)",
-    "blocks.{i}.attn.scores": "[B, H, N, N] scaled q.k, before the softmax",
+    "blocks.{i}.attn.bias": "[H, N, N] relative position bias added to every image's scores (BEiT only)",
+    "blocks.{i}.attn.scores": "[B, H, N, N] scaled q.k (plus the relative position bias, BEiT), before the softmax",
     "blocks.{i}.attn.pattern": "[B, H, N, N] softmax probabilities, rows sum to 1",
     "blocks.{i}.attn.z": "[B, H, N, Dh] pattern @ v",
     "blocks.{i}.attn_out": "[B, N, D] after the output projection (and layer scale)",
@@ -89,7 +96,7 @@ class TraceShard:
             return array
         arrays = self.trace._arrays
         with self.trace._lock:
-            if name in UNBATCHED:
+            if is_unbatched(name):
                 arrays.setdefault(name, array)
                 return array
             if name not in arrays:
@@ -178,6 +185,10 @@ class Trace(Mapping):
             return self._arrays[name]
         except KeyError:
             pass
+        if name == "pos_embed" and not getattr(self.config, "abs_pos_embed", True):
+            raise TraceKeyError("no array 'pos_embed' in this trace: this model has no absolute position embedding "
+                                "(BEiT: positions enter as each block's relative position bias, "
+                                "trace['blocks.0.attn.bias'])")
         if self._patterns is not None and name not in self._arrays:
             hint = f"it was not recorded (record={self._patterns}); run again with record=None to keep everything"
         else:
@@ -212,8 +223,8 @@ class Trace(Mapping):
 
     @property
     def batch_size(self):
-        for array in self._arrays.values():
-            if array.ndim >= 2 and array is not self._arrays.get("pos_embed"):
+        for name, array in self._arrays.items():
+            if array.ndim >= 2 and not is_unbatched(name):
                 return array.shape[0]
         return None
 

@@ -1,5 +1,8 @@
 """Figure 5, mean attention distance: how far, in pixels, each layer's heads look (ViT paper Fig. 7 right,
 App. D.7). The numbers come from :func:`numpy_vit.analysis.mean_attention_distance`.
+
+A model with a relative position bias (BEiT) adds it to the scores before the softmax: the patterns this figure
+reads already include it, so the distances are those of the attention the model uses (said under the figure).
 """
 from __future__ import annotations
 

@@ -45,6 +45,10 @@ def _draw_patch_grid(fig, trace, options):
 
 
 def _draw_position_embedding(fig, trace, options):
+    if "pos_embed" not in trace and "blocks.0.attn.bias" in trace:  # BEiT: positions enter as an attention bias
+        position_embedding.draw_relative_position_bias(fig, trace_array(trace, "blocks.0.attn.bias"),
+                                                       TokenLayout.of_trace(trace))
+        return
     position_embedding.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace),
                                                options.get("similarity_low"),
                                                rope=getattr(getattr(trace, "config", None), "rope", False))
@@ -52,6 +56,8 @@ def _draw_position_embedding(fig, trace, options):
 
 def _shared_similarity_scale(traces, options):
     """Compared position embeddings share one colour scale, from the lowest similarity of any of them."""
+    if any("pos_embed" not in t for t in traces):  # a model drawn by its relative position bias instead
+        return {}
     return {"similarity_low": min(position_embedding.lowest_similarity(trace_array(t, "pos_embed"),
                                                                        TokenLayout.of_trace(t))
                                   for t in traces)}
@@ -73,9 +79,20 @@ def _draw_all_heads(fig, trace, options):
                                   options.get("keep", 0.6), options.get("image_index", 0))
 
 
+RELATIVE_BIAS_NOTE = ("This model's relative position bias (BEiT) is added to the scores before the softmax, so the "
+                      "attention shown includes it.")
+
+
+def _note_relative_bias(fig, trace):
+    """Say, under a figure drawn from the attention patterns, that they include a relative position bias."""
+    if getattr(trace.config, "rel_pos_bias", ""):
+        footnote(fig, f"{fig.get_supxlabel().rstrip('. ')}. {RELATIVE_BIAS_NOTE}")
+
+
 def _draw_attention_distance(fig, trace, options):
     attention_distance.draw_attention_distance(fig, trace_attention(trace), TokenLayout.of_trace(trace),
                                                options.get("prefix", "renormalise"))
+    _note_relative_bias(fig, trace)
 
 
 def _draw_cls_evolution(fig, trace, options):
@@ -98,6 +115,7 @@ def _draw_attention_rollout(fig, trace, options):
                                    interpolation=options.get("interpolation", "bilinear"),
                                    dino_mask=options.get("dino_mask", False), keep=options.get("keep", 0.6),
                                    **settings)
+    _note_relative_bias(fig, trace)
 
 
 def _rollout_size(trace, options):
@@ -115,7 +133,7 @@ FIGURES = {
                              _draw_patch_grid, lambda t, o: patch_grid.patch_grid_size(t.grid), record=()),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
                                      _draw_position_embedding, lambda t, o: position_embedding.position_size(t.grid),
-                                     _shared_similarity_scale, record=("pos_embed",)),
+                                     _shared_similarity_scale, record=("pos_embed", "blocks.0.attn.bias")),
     "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,
                                    lambda t, o: attention_maps.layers_size(len(_layers_option(t, o))),

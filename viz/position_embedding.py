@@ -138,11 +138,60 @@ def draw_position_embedding(fig, pos_embed, layout: TokenLayout, similarity_low=
                      "rotary embedding, layers.rope_tables), which this table does not show." if rope else ""))
 
 
+def draw_relative_position_bias(fig, bias, layout: TokenLayout, layer: int = 0):
+    """For a model without an absolute position embedding (BEiT): where its positions enter instead, the
+    relative position bias of one layer (Bao et al. 2022, Sec. 2.2): for every head, what it adds to the centre
+    patch's attention scores for each key patch, a gh x gw map (one colour scale for every head, centred on 0),
+    and the class token's three entries. ``bias``: the trace's ``blocks.{layer}.attn.bias``, [H, N, N]."""
+    gh, gw = layout.grid
+    bias = np.asarray(bias, dtype=np.float64)
+    heads = bias.shape[0]
+    centre = (gh // 2) * gw + gw // 2  # the centre patch's index among the patches
+    maps = bias[:, 1 + centre, 1:].reshape(heads, gh, gw)  # [H, gh, gw] the centre patch as query, patches as keys
+    limit = max(float(np.abs(maps).max()), 1e-12)
+    norm = Normalize(-limit, limit)
+    columns = min(heads, 8)
+    rows = -(-heads // columns)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for head, ax in enumerate(axes):
+        if head >= heads:
+            ax.set_visible(False)
+            continue
+        ax.imshow(maps[head], cmap="RdBu_r", norm=norm, interpolation="nearest")
+        ax.add_patch(Rectangle((gw // 2 - 0.5, gh // 2 - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.5))
+        ax.set_title(f"head {head}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colorbar(fig, list(axes[:heads]), norm, "RdBu_r", "bias added to the score", shrink=0.8)
+    fig.suptitle(f"Relative position bias of layer {layer}: this model has no absolute position embedding, so "
+                 f"this is where positions enter\nwhat each head adds to the centre patch's attention scores "
+                 f"(black square) for every key patch")
+    cls_rows = [f"head {h}: {bias[h, 0, 1]:+.3f} / {bias[h, 1, 0]:+.3f} / {bias[h, 0, 0]:+.3f}"
+                for h in range(min(heads, 4))]
+    footnote(fig, f"{gh}x{gw} patch grid. The bias depends only on the (row, column) offset between query and key "
+                  f"(one learned table entry per offset and head); it is added before the softmax, so the attention "
+                  f"figures already include it. Class token entries (class to patch / patch to class / class to "
+                  f"class): {'; '.join(cls_rows)}{' ...' if heads > 4 else ''}. "
+                  f"All zero where the table is untrained (timm initialises it to zero).")
+
+
 def visualize_position_embedding(model, save_path=None):
     """Figure 4: (a) the cosine-similarity matrix of the patch position embeddings, (b) the centre
     patch's similarity to every position, (c) their 2-D PCA, and (d) the ViT paper's grid of tiles
     (Dosovitskiy et al. 2021, Fig. 7 centre). ``model`` is a ViT or a Trace (whose ``pos_embed``
-    is the one actually used, resampled if the image size differed)."""
+    is the one actually used, resampled if the image size differed). A model without an absolute position
+    embedding (BEiT) gets layer 0's relative position bias instead (``draw_relative_position_bias``)."""
+    config = getattr(model, "config", None)
+    if config is not None and not getattr(config, "abs_pos_embed", True):  # BEiT: its relative position bias
+        layout = TokenLayout.of_trace(model) if is_trace(model) else TokenLayout(
+            config.grid_size, config.num_prefix_tokens, config.prefix_names, config.patch_size)
+        bias = trace_array(model, "blocks.0.attn.bias") if is_trace(model) else model.block_weights(
+            config.grid_size)[0]["attn_bias"]  # [H, N, N]
+        with style():
+            fig = new_figure(*position_size(layout.grid))
+            draw_relative_position_bias(fig, bias, layout)
+        save_figure(fig, save_path)
+        return fig
     pos_embed, layout = _position_source(model)
     with style():
         fig = new_figure(*position_size(layout.grid))

@@ -5,6 +5,9 @@ layer to the input patches, next to the last layer's attention alone. The number
 An attention sink (one head whose every query reads one patch, :func:`numpy_vit.analysis.attention_sinks`)
 makes the plain rollout one bright dot: the figure then says so on the panel, marks the patch, and adds
 the rollout with the sink heads fused out beside it.
+
+A model with a relative position bias (BEiT) adds it to the scores before the softmax, so the patterns rolled
+out here already include it: the rollout traces the attention the model uses (said under the figure).
 """
 from __future__ import annotations
 

@@ -150,13 +150,24 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
     if base is not None:
         _check_base_fits(base, where, {"embed_dim": D, "depth": depth, "patch_size": ph, "mlp width": mlp_dim,
                                        "in_chans": C})
+    table = next((params[k] for k in ("blocks.0.attn.relative_position_bias_table",
+                                      "rel_pos_bias.relative_position_bias_table") if k in params), None)
+    if table is not None and len(table.shape) == 2 and num_heads is None:  # BEiT's table: a column per head
+        if base is not None and base.num_heads != table.shape[1]:
+            raise CheckpointError(f"{where}: the relative position bias table has {table.shape[1]} heads (columns), "
+                                  f"{base.name or 'the given config'} has {base.num_heads}")
+        num_heads = int(table.shape[1])
     heads = _num_heads(num_heads, base, where, D, depth, ph)
 
     class_token, distilled = "cls_token" in params, "dist_token" in params
     num_reg_tokens = int(get("reg_token").shape[1]) if "reg_token" in params else 0
     fc_norm = "fc_norm.weight" in params
-    img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
-                                                     class_token + distilled + num_reg_tokens, ph, base, where)
+    beit = _beit_fields(params, depth)
+    if "pos_embed" in params or not beit["rel_pos_bias"]:
+        img_size, no_embed_class = _grid_and_embed_class(int(get("pos_embed").shape[1]),
+                                                         class_token + distilled + num_reg_tokens, ph, base, where)
+    else:  # BEiT without an absolute position embedding: the grid from the bias table's rows
+        img_size, no_embed_class = _grid_from_rel_pos_table(params, beit["rel_pos_bias"], ph, base, where), False
     global_pool = "map" if "attn_pool.latent" in params else _global_pool(base, class_token, fc_norm)  # SigLIP
     layer_scale = (base.init_values if base is not None else None) or defaults.get("init_values") or 1e-5
     fields = dict(
@@ -164,7 +175,8 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
         img_size=img_size, no_embed_class=no_embed_class, class_token=class_token, distilled=distilled,
         num_reg_tokens=num_reg_tokens, qkv_bias=any(f"blocks.0.attn.{k}" in params for k in (
             "qkv.bias", "q_bias", "q_proj.bias")) or depth == 0, **eva,
-        init_values=layer_scale if "blocks.0.ls1.gamma" in params else None,
+        init_values=layer_scale if "blocks.0.ls1.gamma" in params or "blocks.0.gamma_1" in params else None,
+        abs_pos_embed="pos_embed" in params, **beit,
         fc_norm=fc_norm, global_pool=global_pool,
         representation_size=int(get("pre_logits.fc.weight").shape[0]) if "pre_logits.fc.weight" in params else None,
         num_classes=int(get("head.weight").shape[0]) if "head.weight" in params else 0,
@@ -185,7 +197,8 @@ def _eva_fields(params: dict, where: str, base, width: int) -> dict:
     """EVA-02's fields: the q, k, v layout and the sub-LayerNorm from the keys, the RoPE and the SwiGLU from the
     base (a rotary embedding has no weights, and a packed SwiGLU's fc1 is shaped like a wider GELU MLP's)."""
     keys = {k[len("blocks.0."):] for k in params if k.startswith("blocks.0.")}
-    separate, qv_bias = "attn.q_proj.weight" in keys, "attn.q_bias" in keys
+    beit = bool(keys & {"gamma_1", "attn.relative_position_bias_table"}) or "rel_pos_bias.relative_position_bias_table" in params
+    separate, qv_bias = "attn.q_proj.weight" in keys, "attn.q_bias" in keys and not beit  # BEiT has q / v biases too
     split_mlp = "mlp.fc1_g.weight" in keys
     if not (separate or qv_bias or split_mlp) and (base is None or base.mlp == "gelu"):
         return {}
@@ -198,6 +211,30 @@ def _eva_fields(params: dict, where: str, base, width: int) -> dict:
     return dict(rope=True, rope_ref_grid=base.rope_ref_grid, mlp="swiglu" if split_mlp else base.mlp,
                 mlp_norm="mlp.norm.weight" in keys,
                 qkv_layout="separate" if separate else "fused_qv_bias" if qv_bias else "fused")
+
+
+def _beit_fields(params: dict, depth: int) -> dict:
+    """BEiT's fields, read off its keys (timm Beit): q / v biases or gamma_1 mean its block names; a table per
+    block or one shared."""
+    beit = "blocks.0.attn.q_bias" in params or "blocks.0.gamma_1" in params
+    rel_pos_bias = ("shared" if "rel_pos_bias.relative_position_bias_table" in params else
+                    "layer" if "blocks.0.attn.relative_position_bias_table" in params else "")
+    return dict(block_names="beit" if beit else "vit", rel_pos_bias=rel_pos_bias)
+
+
+def _grid_from_rel_pos_table(params: dict, rel_pos_bias: str, patch: int, base, where: str):
+    """img_size from a BEiT bias table's rows, (2 gh - 1)(2 gw - 1) + 3: the base's grid when it fits, else square."""
+    key = ("rel_pos_bias." if rel_pos_bias == "shared" else "blocks.0.attn.") + "relative_position_bias_table"
+    if len(params[key].shape) != 2:
+        raise CheckpointError(f"{where}: {key} has shape {tuple(params[key].shape)}; expected [rows, heads]")
+    rows = int(params[key].shape[0])
+    if base is not None and base.patch_size == patch and base.num_relative_distance == rows:
+        return base.img_size
+    side = math.isqrt(max(rows - 3, 0))
+    if side * side == rows - 3 and side % 2 == 1:
+        return (side + 1) // 2 * patch
+    raise CheckpointError(f"{where}: {key} has {rows} rows, which is (2 g - 1)^2 + 3 for no square grid g; pass "
+                          f"arch= with the image size (a ViTConfig with img_size=(H, W))")
 
 
 def name_with_registers(name: str, count: int) -> str:

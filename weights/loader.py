@@ -29,6 +29,7 @@ from .files import read_safetensors, read_torch, sniff, torch_to_safetensors_hin
 from .labels import labels_from_synsets
 from .native import is_native, open_npz, read_native
 from .read_hf import is_hf_config, looks_like_hf, read_hf, read_json, read_preprocessor
+from .read_hf_beit import read_hf_beit
 from .read_jax import is_jax, read_jax
 from .read_siglip import looks_like_hf_siglip, read_hf_siglip
 from .read_timm import is_dino, read_dino, read_timm_state_dict, unwrap_state_dict, with_imagenet_labels
@@ -73,8 +74,12 @@ def _from_state_dict(raw: dict, where: str, arch, folder_cfg: dict | None, name:
         if folder_cfg is None or not is_hf_config(folder_cfg):
             raise CheckpointError(f"{where}: HF transformers weights; their config.json (which holds the number of "
                                   f"heads, the LayerNorm eps and the labels) must sit next to them: pass the folder")
-        config, params, sources = read_hf(raw, folder_cfg, where, read_preprocessor(os.path.dirname(where)),
-                                          name=name, arch=arch)
+        if folder_cfg.get("model_type") == "beit":  # BeitForImageClassification, BeitModel
+            config, params, sources = read_hf_beit(raw, folder_cfg, where, read_preprocessor(os.path.dirname(where)),
+                                                   name=name)
+        else:
+            config, params, sources = read_hf(raw, folder_cfg, where, read_preprocessor(os.path.dirname(where)),
+                                              name=name, arch=arch)
         check_params(config, params, where, sources)
         return config, params, sources, f"HF transformers {container}"
     if looks_like_hf_siglip(raw):  # SiglipVisionModel, or a whole SiglipModel whose image tower is read

@@ -16,6 +16,7 @@ import sys
 from numpy_vit.config import ViTConfig
 from numpy_vit.errors import ArgumentError
 from numpy_vit.model import ViT
+from numpy_vit.resample import resample_rel_pos_table
 
 from . import loader
 from .config_from_tensors import config_for_arch
@@ -92,7 +93,13 @@ def at_img_size(model: ViT, img_size) -> ViT:
     learned_at = model.config.pos_embed_grid or model.config.grid_size   # what the figures say it was resampled from
     config = model.config.replace(img_size=(height, width))
     config = config.replace(pos_embed_grid=None if config.grid_size == learned_at else learned_at)
-    params = dict(model.params, pos_embed=model.pos_embed_for(config.grid_size)[None])  # [1, N_pos, D]
+    params = dict(model.params)
+    if "pos_embed" in params:
+        params["pos_embed"] = model.pos_embed_for(config.grid_size)[None]  # [1, N_pos, D]
+    for name in params:  # BEiT's relative position bias tables, resampled as model.rel_pos_bias_for does
+        if name.endswith("relative_position_bias_table"):
+            params[name] = resample_rel_pos_table(params[name], model.config.grid_size, config.grid_size,
+                                                  model.config.rel_pos_resample)  # [T_new, H]
     return ViT(config, params, dtype=model.dtype)
 
 

@@ -153,7 +153,7 @@ def hf_params(raw: dict, where: str):
 
 
 def looks_like_hf(keys) -> bool:
-    return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
+    return any(k.startswith(("vit.embeddings.", "beit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
 
 
 def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=None):

@@ -11,6 +11,11 @@ timm-layout ViT without classifier (``vision_transformer.py`` there).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from numpy_vit.errors import CheckpointError
+from numpy_vit.layers import relative_position_index
+
 from .config_from_tensors import config_for_arch, infer_config
 from .labels import imagenet_labels
 from .mapping import apply_table, count_blocks, rule
@@ -18,15 +23,18 @@ from .mapping import apply_table, count_blocks, rule
 _PER_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
               "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
               "mlp.fc2.bias", "ls2.gamma",
-              # EVA-02 (timm/models/eva.py): q and v biases beside a bias-free qkv, or q, k, v projections apart;
-              # SwiGLU's gate and value projections and its sub-LayerNorm
+              # EVA-02 (timm/models/eva.py) and BEiT (timm/models/beit.py): q and v biases beside a bias-free qkv;
+              # EVA-02: or q, k, v projections apart, SwiGLU's gate and value projections and its sub-LayerNorm;
+              # BEiT: a relative position bias table, layer scale gamma_1 / gamma_2
               "attn.q_bias", "attn.v_bias", "attn.q_proj.weight", "attn.q_proj.bias", "attn.k_proj.weight",
               "attn.v_proj.weight", "attn.v_proj.bias", "mlp.fc1_g.weight", "mlp.fc1_g.bias", "mlp.fc1_x.weight",
-              "mlp.fc1_x.bias", "mlp.norm.weight", "mlp.norm.bias"]
+              "mlp.fc1_x.bias", "mlp.norm.weight", "mlp.norm.bias",
+              "attn.relative_position_bias_table", "gamma_1", "gamma_2"]
 TIMM_KEYS = (["cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
              + ["blocks.{i}." + k for k in _PER_BLOCK]
              + ["norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias", "pre_logits.fc.weight",
-                "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"]
+                "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias",
+                "rel_pos_bias.relative_position_bias_table"]  # BEiT's shared table
              + ["attn_pool." + k for k in ("latent", "q.weight", "q.bias", "kv.weight", "kv.bias", "proj.weight",
                                            "proj.bias", "norm.weight", "norm.bias", "mlp.fc1.weight", "mlp.fc1.bias",
                                            "mlp.fc2.weight", "mlp.fc2.bias")])  # SigLIP's attention pooling
@@ -56,12 +64,35 @@ def is_dino(obj) -> bool:
 # EVA-02's rotary tables (``rope.*``; older checkpoints keep them as buffers) are a function of the config and the
 # grid, recomputed for every input (numpy_vit.layers.rope_tables): ignored here, as timm's checkpoint_filter_fn does
 TIMM_IGNORED = (r"^rope\.", r"^blocks\.\d+\.attn\.k_bias$")  # k_bias: a constant zero buffer, never a weight
+# BEiT's relative_position_index: a buffer (rebuilt from the grid, not a parameter) that some files hold
+REL_POS_INDEX = r"(^|\.)relative_position_index$"
 
 
 def timm_params(state_dict: dict, where: str):
-    """(params, sources) from a timm state dict, every key accounted for."""
+    """(params, sources) from a timm state dict, every key accounted for (a BEiT index buffer is checked later,
+    ``check_rel_pos_index``, once the grid is known)."""
     depth = count_blocks(state_dict, BLOCK_INDEX, where)
-    return apply_table(state_dict, TIMM_TABLE, depth, where, ignore=TIMM_IGNORED)
+    return apply_table(state_dict, TIMM_TABLE, depth, where, ignore=TIMM_IGNORED + (REL_POS_INDEX,))
+
+
+def check_rel_pos_index(state_dict: dict, config, where: str):
+    """A BEiT file may hold each table's ``relative_position_index`` (older timm and BEiT's own code saved it).
+    numpy_vit rebuilds it from the grid (``numpy_vit.layers.relative_position_index``); one that differs would
+    mean the file's tables are laid out otherwise, so it is refused, naming the key."""
+    import re
+    expected = None
+    for key, value in state_dict.items():
+        if not re.search(REL_POS_INDEX, key):
+            continue
+        if not config.rel_pos_bias:
+            raise CheckpointError(f"{where}: {key} belongs to a relative position bias, which this model has not")
+        if expected is None:
+            expected = relative_position_index(config.grid_size)  # [N, N]
+        found = np.asarray(value)
+        if found.shape != expected.shape or not np.array_equal(found, expected):
+            raise CheckpointError(f"{where}: {key} (shape {found.shape}) is not the relative position index of a "
+                                  f"{config.grid_size[0]}x{config.grid_size[1]} grid with a class token (shape "
+                                  f"{expected.shape}) that numpy_vit rebuilds; the tables are laid out otherwise")
 
 
 def with_imagenet_labels(config):
@@ -77,6 +108,7 @@ def read_timm_state_dict(state_dict: dict, where: str, arch=None, base=None):
     if base is None and arch is not None:
         base = config_for_arch(arch)
     config = infer_config(params, where, base=base)
+    check_rel_pos_index(state_dict, config, where)
     return with_imagenet_labels(config), params, sources
 
 
