@@ -478,9 +478,10 @@ def trace_layers(trace) -> list:
 def attention_sinks(trace, threshold: float | None = None, image: int = 0) -> list:
     """Every (layer, head, key) whose received share exceeds ``threshold``: a list of :class:`Sink`, largest first.
 
-    ``trace``: a Trace that recorded ``blocks.*.attn.pattern``. ``threshold``: a share in (0, 1); default
-    ``SINK_FACTOR / N``, ten times the uniform share (see SINK_FACTOR for why). Prefix tokens are named
-    (cls, dist, reg0...), patches given with their grid position.
+    ``trace``: a Trace that recorded ``blocks.*.attn.pattern``. ``threshold``: a share in (0, 1]; default
+    ``SINK_FACTOR / N``, ten times the uniform share (see SINK_FACTOR for why), or 1 where N <= 10 tokens make
+    that more than all of a query's attention: then no key can be a sink and the list is empty. Prefix tokens
+    are named (cls, dist, reg0...), patches given with their grid position.
     """
     return find_sinks(trace_layers(trace), trace.grid, tuple(trace.prefix_names), threshold, image)
 
@@ -491,9 +492,9 @@ def find_sinks(layers, grid, prefix_names, threshold: float | None = None, image
     names = tuple(prefix_names)
     _check_tokens(num_tokens, grid, len(names), "attention")
     if threshold is None:
-        threshold = SINK_FACTOR / num_tokens
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 < threshold < 1:
-        raise ArgumentError(f"threshold must be a share of attention in (0, 1), got {threshold!r}")
+        threshold = min(1.0, SINK_FACTOR / num_tokens)  # 10 tokens or fewer: no key can take 10x its share
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0 < threshold <= 1:
+        raise ArgumentError(f"threshold must be a share of attention in (0, 1], got {threshold!r}")
     sinks = []
     for layer, a in enumerate(layers):
         received = received_attention(a, image)                              # [H, N]
@@ -536,8 +537,9 @@ def token_norms(trace, factor: float = NORM_FACTOR, image: int = 0) -> TokenNorm
 
 
 def majority_sink_threshold(num_tokens: int) -> float:
-    """The figures' sink threshold: SINK_SHARE, or SINK_FACTOR / N where fewer than 20 tokens make that larger."""
-    return max(SINK_SHARE, SINK_FACTOR / num_tokens)
+    """The figures' sink threshold: SINK_SHARE, or SINK_FACTOR / N where fewer than 20 tokens make that larger
+    (at most 1: with 10 tokens or fewer no key can hold ten times its uniform share, and none is a sink)."""
+    return min(1.0, max(SINK_SHARE, SINK_FACTOR / num_tokens))
 
 
 def dominating_sinks(row, sinks, grid, num_prefix_tokens: int, factor: float = SINK_FACTOR) -> list:

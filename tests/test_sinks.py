@@ -37,6 +37,18 @@ def test_the_sink_is_found_and_named(sink_trace):
         analysis.attention_sinks(sink_trace, threshold=2.0)
 
 
+def test_a_model_of_ten_tokens_or_fewer_has_no_sinks_and_its_figures_draw(tmp_path):
+    """At N <= 10 tokens ten times the uniform share is all of a row's attention or more: no key can pass it,
+    so the default threshold is 1 (none found) instead of an impossible share that stopped the figures."""
+    model = ViT(img_size=48, patch_size=16, embed_dim=16, depth=2, num_heads=2, num_classes=3)   # 1 + 3 x 3 tokens
+    trace = model.run(np.zeros((48, 48, 3), np.uint8))
+    assert analysis.attention_sinks(trace) == []
+    assert analysis.majority_sink_threshold(10) == 1.0
+    for name in ("attention_rollout", "attention_budget"):
+        make_figure(name, trace, save_path=str(tmp_path / f"{name}.png"))
+        assert (tmp_path / f"{name}.png").is_file()
+
+
 def test_token_norms_flag_the_high_norm_patch(sink_trace):
     norms = analysis.token_norms(sink_trace)
     assert norms.norms.shape == (4, 197)
