@@ -33,7 +33,7 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
             value = np.full(shape, config.init_values)
         elif name.endswith(".bias"):
             value = np.zeros(shape)
-        elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
+        elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "norm_pre.weight")):  # LayerNorm gains
             value = np.ones(shape)
         else:
             value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * 0.02  # clipped at 2 std, like trunc_normal_
@@ -175,6 +175,8 @@ class ViT:
             x = np.concatenate([prefix, tokens + pos], axis=1)  # [B, N, D]
         else:  # original ViT: the class token has a position entry too; concatenate, then add
             x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
+        if c.norm_pre:  # CLIP (Radford et al. 2021): a LayerNorm on the embedded tokens before the first block
+            x = trace.add("norm_pre", ops.layer_norm(x, **weights["norm_pre"], eps=c.layer_norm_eps))  # [B, N, D]
 
         # eqs. 2-3, block after block: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
         blocks = [weights["blocks"][str(i)] for i in range(c.depth)]
@@ -233,6 +235,11 @@ class ViT:
                                               gelu_approximate=c.gelu, record=grads.recorder("blocks"))  # [B, N, D]
         params["blocks"] = {str(i): block for i, block in enumerate(block_grads)}
 
+        if c.norm_pre:  # CLIP's LayerNorm before the blocks, its input (the embedded tokens) recomputed
+            grads.add("norm_pre", d)
+            d, params["norm_pre"] = layers.layer_norm_backward(d, self._embedded_tokens(trace), **weights["norm_pre"],
+                                                               eps=c.layer_norm_eps)  # [B, N, D]
+
         # eq. 1 in reverse: to the tokens, the position embedding, the patch projection and the pixels
         self._embedding_backward(d, trace, grads, params)
 
@@ -274,6 +281,14 @@ class ViT:
             grads.add("norm", d)
             d, params["norm"] = layers.layer_norm_backward(d, last, **weights["norm"], eps=c.layer_norm_eps)
         return d
+
+    def _embedded_tokens(self, trace):  # -> [B, N, D]
+        """Eq. 1 again from the trace's patch_embed and pos_embed: z_0, the input of CLIP's ``norm_pre``."""
+        c, tokens = self.config, trace["patch_embed"]  # [B, P, D]
+        prefix = np.broadcast_to(self.prefix_tokens(), (tokens.shape[0], c.num_prefix_tokens, c.embed_dim))
+        if c.no_embed_class:
+            return np.concatenate([prefix, tokens + trace["pos_embed"]], axis=1)  # [B, N, D]
+        return np.concatenate([prefix, tokens], axis=1) + trace["pos_embed"]  # [B, N, D]
 
     def _embedding_backward(self, d, trace, grads, params):  # d [B, N, D], the first block's input gradient
         """Eq. 1 in reverse, z_0 = [prefix; x_p E] + E_pos: the prefix tokens, the position embedding (back
