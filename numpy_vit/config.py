@@ -557,7 +557,8 @@ def param_shapes(config: ViTConfig) -> dict:
         shapes["reg_token"] = (1, config.num_reg_tokens, D)
     shapes["pos_embed"] = (1, config.num_pos_embed, D)
     shapes["patch_embed.proj.weight"] = (D, C, p, p)
-    shapes["patch_embed.proj.bias"] = (D,)
+    if not config.norm_pre:  # CLIP's patch projection has no bias (OpenAI's conv1; timm: bias=not pre_norm)
+        shapes["patch_embed.proj.bias"] = (D,)
     if config.norm_pre:
         shapes["norm_pre.weight"] = shapes["norm_pre.bias"] = (D,)
     for i in range(config.depth):

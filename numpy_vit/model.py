@@ -167,7 +167,7 @@ class ViT:
         # eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
         patches = trace.add("patches", ops.patchify(x, c.patch_size))  # [B, P, C*p*p]
         proj = weights["patch_embed"]["proj"]
-        tokens = ops.linear(patches, proj["weight"].reshape(c.embed_dim, -1), proj["bias"])  # [B, P, D]
+        tokens = ops.linear(patches, proj["weight"].reshape(c.embed_dim, -1), proj.get("bias"))  # [B, P, D]
         trace.add("patch_embed", tokens)
         pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
         prefix = np.broadcast_to(self.prefix_tokens(), (B, c.num_prefix_tokens, c.embed_dim))  # [B, prefix, D]
@@ -302,7 +302,7 @@ class ViT:
                                                           0 if c.no_embed_class else c.num_prefix_tokens,
                                                           c.pos_embed_resample)[None]  # [1, N_pos of the table, D]
         d_patches, proj_grads = layers.linear_backward(d_tokens, trace["patches"], proj["weight"].reshape(D, -1),
-                                                       proj["bias"])  # [B, P, D] -> [B, P, C*p*p]
+                                                       proj.get("bias"))  # [B, P, D] -> [B, P, C*p*p]
         proj_grads["weight"] = proj_grads["weight"].reshape(proj["weight"].shape)  # [D, C*p*p] -> [D, C, p, p]
         params["patch_embed"] = {"proj": proj_grads}
         grads.add("patches", d_patches)

@@ -157,7 +157,7 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
         img_size=img_size, no_embed_class=no_embed_class, class_token=class_token, distilled=distilled,
         num_reg_tokens=num_reg_tokens, qkv_bias="blocks.0.attn.qkv.bias" in params or depth == 0,
         init_values=layer_scale if "blocks.0.ls1.gamma" in params else None,
-        fc_norm=fc_norm, global_pool=global_pool,
+        fc_norm=fc_norm, global_pool=global_pool, norm_pre="norm_pre.weight" in params,
         representation_size=int(get("pre_logits.fc.weight").shape[0]) if "pre_logits.fc.weight" in params else None,
         num_classes=int(get("head.weight").shape[0]) if "head.weight" in params else 0,
     )

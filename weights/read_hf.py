@@ -22,6 +22,8 @@ from numpy_vit.errors import CheckpointError, ConfigError
 
 from .config_from_tensors import infer_config
 from .mapping import apply_table, count_blocks, rule
+from .read_hf_clip import CLIP_MODEL_TYPES, looks_like_clip, read_hf_clip
+from .read_hf_dinov2 import DINOV2_MODEL_TYPES, read_hf_dinov2
 
 
 def stack_qkv(q, k, v):
@@ -103,8 +105,10 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
     and ``interpolate_pos_encoding`` resamples with torch's plain bicubic.
     """
     if cfg.get("model_type", "vit") != "vit":
-        raise CheckpointError(f"{where}: model_type {cfg['model_type']!r} is not supported; this reader knows "
-                              f"HF 'vit' (ViTModel, ViTForImageClassification)")
+        raise CheckpointError(f"{where}: model_type {cfg['model_type']!r} is not supported; the HF readers know "
+                              f"'vit' (ViTModel, ViTForImageClassification), {', '.join(map(repr, CLIP_MODEL_TYPES))} "
+                              f"(CLIPVisionModel[WithProjection], CLIPModel's image tower) and "
+                              f"{', '.join(map(repr, DINOV2_MODEL_TYPES))} (Dinov2Model, Dinov2WithRegistersModel)")
     act = cfg.get("hidden_act", "gelu")
     if not isinstance(act, str) or act not in _GELU:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
@@ -153,19 +157,33 @@ def hf_params(raw: dict, where: str):
 
 
 def looks_like_hf(keys) -> bool:
-    return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
+    return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.", "dinov2.embeddings.")) for k in keys) \
+        or looks_like_clip(keys)
 
 
 def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=None):
-    """(config, params, sources) of an HF ViT: the config from config.json, checked against the shapes."""
-    params, sources = hf_params(raw, where)
-    base = config_from_hf(cfg, where, preprocessor, name=name)
+    """(config, params, sources) of an HF ViT, CLIP image tower or DINOv2 (by config.json's model_type): the
+    config from config.json, checked against the shapes."""
+    model_type = cfg.get("model_type", "vit")
+    if model_type in CLIP_MODEL_TYPES:
+        config, params, sources = read_hf_clip(raw, cfg, where, preprocessor, name=name)
+    elif model_type in DINOV2_MODEL_TYPES:
+        config, params, sources = read_hf_dinov2(raw, cfg, where, preprocessor, name=name)
+    else:
+        config, params, sources = _read_hf_vit(raw, cfg, where, preprocessor, name=name)
     if arch is not None:
         from .config_from_tensors import config_for_arch
         given = config_for_arch(arch)
-        if given.num_heads != base.num_heads:
-            raise CheckpointError(f"{where}: config.json says {base.num_heads} heads, arch={arch!r} says "
+        if given.num_heads != config.num_heads:
+            raise CheckpointError(f"{where}: config.json says {config.num_heads} heads, arch={arch!r} says "
                                   f"{given.num_heads}")
+    return config, params, sources
+
+
+def _read_hf_vit(raw: dict, cfg: dict, where: str, preprocessor=None, name=""):
+    """(config, params, sources) of an HF ViTModel / ViTForImageClassification."""
+    params, sources = hf_params(raw, where)
+    base = config_from_hf(cfg, where, preprocessor, name=name)
     config = infer_config(params, where, base=base)
     if config.num_classes != base.num_classes:  # id2label describes another head (or HF's 2 default labels)
         config = config.replace(labels=())
