@@ -67,7 +67,15 @@ CLIP_IGNORED = (r"^text_model\.", r"^text_projection\.", r"^logit_scale$", r"pos
 
 
 def looks_like_clip(keys) -> bool:
-    return any(k.startswith("vision_model.embeddings.") for k in keys)
+    return any(k.startswith(("vision_model.embeddings.", "embeddings.class_embedding")) for k in keys)
+
+
+def with_vision_model_prefix(raw: dict) -> dict:
+    """transformers 5 saves a CLIPVisionModel's tower without the ``vision_model.`` prefix that every CLIP file on
+    the hub has (and a CLIPModel keeps): put it back, so that one table reads both."""
+    if any(k.startswith("vision_model.") for k in raw):
+        return raw
+    return {k if k.startswith("visual_projection.") else "vision_model." + k: v for k, v in raw.items()}
 
 
 def vision_config(cfg: dict, where: str) -> dict:
@@ -117,6 +125,7 @@ def config_from_hf_clip(cfg: dict, where: str, preprocessor: dict | None = None,
 def read_hf_clip(raw: dict, cfg: dict, where: str, preprocessor=None, name=""):
     """(config, params, sources) of an HF CLIP image tower; num_classes is the projection's width, or 0 for a
     CLIPVisionModel (no projection: the model ends with the pooled, post-LayerNorm class token)."""
+    raw = with_vision_model_prefix(raw)
     depth = count_blocks(raw, r"^vision_model\.encoder\.layers\.(\d+)\.", where)
     params, sources = apply_table(raw, CLIP_TABLE, depth, where, CLIP_IGNORED)
     base = config_from_hf_clip(cfg, where, preprocessor, name=name)

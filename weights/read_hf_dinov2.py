@@ -5,8 +5,11 @@ Key names follow ``transformers/models/dinov2/modeling_dinov2.py``: timm's ViT w
 (``encoder.layer.N.attention.attention.{query,key,value}``, ``attention.output.dense``), ``norm1`` / ``norm2``,
 ``mlp.fc1`` / ``fc2`` and layer scale as ``layer_scale1.lambda1`` (timm's ``ls1.gamma``); ``layernorm`` is the
 final norm, and the pooled output is its class token. With registers, HF keeps the class token's position in
-the table and inserts the registers after it without one; timm's layout (no_embed_class) gives no prefix token a
-position, so the class token's position is added to the class token once, here: cls + pos[0] is what both add.
+the table and inserts the registers after it without one: read here as a table with a position row for every
+prefix token (no_embed_class=False), the registers' rows zero. (timm's own conversion instead adds the class
+token's position to the class token and drops it from the table; one float32 rounding of that sum would keep a
+float64 run from agreeing with HF to 1e-10, so the stored values are kept as they are.) HF resamples the table
+with plain bicubic, except the register model, which uses antialias (as timm does).
 """
 from __future__ import annotations
 
@@ -29,12 +32,11 @@ def _stack_qkv(q, k, v):  # [D, D] (or [D]) x 3 -> [3D, D] (or [3D]), rows q | k
     return np.concatenate([q, k, v], axis=0)
 
 
-def _cls_with_its_position(cls, pos):  # [1, 1, D], [1, 1 + P, D] -> [1, 1, D]
-    return need_rank(cls, 3, "[1, 1, D]") + need_rank(pos, 3, "[1, N, D]")[:, :1]
-
-
-def _patch_positions(pos):  # [1, 1 + P, D] -> [1, P, D]
-    return need_rank(pos, 3, "[1, N, D]")[:, 1:]
+def _positions_with_registers(pos, registers):  # [1, 1 + P, D], [1, R, D] -> [1, 1 + R + P, D]
+    """HF's table with a zero row for each register after the class token's: in timm's layout (a position row
+    for every prefix token) this adds nothing to the registers, as HF does, and keeps every value as stored."""
+    pos, registers = need_rank(pos, 3, "[1, N, D]"), need_rank(registers, 3, "[1, R, D]")
+    return np.concatenate([pos[:, :1], np.zeros_like(registers), pos[:, 1:]], axis=1)
 
 
 _LAYER = "encoder.layer.{i}."
@@ -53,8 +55,8 @@ _BLOCKS = [
 ]
 DINOV2_TABLE = [rule("embeddings.cls_token", "cls_token"), rule("embeddings.position_embeddings", "pos_embed")] + _BLOCKS
 DINOV2_REGISTERS_TABLE = [
-    rule(["embeddings.cls_token", "embeddings.position_embeddings"], "cls_token", _cls_with_its_position),
-    rule("embeddings.position_embeddings", "pos_embed", _patch_positions),
+    rule("embeddings.cls_token", "cls_token"),
+    rule(["embeddings.position_embeddings", "embeddings.register_tokens"], "pos_embed", _positions_with_registers),
     rule("embeddings.register_tokens", "reg_token"),
 ] + _BLOCKS
 DINOV2_IGNORED = (r"^embeddings\.mask_token$",)  # only used by masked-image pre-training
@@ -85,7 +87,8 @@ def config_from_hf_dinov2(cfg: dict, where: str, preprocessor: dict | None = Non
                   in_chans=_positive(cfg, "num_channels", 3, where), qkv_bias=cfg.get("qkv_bias", True),
                   init_values=_positive(cfg, "layerscale_value", 1.0, where, kind=float),
                   num_reg_tokens=_positive(cfg, "num_register_tokens", 4, where) if registers else 0,
-                  no_embed_class=registers, pos_embed_resample="bicubic_hf", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  pos_embed_resample="bicubic_antialias" if registers else "bicubic_hf", mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD,
                   crop_pct=224 / 256, interpolation="bicubic", num_classes=0, name=name)
     if preprocessor:
         fields["mean"] = preprocessor.get("image_mean", fields["mean"])
