@@ -77,7 +77,8 @@ def draw_cls_evolution(fig, trace, image_index=0):
     ax_norm.set_xticks(steps, point_labels)
     ax_norm.set_ylim(bottom=0)
     ax_norm.legend(loc="best")
-    fig.suptitle(f"How the {name} is built up, layer by layer, in the residual stream{why}")
+    fig.suptitle(f"How the {name} is built up, layer by layer, in the residual stream"
+                 + (f"\n{why.strip()}" if why else ""))
     embedded = ("the embedded input (patch or CLS embedding + position) after the LayerNorm before the blocks "
                 "(norm_pre)" if trace.config.norm_pre else "the embedded input (patch or CLS embedding + position)")
     footnote(fig, f"Residual stream before the final LayerNorm: 'in' is {embedded}, k the output of layer k (layers numbered 0..{depth - 1}); PCA fitted on "
