@@ -208,3 +208,49 @@ def test_hf_dinov2_non_square_input(tmp_path, registers):
     reference = _hf_reference(hf, x, 2, {"pooled": "pooler_output"})
     compare_traces(trace, reference, np.float32, _label("HF", model_class.__name__, dict(depth=2), True, " @ 56x42"),
                    2)
+
+
+# --- timm's names ------------------------------------------------------------------------------------------------
+
+def _family_names():
+    """Every pretrained timm name of the CLIP towers and of the average-pooled plain ViTs numpy_vit reads."""
+    names = [n for n in timm.list_pretrained() if n.startswith("vit_") and
+             ("_clip_" in n or ("_gap_" in n and "siglip" not in n and "_rope_" not in n))]
+    refused = ("vit_dwee_", "vit_dlittle_", "vit_pwee_", "vit_dpwee_")   # other attention or blocks: refused by name
+    return [n for n in names if not n.startswith(refused)]
+
+
+def test_every_pretrained_name_gives_timms_preprocessing_and_head():
+    """All of timm's pretrained CLIP and gap names (tag included): head width, crop, mean, std and input size as
+    in its pretrained_cfg (no model built)."""
+    names = _family_names()
+    assert len(names) > 100
+    for name in names:
+        cfg = timm.models.get_pretrained_cfg(name)
+        config = nv.ViTConfig.preset(name)
+        assert config.num_classes == cfg.num_classes, name
+        assert config.crop_pct == pytest.approx(cfg.crop_pct), name
+        assert config.img_size == tuple(cfg.input_size[1:]), name
+        np.testing.assert_allclose(config.mean, cfg.mean, rtol=0, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(config.std, cfg.std, rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_every_architecture_is_timms():
+    """Each architecture of those names built by timm on the meta device (shapes only, no memory): width, depth,
+    heads, MLP width, prefix tokens, position rows, pooling, norms, biases, layer scale, eps and activation."""
+    for base in sorted({n.split(".")[0] for n in _family_names()}):
+        with torch.device("meta"):
+            m = timm.create_model(base, pretrained=False)
+        c = nv.ViTConfig.preset(base)
+        theirs = (m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads, m.patch_embed.patch_size[0],
+                  tuple(m.patch_embed.img_size), m.blocks[0].mlp.fc1.out_features, m.num_prefix_tokens,
+                  m.pos_embed.shape[1], m.cls_token is not None, m.global_pool,
+                  not isinstance(m.fc_norm, torch.nn.Identity), not isinstance(m.norm_pre, torch.nn.Identity),
+                  m.patch_embed.proj.bias is not None, m.blocks[0].attn.qkv.bias is not None,
+                  not isinstance(m.blocks[0].ls1, torch.nn.Identity), m.blocks[0].norm1.eps,
+                  type(m.blocks[0].mlp.act).__name__)
+        ours = (c.embed_dim, c.depth, c.num_heads, c.patch_size, c.img_size, c.mlp_dim, c.num_prefix_tokens,
+                c.num_pos_embed, c.class_token, c.global_pool, c.use_fc_norm, c.norm_pre,
+                "patch_embed.proj.bias" in nv.param_shapes(c), c.qkv_bias, c.init_values is not None,
+                c.layer_norm_eps, {"erf": "GELU", "quick": "QuickGELU"}[c.gelu])
+        assert ours == theirs, base
