@@ -12,7 +12,6 @@ Linear layers; timm stacks them into one ``qkv`` (rows q | k | v).
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
@@ -21,6 +20,7 @@ from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
 from numpy_vit.errors import CheckpointError, ConfigError
 
 from .config_from_tensors import infer_config
+from .hf_fields import _is_int, _pair, _positive  # noqa: F401 (the fields of every HF config.json reader)
 from .mapping import apply_table, count_blocks, rule
 from .read_hf_clip import CLIP_MODEL_TYPES, looks_like_clip, read_hf_clip
 from .read_hf_dinov2 import DINOV2_MODEL_TYPES, read_hf_dinov2
@@ -72,29 +72,6 @@ _PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 def is_hf_config(cfg: dict) -> bool:
     return "model_type" in cfg or "hidden_size" in cfg
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _pair(value, name, where):
-    if _is_int(value):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
-        return tuple(value)
-    raise CheckpointError(f"{where}: {name}={value!r} is neither an int nor a pair of ints")
-
-
-def _positive(cfg: dict, key: str, default, where: str, kind=int):
-    """``cfg[key]`` (or ``default``) as a positive int (or, with ``kind=float``, a finite number), else an error
-    naming the field: config.json is user input and ``int("vit")`` deep inside would say nothing useful."""
-    value = cfg.get(key, default)
-    ok = _is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
-    if not ok or value <= 0:
-        raise CheckpointError(f"{where}: config.json field {key!r} must be a positive "
-                              f"{'number' if kind is float else 'integer'}, got {value!r}")
-    return kind(value)
 
 
 def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name: str = "") -> ViTConfig:

@@ -17,6 +17,7 @@ from numpy_vit.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ViTConfig
 from numpy_vit.errors import CheckpointError, ConfigError
 
 from .config_from_tensors import infer_config
+from .hf_fields import _pair, _positive
 from .mapping import apply_table, count_blocks, need_rank, rule
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -92,7 +93,6 @@ def config_from_hf_clip(cfg: dict, where: str, preprocessor: dict | None = None,
     """A ViTConfig from an HF CLIP config.json: norm_pre, the class token read by the head, HF's plain bicubic
     position resampling, and CLIPImageProcessor's preprocessing (bicubic resize of the short side, centre crop,
     OpenAI's mean / std) unless preprocessor_config.json says otherwise."""
-    from .read_hf import _pair, _positive
     vision = vision_config(cfg, where)
     act = vision.get("hidden_act")
     if not isinstance(act, str) or act not in _ACT:

@@ -19,6 +19,7 @@ from numpy_vit.config import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from numpy_vit.errors import CheckpointError, ConfigError
 
 from .config_from_tensors import infer_config
+from .hf_fields import _pair, _positive
 from .mapping import apply_table, count_blocks, need_rank, rule
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -65,7 +66,6 @@ DINOV2_IGNORED = (r"^embeddings\.mask_token$",)  # only used by masked-image pre
 def config_from_hf_dinov2(cfg: dict, where: str, preprocessor: dict | None = None, name: str = "") -> ViTConfig:
     """A ViTConfig from an HF DINOv2 config.json: layer scale, no head (the pooled class token is the output),
     HF's plain bicubic position resampling, BitImageProcessor's ImageNet mean / std, resize 256 + crop 224."""
-    from .read_hf import _pair, _positive
     if cfg.get("use_swiglu_ffn"):
         raise CheckpointError(f"{where}: use_swiglu_ffn=True (DINOv2 giant) uses a SwiGLU MLP, which this reader does "
                               f"not model")
