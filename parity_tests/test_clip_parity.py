@@ -254,3 +254,42 @@ def test_every_architecture_is_timms():
                 "patch_embed.proj.bias" in nv.param_shapes(c), c.qkv_bias, c.init_values is not None,
                 c.layer_norm_eps, {"erf": "GELU", "quick": "QuickGELU"}[c.gelu])
         assert ours == theirs, base
+
+
+# --- gradients: model.backward against torch autograd ---------------------------------------------------------
+
+GRADIENT_MODELS = {  # label: (timm name, overrides), attention made peaky as in test_backward_parity.py
+    "CLIP quick GELU, norm_pre": ("vit_base_patch16_clip_quickgelu_224", dict(SMALL, embed_dim=48, depth=2)),
+    "gap: no class token, norm before the mean": ("vit_base_patch16_gap_224", dict(SMALL, embed_dim=48, depth=2)),
+    "gap: 4 registers, fc_norm, layer scale": ("vit_medium_patch16_reg4_gap_256", dict(SMALL, embed_dim=48, depth=2)),
+}
+
+
+@pytest.mark.parametrize("label", list(GRADIENT_MODELS))
+def test_gradients_match_torch_autograd(label):
+    """Every parameter's and every traced array's gradient (norm_pre's included), with the limits and the
+    method of parity_tests/test_backward_parity.py: float64 within 1e-10 of each array's scale, float32 within
+    twice torch's own float32 error (root-mean-square) and 4 times its largest."""
+    from test_backward_parity import (_with_params, assert_peaky, check_values, compare, ours, timm_hooks,
+                                      timm_pair, torch_gradients)
+
+    name, overrides = GRADIENT_MODELS[label]
+    tm32, tm64, ours32, ours64 = timm_pair(name, **overrides)
+
+    def hooks(tm, kept):
+        timm_hooks(tm, kept)
+        if not isinstance(tm.norm_pre, torch.nn.Identity):
+            kept.output(tm.norm_pre, "norm_pre")
+
+    x32 = random_batch(ours32.config, batch=2, seed=3)
+    x64 = x32.astype(np.float64)
+    trace64, g64 = ours(ours64, x64, [3, 7])
+    _, g32 = ours(ours32, x32, [3, 7])
+    assert_peaky(label, trace64)
+    runs = {}
+    for dtype, tm, x in ((np.float32, tm32, x32), (np.float64, tm64, x64)):
+        values, grads, params = torch_gradients(tm, x, [3, 7], hooks, ours32.config.num_classes)
+        runs[dtype] = _with_params(grads, params)
+        if dtype == np.float64:
+            check_values(label, trace64, values, dtype)
+    compare(f"timm {label}", g32, g64, runs[np.float32], runs[np.float64])
