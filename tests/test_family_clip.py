@@ -347,3 +347,13 @@ def test_demo_on_a_clip_model(family_models, tmp_path):
                        echo=lambda *a: None, dpi=30)
     assert all(os.path.isfile(path) for path in written) and len(written) >= 8
     assert os.path.isfile(tmp_path / "explorer.html")
+
+
+def test_explorer_opens_on_the_summary_query():
+    """The explorer page's metadata names the query it opens on: CLS, or the patch mean without a class token."""
+    from numpy_vit.viz.explorer import describe
+    for name, expected in (("vit_base_patch16_gap_224", "mean"), ("vit_base_patch16_clip_quickgelu_224", "cls")):
+        model = ViT(ViTConfig.preset(name, **TINY), seed=14)
+        meta = describe(model.forward(np.zeros((1, 3, 32, 32), np.float32)))
+        assert meta["summary_query"] == expected
+        assert ("no class token" in meta["summary_label"]) == (expected == "mean")
