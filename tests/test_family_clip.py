@@ -357,3 +357,33 @@ def test_explorer_opens_on_the_summary_query():
         meta = describe(model.forward(np.zeros((1, 3, 32, 32), np.float32)))
         assert meta["summary_query"] == expected
         assert ("no class token" in meta["summary_label"]) == (expected == "mean")
+
+
+def test_explorer_page_of_a_gap_model_opens_on_the_patch_mean(tmp_path):
+    """In headless Chromium (skipped as tests/test_explorer_browser.py skips without it): the page of a model
+    without a class token opens on the mean over the patch queries, says so, and raises no script error."""
+    from test_explorer_browser import CHROMIUM, IN_CI, _missing
+    from numpy_vit.viz import explorer
+
+    missing = _missing()
+    if missing:
+        if IN_CI:
+            pytest.fail(f"the browser tests must run in CI: {missing}")
+        pytest.skip(f"browser tests skipped on this machine: {missing}")
+    from playwright.sync_api import sync_playwright
+
+    model = ViT(ViTConfig.preset("vit_base_patch16_gap_224", **TINY), seed=15)
+    trace = model.forward(np.random.default_rng(16).standard_normal((1, 3, 32, 32)).astype(np.float32))
+    path = explorer.explore(trace).save(tmp_path / "explorer.html")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        page = chromium.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"file://{path}")
+        page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        query = page.evaluate("document.body.dataset.query")
+        label = page.locator("#nv-query-label").text_content()
+        chromium.close()
+    assert not errors and query == "mean"
+    assert "this model has no class token" in label
