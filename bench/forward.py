@@ -3,8 +3,10 @@
     python bench/forward.py                  # batch 1 and 8, 5 interleaved rounds, torch's default threads
     python bench/forward.py --batch 1 --rounds 9 --threads 1
     python bench/forward.py --threads 1 --speedups   # numpy_vit.fast's functions on one thread too
+    python bench/forward.py --arch vit_base_patch16_clip_224   # any timm name numpy_vit reads (CLIP, gap, ...)
 
-ViT-B/16 at 224 (``vit_base_patch16_224``) with the same random weights in both. Each round times, in a
+ViT-B/16 at 224 (``vit_base_patch16_224``, or ``--arch``'s architecture at its own resolution) with the same
+random weights in both. Each round times, in a
 rotating order so that a busy neighbour process hurts every contender alike:
   numpy_vit keeping the attention patterns and the logits (``record=["blocks.*.attn.pattern", "logits"]``),
   numpy_vit keeping every intermediate (``record=None``, the default),
@@ -36,28 +38,35 @@ sys.path.insert(0, str(ROOT))
 
 import numpy_vit as nv  # noqa: E402
 
-ARCH = "vit_base_patch16_224"
-PATTERNS_AND_LOGITS = ["blocks.*.attn.pattern", "logits"]
+ARCH = "vit_base_patch16_224"  # the default of --arch
+PATTERNS_AND_LOGITS = ["blocks.*.attn.pattern", "logits", "pooled"]  # "pooled": the output of a model without head
 
 
 # --- the contenders -----------------------------------------------------------------------------------
 
 def make_models(torch, timm, arch=ARCH):
-    """timm's model twice (fused and non-fused attention) and numpy_vit's, all with one set of random weights."""
+    """timm's model of ``arch`` twice (fused and non-fused attention) and numpy_vit's, all with one set of random
+    weights. numpy_vit's config is ``ViTConfig.preset(arch)`` with timm's head width (timm gives an untagged
+    name its default tag's head, e.g. a CLIP projection)."""
     import timm.layers
 
     torch.manual_seed(0)
     fused = timm.create_model(arch, pretrained=False).eval()
-    with torch.no_grad():  # timm zero-initialises the head; random values make the logits comparable
-        fused.head.weight.normal_(0, 0.02)
-        fused.head.bias.normal_(0, 0.1)
+    head = fused.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        with torch.no_grad():  # timm zero-initialises the head; random values make the logits comparable
+            head.weight.normal_(0, 0.02)
+            if head.bias is not None:
+                head.bias.normal_(0, 0.1)
     timm.layers.set_fused_attn(False)
     unfused = timm.create_model(arch, pretrained=False).eval()
     unfused.load_state_dict(fused.state_dict())
     timm.layers.set_fused_attn(True)
     assert fused.blocks[0].attn.fused_attn and not unfused.blocks[0].attn.fused_attn
-    params = {k: v.detach().numpy() for k, v in fused.state_dict().items()}  # our names are timm's
-    return fused, unfused, nv.ViT(nv.ViTConfig.preset(arch), params)
+    config = nv.ViTConfig.preset(arch, num_classes=fused.num_classes)
+    names = nv.param_shapes(config)
+    params = {k: v.detach().numpy() for k, v in fused.state_dict().items() if k in names}  # our names are timm's
+    return fused, unfused, nv.ViT(config, params)
 
 
 def contenders(model, fused, unfused, x, torch):
@@ -80,7 +89,8 @@ def contenders(model, fused, unfused, x, torch):
 
 def check_same_numbers(runs):
     """The contenders compute the same function: their logits agree to float32 rounding."""
-    ours = runs["numpy_vit (patterns+logits)"]().logits
+    trace = runs["numpy_vit (patterns+logits)"]()
+    ours = trace.logits if "logits" in trace else trace["pooled"]
     for name in ("torch (fused SDPA)", "torch (non-fused)"):
         err = float(np.max(np.abs(ours - runs[name]().numpy())))
         if err > 1e-3:
@@ -194,7 +204,8 @@ def limit_blas_threads(threads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default=ARCH, help=f"a timm architecture name numpy_vit reads (default {ARCH})")
+    parser.add_argument("--arch", default=ARCH, metavar="NAME", help="a timm architecture name numpy_vit reads, "
+                        f"e.g. vit_base_patch16_clip_224 (default: {ARCH})")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and numpy's BLAS "

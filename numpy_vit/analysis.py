@@ -99,18 +99,35 @@ def _assert_row_stochastic(matrix: np.ndarray, what: str, atol: float = 1e-6) ->
 
 # --- reading one attention row as a picture --------------------------------------------------
 
+NO_CLASS_TOKEN_QUERY = "mean over patch queries: this model has no class token"
+
+
+def summary_query(prefix_names) -> tuple:
+    """(query, label): the query whose attention the figures read as "what the image's summary looks at".
+
+    The class token where the model has one: its final state is what the head reads (ViT eq. 4), so its
+    attention row is the classic map. A model without one (average pooling: timm's ``*_gap_*``) reads every patch
+    token equally, so the figures use the mean over the patch queries' rows, and their titles say so with
+    ``label``. ``prefix_names``: the model's prefix tokens (``trace.prefix_names``), or a Trace / ViTConfig.
+    A pooling with a query of its own (an attention-pooling head's latent) is to be answered here as well."""
+    names = tuple(getattr(prefix_names, "prefix_names", prefix_names))
+    if "cls" in names:
+        return "cls", "CLS token's query"
+    return "mean", NO_CLASS_TOKEN_QUERY
+
+
 def query_token_index(query, grid, prefix_names=("cls",)):
     """Which token's attention row to show.
 
     ``None`` or ``"cls"``: the class token (the classic map); any other prefix name (``"dist"``,
     ``"reg0"``); an int: patch number 0..P-1 in row-major order; a pair ``(row, col)`` on the grid;
-    ``"mean"``: the average over all patch queries (the default for models without a class token).
-    Returns a token index into N, or ``"mean"``.
+    ``"mean"``: the average over all patch queries. None: :func:`summary_query`'s choice (the class token, or
+    the mean over the patch queries for a model without one). Returns a token index into N, or ``"mean"``.
     """
     gh, gw = _as_grid(grid)
     prefix_names = tuple(prefix_names)
     if query is None:
-        query = "cls" if "cls" in prefix_names else "mean"
+        query = summary_query(prefix_names)[0]
     if isinstance(query, str):
         if query == "mean":
             return "mean"
@@ -270,8 +287,10 @@ def attention_rollout(attentions, head_fusion: str = "mean", discard_ratio: floa
     R_0 = A_hat_0 and R_l = A_hat_l @ R_{l-1}, with A_hat_l = (A_l + I) / rowsum the head-fused
     attention of layer l plus the residual identity (their ``compute_joint_attention``). Row i of
     the result says how much of token i's final state flowed, through all layers, from each input
-    token; the classic map is the CLS row over the patch columns (:func:`attention_to_grid`).
-    Every A_hat is checked to be row-stochastic, so R is too. ``every_layer=True`` returns every R_l on the
+    token; the classic map is the CLS row over the patch columns (:func:`attention_to_grid`), and for a model
+    without a class token the mean of the patch rows (:func:`summary_query`; ``num_prefix_tokens=0`` is fine).
+    A is the recorded softmax output, so anything a model adds to the scores before the softmax (a relative
+    position bias) is part of the attention rolled out. Every A_hat is checked to be row-stochastic, so R is too. ``every_layer=True`` returns every R_l on the
     way, [L - start_layer, B, N, N]: the rollout through each layer, for the cost of the last one.
 
     ``exclude_heads``: (layer, head) pairs fused out of their layer (a sink head, :func:`attention_sinks`);
@@ -581,7 +600,10 @@ def mean_attention_distance(attentions, grid, patch_size: int, num_prefix_tokens
     remaining mass to 1, so the number is the distance *among the patches a query reads*;
     ``prefix="drop"`` drops them without rescaling, as probing-vits does, which counts the mass
     sent to the class token as distance 0 and biases the number low. Rows that send no mass to
-    any patch are left out of the average. A single layer [B, H, N, N] is accepted as L = 1.
+    any patch are left out of the average. A single layer [B, H, N, N] is accepted as L = 1. A model
+    without prefix tokens (``num_prefix_tokens=0``) has only patch columns, so both treatments agree. A is
+    the recorded softmax output: a bias added to the scores before it (relative position) is part of the
+    attention measured.
     """
     if prefix not in PREFIX_TREATMENTS:
         raise ArgumentError(f"prefix must be one of {PREFIX_TREATMENTS}, got {prefix!r}")

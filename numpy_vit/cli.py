@@ -42,9 +42,10 @@ A file named like a keyword is given as a path: ./default. An image upscaled mor
 model's input (--img-size) gets a warning."""
 ARCH_HELP = ("the architecture, for checkpoints that do not store the number of heads (bare timm or DINO state "
              "dicts): a preset such as vit_small_patch16_224 or vit_small_patch14_reg4_dinov2, or a timm name "
-             "vit_{tiny,small,base,large,huge}_patch<P>_<RES> or eva02_{tiny,small,base,large}_patch14_<RES> (EVA-02 "
-             "files need it: their rotary position embedding has no weights); for random, the random model's "
-             "architecture")
+             "vit_{tiny,small,base,large,huge}_patch<P>_<RES>, a CLIP tower vit_base_patch16_clip[_quickgelu]_224, "
+             "a model without class token vit_base_patch16_gap_224, or eva02_{tiny,small,base,large}_patch14_<RES> "
+             "(EVA-02 files need it: their rotary position embedding has no weights); for random, the random "
+             "model's architecture")
 IMG_SIZE_HELP = ("run the model at this input size: N, or H,W (also HxW), multiples of the patch size; the position "
                  "embedding is resampled to the new grid (default: the checkpoint's own size, e.g. 518 for DINOv2)")
 EXPLAIN_METHODS = ("chefer", "grad_rollout", "grad_cam", "input_x_grad", "ig_black", "ig_blur")  # viz/explanations.py

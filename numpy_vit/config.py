@@ -18,7 +18,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Google / augreg ViT checkpoints normalise to [-1, 1]
 INCEPTION_STD = (0.5, 0.5, 0.5)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's pixel statistics (EVA-02 trains with them)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP and the CLIP towers trained after it
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -52,7 +52,9 @@ class ViTConfig:
     no_embed_class: bool = False         # True: the position embedding covers the patches only (DeiT-3, DINOv2, big_vision)
     # --- numerics ---------------------------------------------------------
     layer_norm_eps: float = 1e-6         # timm and Flax use 1e-6, HF ViTConfig uses 1e-12; it changes the last digits
-    gelu: str = "erf"                    # "erf" (exact, timm / HF) or "tanh" (the approximation the Flax code uses)
+    gelu: str = "erf"                    # "erf" (exact, timm / HF), "tanh" (the approximation the Flax code uses) or
+                                         # "quick": x * sigmoid(1.702 x), OpenAI CLIP's (timm *_clip_quickgelu_*)
+    norm_pre: bool = False               # a LayerNorm after the embedding, before the blocks (CLIP image towers)
     init_values: float | None = None     # layer scale (CaiT / DINOv2): per-channel gains on each branch, None = off
     # --- EVA-02 (Fang et al. 2023): rotary positions, gated MLP ----------
     rope: bool = False                   # 2-D rotary position embedding on the patch tokens' q and k (EVA-02)
@@ -129,7 +131,7 @@ class ViTConfig:
             need((value is None and name == "representation_size") or is_int(value),
                  f"{name} must be an integer{' or None' if name == 'representation_size' else ''}, got {value!r}")
         for name in ("qkv_bias", "class_token", "distilled", "no_embed_class", "fc_norm", "rope", "mlp_norm",
-                     "abs_pos_embed"):
+                     "abs_pos_embed", "norm_pre"):
             value = getattr(self, name)
             need((value is None and name == "fc_norm") or isinstance(value, (bool, np.bool_)),
                  f"{name} must be True or False{' (or None)' if name == 'fc_norm' else ''}, got {value!r}")
@@ -143,7 +145,8 @@ class ViTConfig:
              f"try {(max(1, h // self.patch_size) * self.patch_size, max(1, w // self.patch_size) * self.patch_size)}")
         need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         need(self.num_reg_tokens >= 0, f"num_reg_tokens must be >= 0, got {self.num_reg_tokens}")
-        need(self.gelu in ("erf", "tanh"), f"gelu must be 'erf' or 'tanh', got {self.gelu!r}")
+        need(self.gelu in ("erf", "tanh", "quick"), f"gelu must be 'erf', 'tanh' or 'quick' (OpenAI CLIP's x * "
+             f"sigmoid(1.702 x)), got {self.gelu!r}")
         need(self.mlp in ("gelu", "swiglu"), f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
         need(not self.mlp_norm or self.mlp == "swiglu",
              "mlp_norm=True (the sub-LayerNorm in the MLP) exists only with mlp='swiglu' (EVA-02 base / large)")
@@ -285,9 +288,7 @@ class ViTConfig:
         if eva02 is not None:
             return cls.from_dict({**eva02, "name": name, **overrides})
         base = name if name in PRESETS else name.split(".")[0]
-        if base in PRESETS and base != name and base.startswith(("beit_", "beitv2_")):
-            base = name  # a BEiT tag: its own grammar reads it (below)
-        if base in PRESETS:
+        if base in PRESETS and (base == name or _family_grammar(base) is None):
             fields = dict(PRESETS[base])
             if base != name:  # a pretrained tag on a preset: only the head and preprocessing may change
                 fields.update(_tag_fields(name.partition(".")[2], _family_of(base), fields.get("img_size", 224), name))
@@ -436,10 +437,8 @@ def timm_name_fields(name: str) -> dict:
     if eva02 is not None:
         return eva02
     base, _, tag = name.partition(".")
-    if "_siglip" in base:
-        return _siglip_name_fields(name)
-    if base.startswith(("beit_", "beitv2_", "beit3_")):
-        return _beit_name_fields(name)
+    if _family_grammar(base) is not None:  # a family with a grammar of its own (CLIP, average-pooled ViTs, ...)
+        return _family_grammar(base)(name)
     m = _NAME.match(base)
     if m is None:
         raise UnknownName(f"{name!r} is not of the form {{vit|deit|deit3}}_{{{'|'.join(TIMM_SIZES)}}}_patch<P>_<RES>, "
@@ -460,7 +459,7 @@ def timm_name_fields(name: str) -> dict:
                               f"vit_<size>_patch14_reg<K>_dinov2")
     else:
         raise UnknownName(f"unknown part {rest!r} in {name!r}: after patch<P> this reads only a resolution "
-                          f"(_224) or _dinov2 (parts such as clip, gap or rope change the architecture "
+                          f"(_224) or _dinov2 (parts such as rope change the architecture "
                           f"in ways numpy_vit does not model)")
     if m["distilled"] and family != "deit":
         raise ConfigError(f"{name!r}: only deit_ models have a distilled_ variant")
@@ -587,6 +586,163 @@ def _beit_name_fields(name: str) -> dict:
                 num_classes=21841 if tag.endswith("_in22k") else 1000)
 
 
+def _family_grammar(base: str):
+    """The name reader of the family a timm name (without its tag) belongs to, or None for the plain ViT / DeiT /
+    DINOv2 grammar above. One line per family."""
+    if "_siglip" in base:
+        return _siglip_name_fields  # SigLIP image towers (Zhai et al. 2023), their _gap_ variants included
+    if base.startswith(("beit_", "beitv2_", "beit3_")):
+        return _beit_name_fields  # BEiT / BEiT v2 (Bao et al. 2022; Peng et al. 2022)
+    if "_clip_" in base:
+        return _clip_name_fields  # CLIP image towers (Radford et al. 2021)
+    if re.search(r"_gap_\d+$", base) and "siglip" not in base and "_rope_" not in base:
+        return _gap_name_fields  # plain ViTs pooled by the patch mean, without a class token
+    return None
+
+
+# --- CLIP image towers (Radford et al. 2021), as timm builds them ------------------------------------------------------
+# timm names them ``vit_{size}_patch{P}[_plus]_clip[_quickgelu]_{res}[.{tag}]`` (timm/models/vision_transformer.py):
+# a plain ViT with a LayerNorm before the blocks (pre_norm=True), LayerNorm eps 1e-5 and OpenAI's normalisation.
+# ``_quickgelu_`` models use OpenAI's x * sigmoid(1.702 x) (the weights trained with it: OpenAI's, MetaCLIP's, DFN's).
+# The tag names the weights: an image tower alone (``.openai``, ``.laion2b``, ...) ends in CLIP's projection into the
+# joint image-text space, kept as the head (timm converts OpenAI's ``proj`` to ``head.weight`` with a zero bias), so
+# num_classes is the projection's width; ``_ft_in1k`` / ``_ft_in12k_in1k`` are ImageNet-1k classifiers, and
+# ``_ft_in12k`` one of ImageNet-12k's 11,821 classes.
+
+CLIP_SIZES = {  # size: (embed_dim, depth, num_heads, mlp_ratio, projection width), as timm's model functions give them
+    "xsmall": (256, 10, 4, 4.0, 512), "medium": (512, 12, 8, 4.0, 512), "betwixt": (640, 12, 10, 4.0, 512),
+    "base": (768, 12, 12, 4.0, 512), "base_plus": (896, 12, 14, 4.0, 640), "large": (1024, 24, 16, 4.0, 768),
+    "huge": (1280, 32, 16, 4.0, 1024), "giant": (1408, 40, 16, 48 / 11, 1024),
+    "gigantic": (1664, 48, 16, 64 / 13, 1280),
+}
+_CLIP_NAME = re.compile(r"^vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)(?P<plus>_plus)?_clip(?P<quick>_quickgelu)?"
+                        r"_(?P<res>\d+)$")
+CLIP_TOWER_TAGS = ("openai", "laion2b", "laion400m_e32", "datacompxl", "dfn2b", "dfn2b_s39b", "dfn5b", "metaclip_400m",
+                   "metaclip_2pt5b", "metaclip_altogether", "metaclip2_worldwide", "apple_mclip2_dfndr2b",
+                   "tinyclip_yfcc15m", "tinyclip_laion400m")
+CLIP_FINE_TUNES = {"ft_in1k": 1000, "ft_in12k_in1k": 1000, "ft_in12k": 11821}  # suffix of a tag: classes
+# timm evaluates most CLIP weights without a crop (crop_pct 1.0); these are its exceptions (their pretrained_cfg)
+_CLIP_CROP_PCT = {
+    0.9: ("vit_base_patch16_clip_224.openai", "vit_base_patch16_clip_224.openai_ft_in1k",
+          "vit_base_patch16_clip_224.openai_ft_in12k", "vit_base_patch16_clip_224.laion2b_ft_in12k",
+          "vit_base_patch32_clip_224.openai", "vit_base_patch32_clip_224.openai_ft_in1k",
+          "vit_base_patch32_clip_224.laion2b", "vit_base_patch32_clip_224.laion2b_ft_in1k",
+          "vit_base_patch32_clip_224.laion2b_ft_in12k_in1k", "vit_base_patch32_clip_224.laion400m_e32"),
+    0.95: ("vit_base_patch16_clip_224.openai_ft_in12k_in1k", "vit_base_patch16_clip_224.laion2b_ft_in12k_in1k",
+           "vit_base_patch16_clip_384.openai_ft_in12k_in1k", "vit_base_patch32_clip_384.openai_ft_in12k_in1k"),
+}
+_CLIP_INCEPTION_NORMALISED = ("vit_large_patch14_clip_224.laion2b", "vit_large_patch14_clip_336.laion2b")  # mean = std = 0.5
+
+
+def _clip_name_fields(name: str) -> dict:
+    """The ViTConfig fields of a timm CLIP image-tower name: ``vit_base_patch16_clip_224.openai`` -> ViT-B/16 with
+    norm_pre, eps 1e-5, OpenAI's mean / std and a 512-wide projection head; ``vit_base_patch16_clip_quickgelu_224``
+    the same with quick GELU; an untagged name the architecture with a 1000-class head, as timm builds it."""
+    base, _, tag = name.partition(".")
+    m = _CLIP_NAME.match(base)
+    if m is None:
+        raise UnknownName(f"{name!r} is not of the form vit_<size>_patch<P>[_plus]_clip[_quickgelu]_<RES> (timm's CLIP "
+                          f"image towers)")
+    size = m["size"] + ("_plus" if m["plus"] else "")
+    if size not in CLIP_SIZES:
+        raise UnknownName(f"unknown CLIP size {size!r} in {name!r}: timm's CLIP towers are "
+                          f"{', '.join(CLIP_SIZES)} (base_plus written vit_base_patch16_plus_clip_240)")
+    width, depth, heads, mlp_ratio, projection = CLIP_SIZES[size]
+    fields = dict(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, patch_size=int(m["patch"]),
+                  img_size=int(m["res"]), norm_pre=True, layer_norm_eps=1e-5, gelu="quick" if m["quick"] else "erf",
+                  mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=0.9)
+    if not tag:
+        return fields
+    tower = next((t for t in sorted(CLIP_TOWER_TAGS, key=len, reverse=True) if tag == t or tag.startswith(t + "_")),
+                 None)
+    rest = tag[len(tower) + 1:] if tower else ""
+    if tower is None or (rest and rest not in CLIP_FINE_TUNES):
+        raise ConfigError(f"unknown CLIP pretrained tag {tag!r} in {name!r}: a CLIP tag is the training data "
+                          f"({', '.join(CLIP_TOWER_TAGS)}), optionally followed by _{', _'.join(CLIP_FINE_TUNES)}")
+    fields["num_classes"] = CLIP_FINE_TUNES[rest] if rest else projection
+    lookup = base.replace("_quickgelu", "") + "." + tag  # timm's quickgelu weights share their preprocessing
+    fields["crop_pct"] = next((crop for crop, names in _CLIP_CROP_PCT.items() if lookup in names),
+                              0.9 if tower.startswith("tinyclip") else 1.0)
+    if lookup.startswith(_CLIP_INCEPTION_NORMALISED) and tower == "laion2b":
+        fields.update(mean=INCEPTION_MEAN, std=INCEPTION_STD)
+    return fields
+
+
+# --- plain ViTs without a class token, pooled by the mean of the patch tokens ("gap") ------------------------------
+# timm's ``vit_{size}_patch{P}[_reg{K}]_gap_{res}`` (timm/models/vision_transformer.py): class_token=False,
+# global_pool="avg", and each model function's own recipe (layer scale, q/k/v biases, whether the final LayerNorm
+# comes before the pooling (fc_norm=False) or after it, registers without position). Data, one row per function:
+GAP_MODELS = {  # name without resolution: fields                                  # timm's arguments
+    "vit_medium_patch16_gap": dict(embed_dim=512, depth=12, num_heads=8, qkv_bias=False, init_values=1e-6,
+                                   fc_norm=False),
+    "vit_betwixt_patch16_gap": dict(embed_dim=640, depth=12, num_heads=10, qkv_bias=False, init_values=1e-6,
+                                    fc_norm=False),
+    "vit_base_patch16_gap": dict(embed_dim=768, depth=12, num_heads=16, fc_norm=False),
+    "vit_huge_patch14_gap": dict(embed_dim=1280, depth=32, num_heads=16, fc_norm=False),
+    "vit_huge_patch16_gap": dict(embed_dim=1280, depth=32, num_heads=16, fc_norm=False),
+    "vit_giant_patch16_gap": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, fc_norm=False),
+    # registers (Darcet et al. 2023) in front of the patches, without a position; the mean leaves them out
+    "vit_wee_patch16_reg1_gap": dict(embed_dim=256, depth=14, num_heads=4, mlp_ratio=5, init_values=1e-5,
+                                     num_reg_tokens=1, no_embed_class=True),
+    "vit_little_patch16_reg1_gap": dict(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6, init_values=1e-5,
+                                        num_reg_tokens=1, no_embed_class=True),
+    "vit_little_patch16_reg4_gap": dict(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6, init_values=1e-5,
+                                        num_reg_tokens=4, no_embed_class=True),
+    "vit_medium_patch16_reg1_gap": dict(embed_dim=512, depth=12, num_heads=8, init_values=1e-5, num_reg_tokens=1,
+                                        no_embed_class=True),
+    "vit_medium_patch16_reg4_gap": dict(embed_dim=512, depth=12, num_heads=8, init_values=1e-5, num_reg_tokens=4,
+                                        no_embed_class=True),
+    "vit_mediumd_patch16_reg4_gap": dict(embed_dim=512, depth=20, num_heads=8, init_values=1e-5, num_reg_tokens=4,
+                                         no_embed_class=True),
+    "vit_betwixt_patch16_reg1_gap": dict(embed_dim=640, depth=12, num_heads=10, init_values=1e-5, num_reg_tokens=1,
+                                         no_embed_class=True),
+    "vit_betwixt_patch16_reg4_gap": dict(embed_dim=640, depth=12, num_heads=10, init_values=1e-5, num_reg_tokens=4,
+                                         no_embed_class=True),
+    "vit_base_patch16_reg4_gap": dict(embed_dim=768, depth=12, num_heads=12, num_reg_tokens=4, no_embed_class=True),
+    "vit_so150m_patch16_reg4_gap": dict(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572, num_reg_tokens=4,
+                                        fc_norm=False),
+    "vit_so150m2_patch16_reg1_gap": dict(embed_dim=832, depth=21, num_heads=13, mlp_ratio=34 / 13, init_values=1e-5,
+                                         qkv_bias=False, num_reg_tokens=1),
+}
+_GAP_OTHER_BLOCKS = {"dwee": "differential attention", "dlittle": "differential attention",
+                     "pwee": "parallel scaling blocks", "dpwee": "differential attention in parallel scaling blocks"}
+# pretrained tag: fields (timm's pretrained_cfg); sw = Ross Wightman's in12k recipe, sbb = "searching for better
+# baselines" recipes, ijepa = Assran et al. 2023's self-supervised backbones
+GAP_TAGS = {"untrained": {}, "sw_in12k": dict(num_classes=11821), "sw_in12k_ft_in1k": {},
+            "in1k_ijepa": dict(num_classes=0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            "in22k_ijepa": dict(num_classes=0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            **{f"{recipe}_in1k": {} for recipe in ("sbb",)},
+            **{f"{recipe}_in12k": dict(num_classes=11821) for recipe in ("sbb", "sbb2_e200", "sbb_e200", "sbb_e250")},
+            **{f"{recipe}_in12k_ft_in1k": {} for recipe in ("sbb", "sbb2_e200", "sbb_e200", "sbb_e250")}}
+
+
+def _gap_name_fields(name: str) -> dict:
+    """The ViTConfig fields of a timm average-pooled ViT name (``vit_base_patch16_gap_224``,
+    ``vit_medium_patch16_reg4_gap_256.sbb_in12k_ft_in1k``): no class token, the mean of the patch tokens for the head."""
+    base, _, tag = name.partition(".")
+    stem, _, res = base.rpartition("_")
+    size = stem.split("_")[1] if stem.count("_") >= 2 else ""
+    if size in _GAP_OTHER_BLOCKS:
+        raise UnknownName(f"{name!r}: the {size!r} models use {_GAP_OTHER_BLOCKS[size]}, which numpy_vit does not "
+                          f"model")
+    if stem not in GAP_MODELS:
+        raise UnknownName(f"unknown average-pooled ViT {stem!r} in {name!r}; timm's that numpy_vit reads: "
+                          f"{', '.join(GAP_MODELS)} (each followed by _<RES>)")
+    fields = dict(GAP_MODELS[stem], patch_size=int(re.search(r"patch(\d+)", stem)[1]), img_size=int(res), class_token=False,
+                  global_pool="avg", mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)
+    if tag:
+        if tag not in GAP_TAGS:
+            raise ConfigError(f"unknown pretrained tag {tag!r} in {name!r}; the average-pooled ViTs' tags are "
+                              f"{', '.join(GAP_TAGS)}")
+        fields.update(GAP_TAGS[tag])
+        if tag not in ("untrained", "in1k_ijepa", "in22k_ijepa"):  # timm's crops for its own recipes
+            fields["crop_pct"] = 1.0 if (int(res) >= 384 and stem != "vit_medium_patch16_gap") \
+                or stem == "vit_so150m2_patch16_reg1_gap" else 0.95
+        elif int(res) >= 384:
+            fields["crop_pct"] = 1.0
+    return fields
+
+
 _GOOGLE = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)  # augreg / original Google ViT weights
 
 PRESETS = {
@@ -622,6 +778,15 @@ PRESETS = {
     # BEiT / BEiT v2: relative position bias per block, q / v biases, layer scale, mean pooling + fc_norm
     "beit_base_patch16_224": _beit_name_fields("beit_base_patch16_224"),                      # 86M
     "beitv2_base_patch16_224": _beit_name_fields("beitv2_base_patch16_224"),                  # 86M
+    # CLIP image towers (Radford et al. 2021): a LayerNorm before the blocks; the head is CLIP's projection
+    "vit_base_patch16_clip_224": dict(embed_dim=768, depth=12, num_heads=12, norm_pre=True, layer_norm_eps=1e-5,
+                                      mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=0.9),   # 86M
+    "vit_base_patch32_clip_quickgelu_224": dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, norm_pre=True,
+                                                layer_norm_eps=1e-5, gelu="quick", mean=OPENAI_CLIP_MEAN,
+                                                std=OPENAI_CLIP_STD, crop_pct=0.9),                 # 88M
+    # no class token: the head reads the mean of the patch tokens after the final LayerNorm
+    "vit_base_patch16_gap_224": dict(embed_dim=768, depth=12, num_heads=16, class_token=False, global_pool="avg",
+                                     fc_norm=False, **_GOOGLE),                                      # 86M
     # the guide's model: ViT-B/16 geometry with a 10-class head
     "guide_vit_base_patch16_224_10cls": dict(embed_dim=768, depth=12, num_heads=12, num_classes=10),
 }
@@ -644,7 +809,10 @@ def param_shapes(config: ViTConfig) -> dict:
     if config.abs_pos_embed:
         shapes["pos_embed"] = (1, config.num_pos_embed, D)
     shapes["patch_embed.proj.weight"] = (D, C, p, p)
-    shapes["patch_embed.proj.bias"] = (D,)
+    if not config.norm_pre:  # CLIP's patch projection has no bias (OpenAI's conv1; timm: bias=not pre_norm)
+        shapes["patch_embed.proj.bias"] = (D,)
+    if config.norm_pre:
+        shapes["norm_pre.weight"] = shapes["norm_pre.bias"] = (D,)
     beit = config.block_names == "beit"
     table = (config.num_relative_distance, config.num_heads)  # BEiT's relative position bias, one column per head
     if config.rel_pos_bias == "shared":

@@ -275,7 +275,9 @@ def softmax(x, axis=-1, out=None):
 
 
 def gelu(x, approximate="erf"):
-    """``layers.gelu``; its exact float32 form by ``gelu_float32_in_cache``, bit for bit."""
+    """``layers.gelu``; its exact float32 form by ``gelu_float32_in_cache``, bit for bit. The tanh form and CLIP's
+    quick GELU run the reference function (tests/test_family_clip.py checks a CLIP model on this path against
+    the reference)."""
     if approximate == "erf" and x.dtype == np.float32:
         return gelu_float32_in_cache(x)
     return layers.gelu(x, approximate)

@@ -21,8 +21,9 @@ from .trace import Recorder, Trace, TraceKeyError, TraceShard, _matches
 
 # globs of every array the backward pass may read, for any model: model.run(x, record=BACKWARD_RECORD + [...]).
 # "input" is not read, but recording it is what makes grads["input"] (a saliency map) available; "pos_embed"
-# (one small array) lets the backward pass check that the trace was made with this model's weights.
-BACKWARD_RECORD = ["input", "patches", "pos_embed"] + [
+# (one small array) lets the backward pass check that the trace was made with this model's weights; "patch_embed"
+# is read back by the backward of CLIP's norm_pre (its input, the embedded tokens, is recomputed from it).
+BACKWARD_RECORD = ["input", "patches", "patch_embed", "pos_embed"] + [
     f"blocks.*.{name}" for name in dict.fromkeys(BLOCK_SAVED + block_saved(rope=True, swiglu=True))] + [
     "blocks.*.resid_post", "norm", "pooled", "pre_logits", "logits"] + [
     f"attn_pool.{name}" for name in ATTENTION_POOL_SAVED]
@@ -39,7 +40,8 @@ def names_needed(config, target=None):
     """The recorded arrays ``ViT.backward`` reads for this model (and this target: "top" reads the logits)."""
     last = f"blocks.{config.depth - 1}.resid_post"  # the final LayerNorm's (or pooling's) input
     saved = block_saved(rope=config.rope, swiglu=config.mlp == "swiglu")
-    names = ["patches"] + [f"blocks.{i}.{name}" for i in range(config.depth) for name in saved] + [last]
+    names = ["patches"] + (["patch_embed", "pos_embed"] if config.norm_pre else []) + [
+        f"blocks.{i}.{name}" for i in range(config.depth) for name in saved] + [last]
     if config.global_pool and (config.num_classes or config.representation_size):
         names.append("pooled")  # the input of the head or of pre_logits
     if config.global_pool == "map":  # the attention pool's input and its recorded arrays

@@ -82,7 +82,9 @@ def layer_norm_backward(dy, x, weight, bias, *, eps):  # dy, x [..., D] -> dx [.
 def gelu(x, approximate="erf"):
     """Hendrycks & Gimpel 2016: x Phi(x), Phi the standard normal CDF. "erf" is exact (timm, HF); "tanh" is
     the Flax approximation. Phi(x) = erfc(-x / sqrt 2) / 2 keeps full relative precision for large negative
-    x, where 1 + erf(x) would cancel."""
+    x, where 1 + erf(x) would cancel. "quick": OpenAI CLIP's sigmoid approximation (``quick_gelu`` below)."""
+    if approximate == "quick":
+        return quick_gelu(x)
     if approximate == "tanh":
         c = x.dtype.type(math.sqrt(2.0 / math.pi))
         return 0.5 * x * (1.0 + np.tanh(c * (x + x.dtype.type(0.044715) * x * x * x)))
@@ -97,6 +99,8 @@ def gelu_backward(dy, x, y, approximate="erf"):  # dy, x, y [...] -> dx [...]
     d tanh-GELU: with t = tanh(c (x + a x^3)), d/dx [x (1 + t) / 2] = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2
     (t recomputed: reading 1 - t^2 off y would cancel for large |x|)."""
     f = x.dtype.type
+    if approximate == "quick":
+        return quick_gelu_backward(dy, x)
     if approximate == "tanh":
         c, a = f(math.sqrt(2.0 / math.pi)), f(0.044715)
         t = np.tanh(c * (x + a * x * x * x))
@@ -667,3 +671,24 @@ def relative_position_bias_backward(d_bias, index, num_rows):  # d_bias [H, N, N
     d_table = np.zeros((num_rows, H), np.float64)  # summed in float64: an entry gathers up to N of them
     np.add.at(d_table, index.reshape(-1), d_bias.reshape(H, -1).T)  # [N*N] rows of [N*N, H] into [T, H]
     return d_table.astype(d_bias.dtype)
+
+
+# --- CLIP: quick GELU (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision") ---
+# OpenAI's CLIP towers use x * sigmoid(1.702 x) in their MLPs (openai/CLIP model.py ``QuickGELU``), a cheaper
+# stand-in for GELU (Hendrycks & Gimpel 2016, section 2: "x sigma(1.702 x)"); the weights trained with it need
+# it, so timm names those models *_clip_quickgelu_* and HF's CLIPVisionConfig says hidden_act="quick_gelu".
+# CLIP's other piece, the LayerNorm after the embedding (``norm_pre``), is ``layer_norm``: ViT.forward applies it.
+
+QUICK_GELU_SLOPE = 1.702  # ``sigmoid``: with EVA-02's SiLU above
+
+
+def quick_gelu(x):  # [...] -> [...]
+    """Quick GELU (Hendrycks & Gimpel 2016, sec. 2; OpenAI CLIP): x * sigmoid(1.702 x)."""
+    return x * sigmoid(x * x.dtype.type(QUICK_GELU_SLOPE))
+
+
+def quick_gelu_backward(dy, x):  # dy, x [...] -> dx [...]
+    """d/dx [x s(a x)] = s(a x) + a x s(a x) (1 - s(a x)), with s the sigmoid and a = 1.702 (s' = s (1 - s))."""
+    a = x.dtype.type(QUICK_GELU_SLOPE)
+    s = sigmoid(a * x)
+    return dy * (s + a * x * s * (1 - s))

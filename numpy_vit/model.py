@@ -36,7 +36,7 @@ def init_params(config: ViTConfig, seed=0, dtype=np.float32):
             value = np.full(shape, config.init_values)
         elif name.endswith((".bias", "_bias", "relative_position_bias_table")):  # "_bias": q_bias, v_bias
             value = np.zeros(shape)
-        elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):  # LayerNorm gains (incl. fc_norm)
+        elif name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "norm_pre.weight")):  # LayerNorm gains
             value = np.ones(shape)
         else:
             std = shape[-1] ** -0.5 if name == "attn_pool.latent" else 0.02
@@ -256,7 +256,7 @@ class ViT:
         # eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
         patches = trace.add("patches", ops.patchify(x, c.patch_size))  # [B, P, C*p*p]
         proj = weights["patch_embed"]["proj"]
-        tokens = ops.linear(patches, proj["weight"].reshape(c.embed_dim, -1), proj["bias"])  # [B, P, D]
+        tokens = ops.linear(patches, proj["weight"].reshape(c.embed_dim, -1), proj.get("bias"))  # [B, P, D]
         trace.add("patch_embed", tokens)
         prefix = np.broadcast_to(self.prefix_tokens(), (B, c.num_prefix_tokens, c.embed_dim))  # [B, prefix, D]
         if not c.abs_pos_embed:  # BEiT: positions enter as the attention's relative position bias instead
@@ -267,6 +267,8 @@ class ViT:
         else:  # original ViT: the class token has a position entry too; concatenate, then add
             pos = trace.add("pos_embed", self.pos_embed_for(grid))  # [N_pos, D]
             x = np.concatenate([prefix, tokens], axis=1) + pos  # [B, N, D]
+        if c.norm_pre:  # CLIP (Radford et al. 2021): a LayerNorm on the embedded tokens before the first block
+            x = trace.add("norm_pre", ops.layer_norm(x, **weights["norm_pre"], eps=c.layer_norm_eps))  # [B, N, D]
 
         # eqs. 2-3, block after block: z'_l = MSA(LN(z_{l-1})) + z_{l-1};  z_l = MLP(LN(z'_l)) + z'_l
         blocks = self.block_weights(grid)  # (BEiT: with each block's relative position bias for this grid)
@@ -335,6 +337,11 @@ class ViT:
                 block["attn"] = layers.eva_qkv_backward(block["attn"], separate=c.qkv_layout == "separate")
         params["blocks"] = self._block_params_grads(block_grads, trace.grid, grads, params)
 
+        if c.norm_pre:  # CLIP's LayerNorm before the blocks, its input (the embedded tokens) recomputed
+            grads.add("norm_pre", d)
+            d, params["norm_pre"] = layers.layer_norm_backward(d, self._embedded_tokens(trace), **weights["norm_pre"],
+                                                               eps=c.layer_norm_eps)  # [B, N, D]
+
         # eq. 1 in reverse: to the tokens, the position embedding, the patch projection and the pixels
         self._embedding_backward(d, trace, grads, params)
 
@@ -393,6 +400,14 @@ class ViT:
         d[:, c.num_prefix_tokens:] = d_tokens
         return d
 
+    def _embedded_tokens(self, trace):  # -> [B, N, D]
+        """Eq. 1 again from the trace's patch_embed and pos_embed: z_0, the input of CLIP's ``norm_pre``."""
+        c, tokens = self.config, trace["patch_embed"]  # [B, P, D]
+        prefix = np.broadcast_to(self.prefix_tokens(), (tokens.shape[0], c.num_prefix_tokens, c.embed_dim))
+        if c.no_embed_class:
+            return np.concatenate([prefix, tokens + trace["pos_embed"]], axis=1)  # [B, N, D]
+        return np.concatenate([prefix, tokens], axis=1) + trace["pos_embed"]  # [B, N, D]
+
     def _embedding_backward(self, d, trace, grads, params):  # d [B, N, D], the first block's input gradient
         """Eq. 1 in reverse, z_0 = [prefix; x_p E] + E_pos: the prefix tokens, the position embedding (back
         through its resampling to the stored table), the patch projection and the pixels."""
@@ -406,7 +421,7 @@ class ViT:
                                                               0 if c.no_embed_class else c.num_prefix_tokens,
                                                               c.pos_embed_resample)[None]  # [1, N_pos of the table, D]
         d_patches, proj_grads = layers.linear_backward(d_tokens, trace["patches"], proj["weight"].reshape(D, -1),
-                                                       proj["bias"])  # [B, P, D] -> [B, P, C*p*p]
+                                                       proj.get("bias"))  # [B, P, D] -> [B, P, C*p*p]
         proj_grads["weight"] = proj_grads["weight"].reshape(proj["weight"].shape)  # [D, C*p*p] -> [D, C, p, p]
         params["patch_embed"] = {"proj": proj_grads}
         grads.add("patches", d_patches)

@@ -41,6 +41,7 @@ TRACE_KEYS = {
     "patches": "[B, P, 3*p*p] raw patch vectors, before the projection",
     "patch_embed": "[B, P, D]",
     "pos_embed": "[N_pos, D] the (possibly resampled) position embedding actually used",
+    "norm_pre": "[B, N, D] CLIP's LayerNorm on the embedded tokens, before the first block (norm_pre models only)",
     "blocks.{i}.resid_pre": "[B, N, D]",
     "blocks.{i}.ln1": "[B, N, D]",
     "blocks.{i}.attn.q": "[B, H, N, Dh]",

@@ -213,7 +213,7 @@ CONFIGS = [
          lambda w, t: nv.ViTConfig(patch_size=0)),
     Case("negative depth", ConfigError, r"depth must be a positive integer, got -1",
          lambda w, t: nv.ViTConfig(depth=-1)),
-    Case("unknown GELU", ConfigError, r"gelu must be 'erf' or 'tanh', got 'relu'",
+    Case("unknown GELU", ConfigError, r"gelu must be 'erf', 'tanh' or 'quick' \(OpenAI CLIP's x \* sigmoid\(1\.702 x\)\), got 'relu'",
          lambda w, t: nv.ViTConfig(gelu="relu")),
     Case("crop_pct above 1", ConfigError, r"crop_pct must be in \(0, 1\], got 1\.5",
          lambda w, t: nv.ViTConfig(crop_pct=1.5)),

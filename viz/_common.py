@@ -334,7 +334,8 @@ def default_layers(depth: int) -> list:
 def query_label(query, layout: TokenLayout) -> str:
     token = analysis.query_token_index(query, layout.grid, layout.prefix_names)
     if token == "mean":
-        return "mean of all patch queries"
+        summary, label = analysis.summary_query(layout.prefix_names)
+        return label if summary == "mean" else "mean over patch queries"
     if token < layout.num_prefix_tokens:
         return f"{layout.prefix_names[token].upper()} token's query"
     patch = token - layout.num_prefix_tokens

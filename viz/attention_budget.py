@@ -111,7 +111,11 @@ def draw_attention_budget(fig, trace, image_index=0, sink_threshold=None, norm_f
     ax_norm.set_title("(c) Norms relative to the median patch, per layer")
     ax_norm.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8.5, ncols=3, frameon=False)
 
-    fig.suptitle("Where the attention goes: class token, registers, sink patches and the rest, layer by layer")
+    if analysis.summary_query(layout.prefix_names)[0] == "cls":
+        fig.suptitle("Where the attention goes: class token, registers, sink patches and the rest, layer by layer")
+    else:
+        fig.suptitle("Where the attention goes: registers, sink patches and the rest, layer by layer "
+                     "(this model has no class token)")
     named = ", ".join(dict.fromkeys(s.name for s in sinks if s.position is not None))
     footnote(fig, f"A sink: a key to which one head's average query gives more than {sink_threshold:.0%} of its "
                   f"attention{f' (here {named})' if named else ' (none here)'}; "

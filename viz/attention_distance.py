@@ -103,6 +103,8 @@ def draw_attention_distance(fig, layers, layout: TokenLayout, prefix="renormalis
                  f"(averaged over {images} image{'s' if images != 1 else ''})")
     treatment = ("prefix-token columns dropped and each row renormalised over the patches" if prefix == "renormalise"
                  else "prefix-token columns dropped without renormalising (biased low)")
+    if layout.num_prefix_tokens == 0:
+        treatment = "no prefix tokens in this model: every key is a patch"
     assumed = f"; {layout.caveat()}" if layout.caveat() else ""
     footnote(fig, f"Attention-weighted distance between query and key patch centres, averaged over "
                   f"{layout.grid[0]}x{layout.grid[1]} query patches and {images} image(s); {treatment}; dashed line: "

@@ -32,11 +32,12 @@ def draw_cls_evolution(fig, trace, image_index=0):
     stream = residual_stream(trace)                                          # L+1 x [B, N, D]
     image_index = analysis.check_index(image_index, stream[0].shape[0], "image_index")
     t = layout.num_prefix_tokens
-    if "cls" in layout.prefix_names:
-        name = "CLS token"
+    summary, _ = analysis.summary_query(layout.prefix_names)
+    if summary == "cls":
+        name, why = "CLS token", ""
         path = analysis.token_trajectory(stream, token=layout.prefix_names.index("cls"), image=image_index)
-    else:
-        name = "mean patch token (no CLS in this model)"
+    else:  # what average pooling reads: the mean over the patch tokens
+        name, why = "mean patch token", " (mean over patch tokens: this model has no class token)"
         path = np.stack([r[image_index, t:].mean(0) for r in stream])        # [L+1, D]
     patch_norm = [float(np.linalg.norm(r[image_index, t:], axis=-1).mean()) for r in stream]
     depth = len(stream) - 1
@@ -70,15 +71,17 @@ def draw_cls_evolution(fig, trace, image_index=0):
     ax_norm.plot(steps, np.linalg.norm(path, axis=-1), "o-", color="#d62728", linewidth=2, label=name)
     ax_norm.plot(steps, patch_norm, "s--", color="#7f7f7f", linewidth=1.2, markersize=4,
                  label="patch tokens (mean norm)")
-    ax_norm.set_title(f"(b) Norm of the {name.split(' (')[0]}, input and after each layer")
+    ax_norm.set_title(f"(b) Norm of the {name}, input and after each layer")
     ax_norm.set_xlabel("in = input to layer 0; k = output of layer k")
     ax_norm.set_ylabel("L2 norm of the residual stream")
     ax_norm.set_xticks(steps, point_labels)
     ax_norm.set_ylim(bottom=0)
     ax_norm.legend(loc="best")
-    fig.suptitle(f"How the {name.split(' (')[0]} is built up, layer by layer, in the residual stream")
-    footnote(fig, f"Residual stream before the final LayerNorm: 'in' is the embedded input (patch or CLS "
-                  f"embedding + position), k the output of layer k (layers numbered 0..{depth - 1}); PCA fitted on "
+    fig.suptitle(f"How the {name} is built up, layer by layer, in the residual stream"
+                 + (f"\n{why.strip()}" if why else ""))
+    embedded = ("the embedded input (patch or CLS embedding + position) after the LayerNorm before the blocks "
+                "(norm_pre)" if trace.config.norm_pre else "the embedded input (patch or CLS embedding + position)")
+    footnote(fig, f"Residual stream before the final LayerNorm: 'in' is {embedded}, k the output of layer k (layers numbered 0..{depth - 1}); PCA fitted on "
                   f"these {depth + 1} points{grid_note(layout)}")
 
 

@@ -259,7 +259,10 @@ def draw_explanations(fig, explained: Explanations, image=None, interpolation="n
     for row in range(rows):                                              # one map, the same in every row
         norm, cmap = overlay(axes[row, 1], image, explained.rollout, interpolation, size=size)
     axes[0, 1].set_title("Attention rollout\n(class-agnostic: every row)")
-    colorbar(fig, list(axes[:, 1]), norm, cmap, "share of the CLS input", location="bottom", shrink=0.9)
+    # the row the rollouts read: the class token's, or the mean of the patch rows (analysis.summary_query)
+    with_cls = analysis.summary_query(explained.trace.prefix_names)[0] == "cls"
+    summary = "CLS" if with_cls else "mean patch token's"
+    colorbar(fig, list(axes[:, 1]), norm, cmap, f"share of the {summary} input", location="bottom", shrink=0.9)
     for column, method in enumerate(methods, start=2):
         values = explained.maps[method]                                  # [T, gh, gw]
         title, unit = METHODS[method]
@@ -275,13 +278,14 @@ def draw_explanations(fig, explained: Explanations, image=None, interpolation="n
                 norm, cmap = overlay(ax, image, values[row], interpolation, vmax=max(float(values.max()), 1e-12),
                                      size=size)
         axes[0, column].set_title(title)
-        colorbar(fig, list(axes[:, column]), norm, cmap, unit, location="bottom", shrink=0.9)
+        colorbar(fig, list(axes[:, column]), norm, cmap, unit.replace("CLS", summary), location="bottom", shrink=0.9)
     width = fig.get_figwidth() if hasattr(fig, "get_figwidth") else 12
     title = "Gradient explanations: which patches speak for each class, beside the attention rollout"
     fig.suptitle(textwrap.fill(title, max(30, int(width * 72 / (15 * 0.62)))))
     notes = ["Each column has one colour scale for all its rows (the bar under it), so a column compares the "
              "classes; columns do not compare with each other. Rollout uses no gradient: the same map in every row."]
-    notes += [METHOD_NOTES[method] for method in methods]
+    notes += [METHOD_NOTES[method] if with_cls else METHOD_NOTES[method].replace(
+        "the CLS row", f"the mean of the patch rows ({analysis.NO_CLASS_TOKEN_QUERY})") for method in methods]
     if any(method in SIGNED for method in methods):
         notes.append("Signed maps: red for the class, blue against, white 0, summed over each patch.")
     if explained.completeness:

@@ -153,6 +153,9 @@ def describe(trace) -> dict:
         "patch_size": int(trace.patch_size), "grid": [gh, gw],
         "img_size": [gh * int(trace.patch_size), gw * int(trace.patch_size)],
         "prefix_names": list(trace.prefix_names),
+        # the query the page opens on and what it is called (analysis.summary_query: CLS, or the patch mean)
+        "summary_query": analysis.summary_query(trace.prefix_names)[0],
+        "summary_label": analysis.summary_query(trace.prefix_names)[1],
         "levels": LEVELS,
         "colours": _colour_table(),
         "colour_map": HEAT_CMAP,

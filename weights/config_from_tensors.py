@@ -177,7 +177,7 @@ def infer_config(params: dict, where: str, base: ViTConfig | None = None, num_he
             "qkv.bias", "q_bias", "q_proj.bias")) or depth == 0, **eva,
         init_values=layer_scale if "blocks.0.ls1.gamma" in params or "blocks.0.gamma_1" in params else None,
         abs_pos_embed="pos_embed" in params, **beit,
-        fc_norm=fc_norm, global_pool=global_pool,
+        fc_norm=fc_norm, global_pool=global_pool, norm_pre="norm_pre.weight" in params,
         representation_size=int(get("pre_logits.fc.weight").shape[0]) if "pre_logits.fc.weight" in params else None,
         num_classes=int(get("head.weight").shape[0]) if "head.weight" in params else 0,
     )

@@ -70,6 +70,16 @@ def _named(config: ViTConfig, name: str) -> ViTConfig:
 
 def _from_state_dict(raw: dict, where: str, arch, folder_cfg: dict | None, name: str, container: str):
     """Dispatch a flat ``{key: array}`` on its key names (timm or HF)."""
+    # SiglipVisionModel, or a whole SiglipModel whose image tower is read: HF CLIP's key layout without CLIP's class
+    # embedding (SigLIP has no class token), so it is told apart before the CLIP reader below would take it
+    if looks_like_hf_siglip(raw) and not any(k.endswith("embeddings.class_embedding") for k in raw):
+        if folder_cfg is None or not is_hf_config(folder_cfg):
+            raise CheckpointError(f"{where}: HF transformers SigLIP weights; their config.json (which holds the number "
+                                  f"of heads and the GELU) must sit next to them: pass the folder")
+        config, params, sources = read_hf_siglip(raw, folder_cfg, where, read_preprocessor(os.path.dirname(where)),
+                                                 name=name, arch=arch)
+        check_params(config, params, where, sources)
+        return config, params, sources, f"HF transformers SigLIP {container}"
     if looks_like_hf(raw):
         if folder_cfg is None or not is_hf_config(folder_cfg):
             raise CheckpointError(f"{where}: HF transformers weights; their config.json (which holds the number of "
@@ -82,14 +92,6 @@ def _from_state_dict(raw: dict, where: str, arch, folder_cfg: dict | None, name:
                                               name=name, arch=arch)
         check_params(config, params, where, sources)
         return config, params, sources, f"HF transformers {container}"
-    if looks_like_hf_siglip(raw):  # SiglipVisionModel, or a whole SiglipModel whose image tower is read
-        if folder_cfg is None or not is_hf_config(folder_cfg):
-            raise CheckpointError(f"{where}: HF transformers SigLIP weights; their config.json (which holds the number "
-                                  f"of heads and the GELU) must sit next to them: pass the folder")
-        config, params, sources = read_hf_siglip(raw, folder_cfg, where, read_preprocessor(os.path.dirname(where)),
-                                                 name=name, arch=arch)
-        check_params(config, params, where, sources)
-        return config, params, sources, f"HF transformers SigLIP {container}"
     if any(k.endswith("patch_embed.proj.weight") for k in raw):
         base = None
         if folder_cfg is not None and "architecture" in folder_cfg:

@@ -12,7 +12,6 @@ Linear layers; timm stacks them into one ``qkv`` (rows q | k | v).
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
@@ -21,7 +20,10 @@ from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
 from numpy_vit.errors import CheckpointError, ConfigError
 
 from .config_from_tensors import infer_config
+from .hf_fields import _is_int, _pair, _positive  # noqa: F401 (the fields of every HF config.json reader)
 from .mapping import apply_table, count_blocks, rule
+from .read_hf_clip import CLIP_MODEL_TYPES, looks_like_clip, read_hf_clip
+from .read_hf_dinov2 import DINOV2_MODEL_TYPES, read_hf_dinov2
 
 
 def stack_qkv(q, k, v):
@@ -72,29 +74,6 @@ def is_hf_config(cfg: dict) -> bool:
     return "model_type" in cfg or "hidden_size" in cfg
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _pair(value, name, where):
-    if _is_int(value):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value):
-        return tuple(value)
-    raise CheckpointError(f"{where}: {name}={value!r} is neither an int nor a pair of ints")
-
-
-def _positive(cfg: dict, key: str, default, where: str, kind=int):
-    """``cfg[key]`` (or ``default``) as a positive int (or, with ``kind=float``, a finite number), else an error
-    naming the field: config.json is user input and ``int("vit")`` deep inside would say nothing useful."""
-    value = cfg.get(key, default)
-    ok = _is_int(value) or (kind is float and isinstance(value, float) and math.isfinite(value))
-    if not ok or value <= 0:
-        raise CheckpointError(f"{where}: config.json field {key!r} must be a positive "
-                              f"{'number' if kind is float else 'integer'}, got {value!r}")
-    return kind(value)
-
-
 def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name: str = "") -> ViTConfig:
     """A ViTConfig from HF's ViT ``config.json`` (and ``preprocessor_config.json`` when present).
 
@@ -103,8 +82,10 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
     and ``interpolate_pos_encoding`` resamples with torch's plain bicubic.
     """
     if cfg.get("model_type", "vit") != "vit":
-        raise CheckpointError(f"{where}: model_type {cfg['model_type']!r} is not supported; this reader knows "
-                              f"HF 'vit' (ViTModel, ViTForImageClassification)")
+        raise CheckpointError(f"{where}: model_type {cfg['model_type']!r} is not supported; the HF readers know "
+                              f"'vit' (ViTModel, ViTForImageClassification), {', '.join(map(repr, CLIP_MODEL_TYPES))} "
+                              f"(CLIPVisionModel[WithProjection], CLIPModel's image tower) and "
+                              f"{', '.join(map(repr, DINOV2_MODEL_TYPES))} (Dinov2Model, Dinov2WithRegistersModel)")
     act = cfg.get("hidden_act", "gelu")
     if not isinstance(act, str) or act not in _GELU:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
@@ -153,19 +134,33 @@ def hf_params(raw: dict, where: str):
 
 
 def looks_like_hf(keys) -> bool:
-    return any(k.startswith(("vit.embeddings.", "beit.embeddings.", "embeddings.patch_embeddings.")) for k in keys)
+    return any(k.startswith(("vit.embeddings.", "beit.embeddings.", "embeddings.patch_embeddings.",
+                              "dinov2.embeddings.")) for k in keys) or looks_like_clip(keys)
 
 
 def read_hf(raw: dict, cfg: dict, where: str, preprocessor=None, name="", arch=None):
-    """(config, params, sources) of an HF ViT: the config from config.json, checked against the shapes."""
-    params, sources = hf_params(raw, where)
-    base = config_from_hf(cfg, where, preprocessor, name=name)
+    """(config, params, sources) of an HF ViT, CLIP image tower or DINOv2 (by config.json's model_type): the
+    config from config.json, checked against the shapes."""
+    model_type = cfg.get("model_type", "vit")
+    if model_type in CLIP_MODEL_TYPES:
+        config, params, sources = read_hf_clip(raw, cfg, where, preprocessor, name=name)
+    elif model_type in DINOV2_MODEL_TYPES:
+        config, params, sources = read_hf_dinov2(raw, cfg, where, preprocessor, name=name)
+    else:
+        config, params, sources = _read_hf_vit(raw, cfg, where, preprocessor, name=name)
     if arch is not None:
         from .config_from_tensors import config_for_arch
         given = config_for_arch(arch)
-        if given.num_heads != base.num_heads:
-            raise CheckpointError(f"{where}: config.json says {base.num_heads} heads, arch={arch!r} says "
+        if given.num_heads != config.num_heads:
+            raise CheckpointError(f"{where}: config.json says {config.num_heads} heads, arch={arch!r} says "
                                   f"{given.num_heads}")
+    return config, params, sources
+
+
+def _read_hf_vit(raw: dict, cfg: dict, where: str, preprocessor=None, name=""):
+    """(config, params, sources) of an HF ViTModel / ViTForImageClassification."""
+    params, sources = hf_params(raw, where)
+    base = config_from_hf(cfg, where, preprocessor, name=name)
     config = infer_config(params, where, base=base)
     if config.num_classes != base.num_classes:  # id2label describes another head (or HF's 2 default labels)
         config = config.replace(labels=())

@@ -30,7 +30,8 @@ _PER_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", 
               "attn.v_proj.weight", "attn.v_proj.bias", "mlp.fc1_g.weight", "mlp.fc1_g.bias", "mlp.fc1_x.weight",
               "mlp.fc1_x.bias", "mlp.norm.weight", "mlp.norm.bias",
               "attn.relative_position_bias_table", "gamma_1", "gamma_2"]
-TIMM_KEYS = (["cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+TIMM_KEYS = (["cls_token", "dist_token", "reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+              "norm_pre.weight", "norm_pre.bias"]
              + ["blocks.{i}." + k for k in _PER_BLOCK]
              + ["norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias", "pre_logits.fc.weight",
                 "pre_logits.fc.bias", "head.weight", "head.bias", "head_dist.weight", "head_dist.bias",

@@ -18,7 +18,11 @@
   const held = new Map(meta.queries.map((token, index) => [token, index]));
 
   const state = {
-    query: T > 0 ? 0 : T + Math.floor(GH / 2) * GW + Math.floor(GW / 2),   // a token index (or "mean")
+    // a token index (or "mean"): the summary query (CLS, or the mean over the patch queries of a model without
+    // one, where the file holds every query), else the centre patch
+    query: T > 0 && meta.summary_query === "cls" ? 0
+      : meta.summary_query === "mean" && !meta.serve && meta.stride === 1 ? "mean"
+      : T + Math.floor(GH / 2) * GW + Math.floor(GW / 2),
     mode: "attention", layer: L - 1, head: 0, start: 0, cls: 0, interp: "nearest", hover: null, follow: false,
   };
   let store = null;          // {rowMax, prefix, codes} of every held query (file mode)
@@ -184,7 +188,7 @@
   }
 
   function tokenName(token) {
-    if (token === "mean") return "mean over all patch queries";
+    if (token === "mean") return meta.summary_query === "mean" ? meta.summary_label : "mean over all patch queries";
     if (token < T) return meta.prefix_names[token];
     const k = token - T;
     return "patch " + k + " (row " + Math.floor(k / GW) + ", col " + (k % GW) + ")";
