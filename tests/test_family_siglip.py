@@ -388,3 +388,21 @@ def test_demo_and_show_run_on_a_siglip_tower(siglip_npz, tmp_path, capsys):
                      "--dpi", "30"]) == 0
     written = os.listdir(tmp_path / "show")
     assert len(written) >= len(FIGURES) - 1 and all(name.endswith(".png") for name in written)
+
+
+def test_figure_3_adds_the_attention_pools_own_query(siglip_npz):
+    """The per-layer panels read the mean over the patch queries (no class token); the last panel is the pool's
+    latent query, the one whose output is the image's summary: its map is the trace's attn_pool.pattern."""
+    from numpy_vit.viz.figures import make_figure
+    model = nv.ViT.from_pretrained(siglip_npz)
+    trace = model.run(np.full((64, 64, 3), 128, np.uint8))
+    fig = make_figure("attention_layers", trace, head_index=1, interpolation="nearest")
+    panels = [ax for ax in fig.get_axes() if ax.get_title()]
+    assert panels[-1].get_title().startswith("Attention pool · head 1")
+    assert "mean over patch queries" in fig._suptitle.get_text() and "latent query" in fig._suptitle.get_text()
+    shown = np.asarray(panels[-1].images[-1].get_array())         # the heat map over the grey image, 64 x 64 px
+    expected = trace["attn_pool.pattern"][0, 1, 0].reshape(trace.grid)   # [4, 4] patches of 16 px
+    np.testing.assert_allclose(shown[8::16, 8::16], expected, rtol=1e-6)  # each patch's centre pixel (nearest)
+    # asked for another query, the figure shows only that query's rows
+    fig = make_figure("attention_layers", trace, query=(0, 0))
+    assert not any(ax.get_title().startswith("Attention pool") for ax in fig.get_axes())

@@ -41,7 +41,8 @@ UNDERLAY_RANGE = (0.12, 0.62)  # the image under a heat map: grey, dimmed, so on
 DPI = 100
 MIN_DPI, MAX_DPI = 10, 1200
 
-ATTENTION_RECORD = ("blocks.*.attn.pattern",)   # what the attention figures draw: record only this
+ATTENTION_RECORD = ("blocks.*.attn.pattern", "attn_pool.pattern")   # what the attention figures draw
+# (attn_pool.pattern: the attention-pooling head's latent query, SigLIP; absent elsewhere)
 
 FIGURE_NAMES = ("patch_grid", "position_embedding", "attention_layers", "all_heads",
                 "attention_distance", "cls_evolution", "attention_rollout", "attention_budget")

@@ -52,7 +52,8 @@ def draw_attention_layers(fig, trace, layer_indices=None, head_index=0, query=No
     head_index = analysis.check_index(head_index, layers[0].shape[1], "head_index")
     image_index = analysis.check_index(image_index, layers[0].shape[0], "image_index")
     image = trace_image(trace, image_index)
-    axes = fig.subplots(1, len(layer_indices) + 1)
+    pool = pool_pattern(trace) if query is None else None   # [B, H, P] the attention pool's latent query, or None
+    axes = fig.subplots(1, len(layer_indices) + 1 + (pool is not None))
     if image is not None:
         show_image(axes[0], image, "Input image")
     else:
@@ -60,7 +61,15 @@ def draw_attention_layers(fig, trace, layer_indices=None, head_index=0, query=No
     for ax, layer in zip(axes[1:], layer_indices):
         _attention_panel(fig, ax, layers, layout, layer, head_index, query, interpolation, dino_mask, keep,
                          image, image_index)
-    fig.suptitle(f"Where the model looks: {query_label(query, layout)}, head {head_index}, layer by layer")
+    title = f"Where the model looks: {query_label(query, layout)}, head {head_index}, layer by layer"
+    if pool is not None:   # the summary's own query: what the head reads, after the last block
+        grid_map = pool[image_index, head_index].reshape(layout.grid)   # [gh, gw]
+        norm, cmap = overlay(axes[-1], image, grid_map, interpolation,
+                             size=layout.image_size if image is None else None)
+        axes[-1].set_title(f"Attention pool · head {head_index}\nits latent query, after layer {len(layers) - 1}")
+        colorbar(fig, axes[-1], norm, cmap, "attention weight", shrink=0.78)
+        title += ";\nlast panel: the attention-pooling head's latent query, which makes the image's summary"
+    fig.suptitle(title)
     note = (f"{layout.grid[0]}x{layout.grid[1]} attention grid upsampled to "
             f"{layout.image_size[0]}x{layout.image_size[1]} px ({interpolation}); each panel has its own colour scale"
             + grid_note(layout) + (f"; {UNDERLAY_NOTE}" if image is not None else ""))
@@ -69,9 +78,17 @@ def draw_attention_layers(fig, trace, layer_indices=None, head_index=0, query=No
     footnote(fig, note)
 
 
-def layers_size(count):
-    """Inches for the input image plus ``count`` layer panels."""
-    return (3.3 * (count + 1) + 0.6, 4.1)
+def layers_size(count, pool=False):
+    """Inches for the input image plus ``count`` layer panels (and the attention pool's, with ``pool``)."""
+    return (3.3 * (count + 1 + pool) + 0.6, 4.1 + 0.3 * pool)
+
+
+def pool_pattern(trace):  # -> [B, H, P] or None
+    """The attention-pooling head's attention (SigLIP's latent query over the patch tokens), from the trace's
+    ``attn_pool.pattern`` [B, H, L, P] (its first latent, the one the summary reads), or None without one."""
+    if "attn_pool.pattern" not in trace:
+        return None
+    return np.asarray(trace["attn_pool.pattern"])[:, :, 0]   # [B, H, L, P] -> [B, H, P]
 
 
 def visualize_attention_map(model, image=None, save_path=None, layer_indices=None, head_index=0, *, query=None,
@@ -83,13 +100,14 @@ def visualize_attention_map(model, image=None, save_path=None, layer_indices=Non
     a (row, col) pair, a prefix name (``"dist"``, ``"reg0"``) or ``"mean"``. Prefix columns are
     not drawn; each title says how much of the row the patches hold. ``interpolation="nearest"``
     shows the blocky patch grid the model actually has (the guide's FAQ 1). ``dino_mask=True``
-    outlines the fewest patches that hold ``keep`` (60%) of the mass (Caron et al. 2021).
+    outlines the fewest patches that hold ``keep`` (60%) of the mass (Caron et al. 2021). A model with an
+    attention-pooling head (SigLIP) gets one more panel, its latent query's attention after the last block.
     """
     trace = resolve_trace(model, image, "visualize_attention_map", record=ATTENTION_RECORD)
     depth = len(trace_attention(trace))
     count = len(check_layers(default_layers(depth) if layer_indices is None else layer_indices, depth))
     with style():
-        fig = new_figure(*layers_size(count))
+        fig = new_figure(*layers_size(count, query is None and pool_pattern(trace) is not None))
         draw_attention_layers(fig, trace, layer_indices, head_index, query, interpolation, dino_mask, keep,
                               image_index)
     save_figure(fig, save_path)

@@ -136,7 +136,9 @@ FIGURES = {
                                      _shared_similarity_scale, record=("pos_embed", "blocks.0.attn.bias")),
     "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,
-                                   lambda t, o: attention_maps.layers_size(len(_layers_option(t, o))),
+                                   lambda t, o: attention_maps.layers_size(
+                                       len(_layers_option(t, o)),
+                                       o.get("query") is None and attention_maps.pool_pattern(t) is not None),
                                    record=ATTENTION_RECORD),
     "all_heads": FigureSpec("vis_4_all_heads.png", _draw_all_heads,
                             lambda t, o: attention_maps.heads_size(trace_attention(t)[0].shape[1]),
