@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import textwrap
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -52,6 +54,13 @@ def _draw_position_embedding(fig, trace, options):
     position_embedding.draw_position_embedding(fig, trace_array(trace, "pos_embed"), TokenLayout.of_trace(trace),
                                                options.get("similarity_low"),
                                                rope=getattr(getattr(trace, "config", None), "rope", False))
+
+
+def _position_size(trace, options):
+    """Figure 2's size: the embedding's four panels, or a row of head panels for a relative position bias."""
+    if "pos_embed" not in trace and "blocks.0.attn.bias" in trace:
+        return position_embedding.relative_bias_size(np.shape(trace["blocks.0.attn.bias"])[0], trace.grid)
+    return position_embedding.position_size(trace.grid)
 
 
 def _shared_similarity_scale(traces, options):
@@ -132,7 +141,7 @@ FIGURES = {
     "patch_grid": FigureSpec("vis_1_patch_grid.png",
                              _draw_patch_grid, lambda t, o: patch_grid.patch_grid_size(t.grid), record=()),
     "position_embedding": FigureSpec("vis_2_position_embedding.png",
-                                     _draw_position_embedding, lambda t, o: position_embedding.position_size(t.grid),
+                                     _draw_position_embedding, _position_size,
                                      _shared_similarity_scale, record=("pos_embed", "blocks.0.attn.bias")),
     "attention_layers": FigureSpec("vis_3_attention_layers.png",
                                    _draw_attention_layers,

@@ -35,6 +35,15 @@ def position_size(grid):
     return (15.5, 10.5 * min(1.3, max(0.8, grid[0] / max(grid[1], 1))))
 
 
+def relative_bias_size(heads, grid):
+    """Inches for ``draw_relative_position_bias``: up to 8 head panels a row, each about 2.2 in wide, plus room
+    for the two-line title, the colour bar and the footnote."""
+    columns = min(heads, 8)
+    rows = -(-heads // columns)
+    aspect = grid[0] / max(grid[1], 1)
+    return (max(9.0, 2.2 * columns + 1.6), 2.2 * aspect * rows + 2.6)
+
+
 def similarity_scale(matrix, low=None):
     """(norm, cmap) for cosine similarities: one colour map (SIMILARITY_CMAP) from the lowest similarity
     present (or ``low``, to give several figures one scale) up to 1, so a model whose similarities all
@@ -188,7 +197,7 @@ def visualize_position_embedding(model, save_path=None):
         bias = trace_array(model, "blocks.0.attn.bias") if is_trace(model) else model.block_weights(
             config.grid_size)[0]["attn_bias"]  # [H, N, N]
         with style():
-            fig = new_figure(*position_size(layout.grid))
+            fig = new_figure(*relative_bias_size(np.shape(bias)[0], layout.grid))
             draw_relative_position_bias(fig, bias, layout)
         save_figure(fig, save_path)
         return fig
