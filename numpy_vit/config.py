@@ -280,10 +280,13 @@ class ViTConfig:
         (``vit_small_patch14_dinov2.lvd142m``, ``vit_base_patch14_reg4_dinov2``, ``deit3_small_patch16_224.fb_in1k``,
         ``vit_base_patch16_224.augreg_in21k_ft_in1k``) and of SigLIP's image towers
         (``vit_base_patch16_siglip_224.webli``, ``vit_so400m_patch14_siglip_gap_224``): see :func:`timm_name_fields`.
-        The config keeps the name as given, tag included.
+        The config keeps the name as given, tag included. A name without a tag is the model timm builds for it:
+        its default pretrained tag's head and preprocessing (``TIMM_DEFAULT_TAGS``).
         """
         if not isinstance(name, str):
             raise ConfigError(f"a preset name must be a string, got {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        if name in TIMM_DEFAULT_TAGS:  # timm builds an untagged name with its default tag's head and preprocessing
+            return cls.preset(f"{name}.{TIMM_DEFAULT_TAGS[name]}", **overrides).replace(name=name)
         eva02 = _eva02_name_fields(name)  # the EVA-02 grammar, tags included (its presets are its names)
         if eva02 is not None:
             return cls.from_dict({**eva02, "name": name, **overrides})
@@ -299,6 +302,43 @@ class ViTConfig:
             raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}; "
                               f"as a timm name: {e}") from None
         return cls.from_dict({**fields, "name": name, **overrides})
+
+
+# timm.create_model(name) of a name without a tag takes the head and the preprocessing of the name's default
+# pretrained tag (the first one timm registers for it): vit_base_patch16_clip_224 is ImageNet-1k fine-tuned,
+# vit_huge_patch14_224 a backbone without a head. The names whose default tag differs from the grammar's untagged
+# reading, and that tag; parity_tests/test_timm_names.py checks this table against timm's pretrained configs.
+TIMM_DEFAULT_TAGS = {
+    "vit_base_patch16_clip_224": "laion2b_ft_in12k_in1k", "vit_base_patch16_clip_384": "laion2b_ft_in12k_in1k",
+    "vit_base_patch16_clip_quickgelu_224": "metaclip_2pt5b", "vit_base_patch16_plus_clip_240": "laion400m_e32",
+    "vit_base_patch32_clip_256": "datacompxl", "vit_base_patch32_clip_384": "laion2b_ft_in12k_in1k",
+    "vit_base_patch32_clip_448": "laion2b_ft_in12k_in1k", "vit_base_patch32_clip_quickgelu_224": "laion400m_e32",
+    "vit_betwixt_patch16_reg1_gap_256": "sbb_in1k", "vit_betwixt_patch16_reg4_gap_256": "sbb2_e200_in12k_ft_in1k",
+    "vit_betwixt_patch16_reg4_gap_384": "sbb2_e200_in12k_ft_in1k",
+    "vit_betwixt_patch32_clip_224": "tinyclip_laion400m", "vit_giant_patch14_clip_224": "laion2b",
+    "vit_giant_patch16_gap_224": "in22k_ijepa", "vit_gigantic_patch14_clip_224": "laion2b",
+    "vit_gigantic_patch14_clip_378": "metaclip2_worldwide",
+    "vit_gigantic_patch14_clip_quickgelu_224": "metaclip_2pt5b", "vit_huge_patch14_224": "orig_in21k",
+    "vit_huge_patch14_clip_224": "laion2b_ft_in12k_in1k", "vit_huge_patch14_clip_336": "laion2b_ft_in12k_in1k",
+    "vit_huge_patch14_clip_378": "dfn5b", "vit_huge_patch14_clip_quickgelu_224": "dfn5b",
+    "vit_huge_patch14_clip_quickgelu_378": "dfn5b", "vit_huge_patch14_gap_224": "in1k_ijepa",
+    "vit_huge_patch16_gap_448": "in1k_ijepa", "vit_large_patch14_clip_224": "laion2b_ft_in12k_in1k",
+    "vit_large_patch14_clip_336": "laion2b_ft_in12k_in1k", "vit_large_patch14_clip_quickgelu_224": "dfn2b",
+    "vit_large_patch14_clip_quickgelu_336": "openai", "vit_large_patch32_224": "orig_in21k",
+    "vit_little_patch16_reg1_gap_256": "sbb_in12k_ft_in1k", "vit_little_patch16_reg4_gap_256": "sbb_in1k",
+    "vit_medium_patch16_clip_224": "tinyclip_yfcc15m", "vit_medium_patch16_gap_240": "sw_in12k",
+    "vit_medium_patch16_gap_256": "sw_in12k_ft_in1k", "vit_medium_patch16_gap_384": "sw_in12k_ft_in1k",
+    "vit_medium_patch16_reg1_gap_256": "sbb_in1k", "vit_medium_patch16_reg4_gap_256": "sbb_in12k_ft_in1k",
+    "vit_medium_patch32_clip_224": "tinyclip_laion400m",
+    "vit_mediumd_patch16_reg4_gap_256": "sbb2_e200_in12k_ft_in1k",
+    "vit_mediumd_patch16_reg4_gap_384": "sbb2_e200_in12k_ft_in1k", "vit_small_patch8_224": "dino",
+    "vit_so150m2_patch16_reg1_gap_256": "sbb_e200_in12k_ft_in1k",
+    "vit_so150m2_patch16_reg1_gap_384": "sbb_e200_in12k_ft_in1k",
+    "vit_so150m2_patch16_reg1_gap_448": "sbb_e200_in12k_ft_in1k",
+    "vit_so150m_patch16_reg4_gap_256": "sbb_e250_in12k_ft_in1k",
+    "vit_so150m_patch16_reg4_gap_384": "sbb_e250_in12k_ft_in1k", "vit_wee_patch16_reg1_gap_256": "sbb_in1k",
+    "vit_xsmall_patch16_clip_224": "tinyclip_yfcc15m"
+}
 
 
 # --- timm's architecture names, read as a grammar ----------------------------------------------------
@@ -637,7 +677,8 @@ _CLIP_INCEPTION_NORMALISED = ("vit_large_patch14_clip_224.laion2b", "vit_large_p
 def _clip_name_fields(name: str) -> dict:
     """The ViTConfig fields of a timm CLIP image-tower name: ``vit_base_patch16_clip_224.openai`` -> ViT-B/16 with
     norm_pre, eps 1e-5, OpenAI's mean / std and a 512-wide projection head; ``vit_base_patch16_clip_quickgelu_224``
-    the same with quick GELU; an untagged name the architecture with a 1000-class head, as timm builds it."""
+    the same with quick GELU; an untagged name the architecture with a 1000-class head (ViTConfig.preset reads
+    a name timm gives another default tag, TIMM_DEFAULT_TAGS, with that tag)."""
     base, _, tag = name.partition(".")
     m = _CLIP_NAME.match(base)
     if m is None:

@@ -63,3 +63,35 @@ def test_the_constructed_sink_model_is_a_timm_vit():
     np.testing.assert_allclose(pattern.numpy(), trace["blocks.0.attn.pattern"], rtol=0, atol=1e-5)  # conftest TOL
     assert float(pattern[0, 0, :, 1 + 11 * 14 + 2].min()) > 0.99
     np.testing.assert_allclose(pooled.numpy(), trace["pooled"], rtol=0, atol=1e-4)                 # conftest TOL
+
+
+FAMILY_PATTERNS = ["vit_*", "deit*", "beit*", "eva02*"]   # every family numpy_vit reads (CLIP, SigLIP, gap are vit_*)
+
+
+def test_an_untagged_name_reads_as_timm_builds_it():
+    """timm.create_model(name) without a tag takes its default pretrained tag's head and preprocessing: for every
+    timm name numpy_vit reads, the untagged config must equal the config of the name with that tag (so
+    config.TIMM_DEFAULT_TAGS lists exactly the names where the two would otherwise differ), and the head width
+    must be timm's."""
+    from timm.models import get_pretrained_cfg
+
+    from numpy_vit import ViTConfig
+    from numpy_vit.errors import ConfigError
+    names = sorted({n for pattern in FAMILY_PATTERNS for n in timm.list_models(pattern)})
+    checked = []
+    for name in names:
+        try:
+            config = ViTConfig.preset(name)
+        except ConfigError:
+            continue   # a timm name of another architecture (RoPE-ViT, NaFlex, EVA-02 CLIP, ...): refused by name
+        cfg = get_pretrained_cfg(name)
+        tag = getattr(cfg, "tag", "") if cfg is not None else ""
+        if not tag or tag == "untrained":
+            continue
+        tagged = ViTConfig.preset(f"{name}.{tag}")
+        fields = ("num_classes", "mean", "std", "crop_pct", "img_size")
+        assert [getattr(config, f) for f in fields] == [getattr(tagged, f) for f in fields], (name, tag)
+        assert config.num_classes == (cfg.num_classes or 0), (name, config.num_classes, cfg.num_classes)
+        assert config.name == name
+        checked.append(name)
+    assert len(checked) > 100, len(checked)   # 133 untagged names with weights in timm 1.0.31
