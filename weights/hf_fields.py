@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from numpy_vit.errors import CheckpointError
+from numpy_vit.config import ViTConfig
+from numpy_vit.errors import CheckpointError, ConfigError
 
 
 def _is_int(value):
@@ -28,3 +29,21 @@ def _positive(cfg: dict, key: str, default, where: str, kind=int):
         raise CheckpointError(f"{where}: config.json field {key!r} must be a positive "
                               f"{'number' if kind is float else 'integer'}, got {value!r}")
     return kind(value)
+
+
+PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # preprocessor_config.json's "resample": PIL's numbers
+
+
+def config_from_fields(fields: dict, preprocessor: dict | None, where: str) -> ViTConfig:
+    """The ViTConfig of an HF folder: ``fields`` read from its config.json, then its preprocessor_config.json's
+    mean, std and resize filter over them where it has them; a value ViTConfig refuses names the file."""
+    fields = dict(fields)
+    if preprocessor:
+        fields["mean"] = preprocessor.get("image_mean", fields["mean"])  # ViTConfig checks they are numbers
+        fields["std"] = preprocessor.get("image_std", fields["std"])
+        resample = preprocessor.get("resample")
+        fields["interpolation"] = PIL_FILTERS.get(resample if _is_int(resample) else None, fields["interpolation"])
+    try:
+        return ViTConfig(**fields)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None

@@ -17,10 +17,10 @@ import os
 import numpy as np
 
 from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
-from numpy_vit.errors import CheckpointError, ConfigError
+from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
-from .hf_fields import _is_int, _pair, _positive  # noqa: F401 (the fields of every HF config.json reader)
+from .hf_fields import _is_int, _pair, _positive, config_from_fields  # noqa: F401 (the fields of every HF config.json reader)
 from .mapping import apply_table, count_blocks, rule
 from .read_hf_clip import CLIP_MODEL_TYPES, looks_like_clip, read_hf_clip
 from .read_hf_dinov2 import DINOV2_MODEL_TYPES, read_hf_dinov2
@@ -67,7 +67,6 @@ HF5_TABLE = _EMBEDDINGS + _layer_rules("layers.{i}", dict(
 HF_IGNORED = (r"^embeddings\.mask_token$",)  # only used by masked-image-modelling pre-training
 
 _GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-_PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def is_hf_config(cfg: dict) -> bool:
@@ -114,15 +113,7 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
         mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0, interpolation="bilinear",
         num_classes=len(labels), labels=labels, name=name,
     )
-    if preprocessor:
-        fields["mean"] = preprocessor.get("image_mean", fields["mean"])  # ViTConfig checks they are numbers
-        fields["std"] = preprocessor.get("image_std", fields["std"])
-        resample = preprocessor.get("resample")
-        fields["interpolation"] = _PIL_FILTERS.get(resample if _is_int(resample) else None, fields["interpolation"])
-    try:
-        return ViTConfig(**fields)
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+    return config_from_fields(fields, preprocessor, where)
 
 
 def hf_params(raw: dict, where: str):

@@ -11,11 +11,12 @@ pooling (timm ``fc_norm``), ``layernorm`` the final one of a class-token model (
 from __future__ import annotations
 
 from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
-from numpy_vit.errors import CheckpointError, ConfigError
+from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
 from .mapping import apply_table, count_blocks, rule
-from .read_hf import _GELU, _PIL_FILTERS, _is_int, _pair, _positive, stack_qkv
+from .hf_fields import config_from_fields
+from .read_hf import _GELU, _pair, _positive, stack_qkv
 
 
 def _layer_rules(block: str, names: dict):
@@ -106,15 +107,7 @@ def config_from_hf_beit(cfg: dict, where: str, preprocessor: dict | None = None,
         mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0, interpolation="bilinear",
         num_classes=len(labels), labels=labels, name=name,
     )
-    if preprocessor:
-        fields["mean"] = preprocessor.get("image_mean", fields["mean"])  # ViTConfig checks they are numbers
-        fields["std"] = preprocessor.get("image_std", fields["std"])
-        resample = preprocessor.get("resample")
-        fields["interpolation"] = _PIL_FILTERS.get(resample if _is_int(resample) else None, fields["interpolation"])
-    try:
-        return ViTConfig(**fields)
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+    return config_from_fields(fields, preprocessor, where)
 
 
 def hf_beit_params(raw: dict, where: str):

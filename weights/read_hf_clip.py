@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from numpy_vit.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ViTConfig
-from numpy_vit.errors import CheckpointError, ConfigError
+from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
-from .hf_fields import _pair, _positive
+from .hf_fields import _pair, _positive, config_from_fields
 from .mapping import apply_table, count_blocks, need_rank, rule
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -25,7 +25,6 @@ _ACT = {"quick_gelu": "quick", "gelu": "erf", "gelu_python": "erf", "gelu_new": 
 # CLIPVisionConfig's defaults (ViT-B/32): config.json leaves out the fields that have them
 _DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                  num_channels=3, image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-_PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def _as_token(a):  # [D] -> [1, 1, D]
@@ -111,15 +110,7 @@ def config_from_hf_clip(cfg: dict, where: str, preprocessor: dict | None = None,
                   in_chans=_positive(vision, "num_channels", None, where), norm_pre=True,
                   pos_embed_resample="bicubic_hf", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=1.0,
                   interpolation="bicubic", num_classes=0, name=name)
-    if preprocessor:
-        fields["mean"] = preprocessor.get("image_mean", fields["mean"])
-        fields["std"] = preprocessor.get("image_std", fields["std"])
-        resample = preprocessor.get("resample")
-        fields["interpolation"] = _PIL_FILTERS.get(resample if isinstance(resample, int) else None, "bicubic")
-    try:
-        return ViTConfig(**fields)
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+    return config_from_fields(fields, preprocessor, where)
 
 
 def read_hf_clip(raw: dict, cfg: dict, where: str, preprocessor=None, name=""):

@@ -16,15 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from numpy_vit.config import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
-from numpy_vit.errors import CheckpointError, ConfigError
+from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
-from .hf_fields import _pair, _positive
+from .hf_fields import _pair, _positive, config_from_fields
 from .mapping import apply_table, count_blocks, need_rank, rule
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 _ACT = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-_PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def _stack_qkv(q, k, v):  # [D, D] (or [D]) x 3 -> [3D, D] (or [3D]), rows q | k | v as timm stores them
@@ -90,15 +89,7 @@ def config_from_hf_dinov2(cfg: dict, where: str, preprocessor: dict | None = Non
                   pos_embed_resample="bicubic_antialias" if registers else "bicubic_hf", mean=IMAGENET_MEAN,
                   std=IMAGENET_STD,
                   crop_pct=224 / 256, interpolation="bicubic", num_classes=0, name=name)
-    if preprocessor:
-        fields["mean"] = preprocessor.get("image_mean", fields["mean"])
-        fields["std"] = preprocessor.get("image_std", fields["std"])
-        resample = preprocessor.get("resample")
-        fields["interpolation"] = _PIL_FILTERS.get(resample if isinstance(resample, int) else None, "bicubic")
-    try:
-        return ViTConfig(**fields)
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+    return config_from_fields(fields, preprocessor, where)
 
 
 def read_hf_dinov2(raw: dict, cfg: dict, where: str, preprocessor=None, name=""):

@@ -11,14 +11,13 @@ the final ``post_layernorm`` and the attention-pooling head ``head``: ``probe`` 
 """
 from __future__ import annotations
 
-import numpy as np
-
 from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
-from numpy_vit.errors import CheckpointError, ConfigError
+from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import config_for_arch, infer_config
+from .hf_fields import config_from_fields
 from .mapping import apply_table, count_blocks, need_rank, rule
-from .read_hf import _GELU, _PIL_FILTERS, _is_int, _layer_rules, _pair, _positive
+from .read_hf import _GELU, _layer_rules, _pair, _positive
 
 PREFIX = "vision_model."
 
@@ -112,15 +111,7 @@ def config_from_hf_siglip(cfg: dict, where: str, preprocessor: dict | None = Non
         global_pool="map" if use_head else "", num_classes=0, pos_embed_resample="bicubic_hf",
         mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0, interpolation="bicubic", name=name,
     )
-    if preprocessor:
-        fields["mean"] = preprocessor.get("image_mean", fields["mean"])  # ViTConfig checks they are numbers
-        fields["std"] = preprocessor.get("image_std", fields["std"])
-        resample = preprocessor.get("resample")
-        fields["interpolation"] = _PIL_FILTERS.get(resample if _is_int(resample) else None, fields["interpolation"])
-    try:
-        return ViTConfig(**fields)
-    except ConfigError as e:
-        raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+    return config_from_fields(fields, preprocessor, where)
 
 
 def hf_siglip_params(raw: dict, where: str):
