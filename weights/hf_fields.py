@@ -47,3 +47,24 @@ def config_from_fields(fields: dict, preprocessor: dict | None, where: str) -> V
         return ViTConfig(**fields)
     except ConfigError as e:
         raise CheckpointError(f"{where}: config.json gives a config numpy_vit cannot build: {e}") from None
+
+
+def square_patch(cfg: dict, default, where: str) -> int:
+    """config.json's patch_size (an int, or a [h, w] pair that must be square)."""
+    patch = _pair(cfg.get("patch_size", default), "patch_size", where)
+    if isinstance(patch, tuple):
+        if patch[0] != patch[1]:
+            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
+        patch = patch[0]
+    return patch
+
+
+def class_names(cfg: dict, where: str) -> tuple:
+    """config.json's id2label as class names in index order (empty without one)."""
+    id2label = cfg.get("id2label") or {}
+    if not isinstance(id2label, dict):
+        raise CheckpointError(f"{where}: id2label must map class indices to names, got {id2label!r:.80}")
+    try:
+        return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: id2label keys must be class indices, got {list(id2label)[:5]}") from None

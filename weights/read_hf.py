@@ -20,7 +20,7 @@ from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
 from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
-from .hf_fields import _is_int, _pair, _positive, config_from_fields  # noqa: F401 (the fields of every HF config.json reader)
+from .hf_fields import _is_int, _pair, _positive, class_names, config_from_fields, square_patch  # noqa: F401 (the fields of every HF config.json reader)
 from .mapping import apply_table, count_blocks, rule
 from .read_hf_clip import CLIP_MODEL_TYPES, looks_like_clip, read_hf_clip
 from .read_hf_dinov2 import DINOV2_MODEL_TYPES, read_hf_dinov2
@@ -90,19 +90,9 @@ def config_from_hf(cfg: dict, where: str, preprocessor: dict | None = None, name
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
     if cfg.get("pooler_act", "tanh") != "tanh":
         raise CheckpointError(f"{where}: pooler_act {cfg['pooler_act']!r} is not supported (only 'tanh')")
-    patch = _pair(cfg.get("patch_size", 16), "patch_size", where)
-    if isinstance(patch, tuple):
-        if patch[0] != patch[1]:
-            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
-        patch = patch[0]
+    patch = square_patch(cfg, 16, where)
     hidden = _positive(cfg, "hidden_size", 768, where)
-    id2label = cfg.get("id2label") or {}
-    if not isinstance(id2label, dict):
-        raise CheckpointError(f"{where}: id2label must map class indices to names, got {id2label!r:.80}")
-    try:
-        labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{where}: id2label keys must be class indices, got {list(id2label)[:5]}") from None
+    labels = class_names(cfg, where)
     fields = dict(
         embed_dim=hidden, depth=_positive(cfg, "num_hidden_layers", 12, where),
         num_heads=_positive(cfg, "num_attention_heads", 12, where),

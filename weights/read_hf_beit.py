@@ -15,7 +15,7 @@ from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
 from .mapping import apply_table, count_blocks, rule
-from .hf_fields import config_from_fields
+from .hf_fields import class_names, config_from_fields, square_patch
 from .read_hf import _GELU, _pair, _positive, stack_qkv
 
 
@@ -73,19 +73,9 @@ def config_from_hf_beit(cfg: dict, where: str, preprocessor: dict | None = None,
     act = cfg.get("hidden_act", "gelu")
     if not isinstance(act, str) or act not in _GELU:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
-    patch = _pair(cfg.get("patch_size", 16), "patch_size", where)
-    if isinstance(patch, tuple):
-        if patch[0] != patch[1]:
-            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
-        patch = patch[0]
+    patch = square_patch(cfg, 16, where)
     hidden = _positive(cfg, "hidden_size", 768, where)
-    id2label = cfg.get("id2label") or {}
-    if not isinstance(id2label, dict):
-        raise CheckpointError(f"{where}: id2label must map class indices to names, got {id2label!r:.80}")
-    try:
-        labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{where}: id2label keys must be class indices, got {list(id2label)[:5]}") from None
+    labels = class_names(cfg, where)
     layer_scale = cfg.get("layer_scale_init_value", 0.1)
     if isinstance(layer_scale, bool) or not isinstance(layer_scale, (int, float)):
         raise CheckpointError(f"{where}: layer_scale_init_value must be a number, got {layer_scale!r}")

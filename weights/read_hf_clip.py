@@ -17,7 +17,7 @@ from numpy_vit.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ViTConfig
 from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
-from .hf_fields import _pair, _positive, config_from_fields
+from .hf_fields import _pair, _positive, config_from_fields, square_patch
 from .mapping import apply_table, count_blocks, need_rank, rule
 
 CLIP_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -96,11 +96,7 @@ def config_from_hf_clip(cfg: dict, where: str, preprocessor: dict | None = None,
     act = vision.get("hidden_act")
     if not isinstance(act, str) or act not in _ACT:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_ACT)})")
-    patch = _pair(vision.get("patch_size"), "patch_size", where)
-    if isinstance(patch, tuple):
-        if patch[0] != patch[1]:
-            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
-        patch = patch[0]
+    patch = square_patch(vision, None, where)
     hidden = _positive(vision, "hidden_size", None, where)
     fields = dict(embed_dim=hidden, depth=_positive(vision, "num_hidden_layers", None, where),
                   num_heads=_positive(vision, "num_attention_heads", None, where),

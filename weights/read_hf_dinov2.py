@@ -19,7 +19,7 @@ from numpy_vit.config import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import infer_config
-from .hf_fields import _pair, _positive, config_from_fields
+from .hf_fields import _pair, _positive, config_from_fields, square_patch
 from .mapping import apply_table, count_blocks, need_rank, rule
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -71,11 +71,7 @@ def config_from_hf_dinov2(cfg: dict, where: str, preprocessor: dict | None = Non
     act = cfg.get("hidden_act", "gelu")
     if not isinstance(act, str) or act not in _ACT:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_ACT)})")
-    patch = _pair(cfg.get("patch_size", 14), "patch_size", where)
-    if isinstance(patch, tuple):
-        if patch[0] != patch[1]:
-            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
-        patch = patch[0]
+    patch = square_patch(cfg, 14, where)
     hidden = _positive(cfg, "hidden_size", 768, where)
     registers = cfg.get("model_type") == "dinov2_with_registers"
     fields = dict(embed_dim=hidden, depth=_positive(cfg, "num_hidden_layers", 12, where),

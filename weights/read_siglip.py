@@ -15,7 +15,7 @@ from numpy_vit.config import INCEPTION_MEAN, INCEPTION_STD, ViTConfig
 from numpy_vit.errors import CheckpointError
 
 from .config_from_tensors import config_for_arch, infer_config
-from .hf_fields import config_from_fields
+from .hf_fields import config_from_fields, square_patch
 from .mapping import apply_table, count_blocks, need_rank, rule
 from .read_hf import _GELU, _layer_rules, _pair, _positive
 
@@ -92,11 +92,7 @@ def config_from_hf_siglip(cfg: dict, where: str, preprocessor: dict | None = Non
     act = vision.get("hidden_act", "gelu_pytorch_tanh")
     if not isinstance(act, str) or act not in _GELU:
         raise CheckpointError(f"{where}: hidden_act {act!r} is not supported (known: {', '.join(_GELU)})")
-    patch = _pair(vision.get("patch_size", 16), "patch_size", where)
-    if isinstance(patch, tuple):
-        if patch[0] != patch[1]:
-            raise CheckpointError(f"{where}: patch_size {patch} is not square; numpy_vit needs square patches")
-        patch = patch[0]
+    patch = square_patch(vision, 16, where)
     hidden = _positive(vision, "hidden_size", 768, where)
     use_head = vision.get("vision_use_head", True)
     if not isinstance(use_head, bool):
