@@ -87,6 +87,20 @@ def test_truncated_safetensors(tmp_path):
         weights.load_any(tmp_path / "m.safetensors", arch=SMALL)
 
 
+def test_a_safetensors_header_of_128_bytes_is_not_taken_for_a_pickle(tmp_path):
+    """The header length is the file's first 8 bytes, little-endian: a 128-byte header makes the first byte 0x80,
+    a pickle's first opcode. The file is still read as safetensors (safetensors 0.4.3 pads to such lengths)."""
+    from numpy_vit.weights.files import read_safetensors, sniff
+    name = "x" * 59   # {"x...x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} padded to 128 bytes
+    header = json.dumps({name: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    header += b" " * (128 - len(header))
+    assert len(header) == 128
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", 128) + header + np.array([1.5, -2.0], "<f4").tobytes())
+    assert path.read_bytes()[:1] == b"\x80" and sniff(str(path)) == "safetensors"
+    np.testing.assert_array_equal(read_safetensors(str(path))[name], [1.5, -2.0])
+
+
 def _write_safetensors_by_hand(path, tensors):
     """name -> (dtype tag, shape, raw bytes): the format spelled out, so our reader is checked against it."""
     header, blobs, offset = {}, [], 0

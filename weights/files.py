@@ -47,12 +47,13 @@ def sniff(path: str) -> str:
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         return "unknown"
-    if head[:1] == b"\x80":  # a bare pickle: torch.save(..., _use_new_zipfile_serialization=False)
-        return "torch"
     size = os.path.getsize(path)
     header_len = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+    # safetensors first: a header of 128 + 256 k bytes makes the file's first byte 0x80, a pickle's opcode
     if head[8:9] == b"{" and 2 <= header_len <= size - 8:
         return "safetensors"
+    if head[:1] == b"\x80":  # a bare pickle: torch.save(..., _use_new_zipfile_serialization=False)
+        return "torch"
     if head.lstrip()[:1] == b"{":
         return "json"
     if head[8:9] == b"{":
