@@ -171,7 +171,7 @@ class ViT:
         gamma_1 / gamma_2 the layer scales ls1 / ls2, and its relative position bias table (one per block, or
         one shared) the [H, N, N] ``attn_bias`` added to the scores."""
         c = self.config
-        blocks = [self._block_weights(i) for i in range(c.depth)]
+        blocks = [self._fused_qkv_block(i) for i in range(c.depth)]
         if c.block_names == "vit" and not c.rel_pos_bias:
             return blocks
         shared = (self.rel_pos_bias_for(self.params["rel_pos_bias.relative_position_bias_table"], grid)
@@ -436,7 +436,7 @@ class ViT:
                 start += count
 
     # --- the blocks' weights and options ------------------------------------------------------
-    def _block_weights(self, i):
+    def _fused_qkv_block(self, i):
         """Block i's weights as ``layers.block`` takes them: the stored tree, EVA's q, k, v pieces stacked into
         one qkv projection (``layers.eva_qkv``)."""
         weights = self.param_tree["blocks"][str(i)]

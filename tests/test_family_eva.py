@@ -317,7 +317,7 @@ def test_fast_eva_block_and_model_equal_the_reference(monkeypatch, layout, dtype
     x = np.random.default_rng(7).standard_normal((3, 3, 56, 56)).astype(dtype)
     limit = 1e-5 if dtype == np.float32 else 1e-12
     h = np.random.default_rng(8).standard_normal((3, 17, 32)).astype(dtype)
-    weights, options = model._block_weights(0), model._block_options((4, 4))
+    weights, options = model._fused_qkv_block(0), model._block_options((4, 4))
     ref, got = {}, {}
     expected = layers.block(h, **weights, **options, record=ref.__setitem__)
     out = fast.block(h, **weights, **options, record=got.__setitem__)
