@@ -238,6 +238,7 @@ def test_timm_files_read_with_arch(layout, tmp_path):
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp_path / "m.safetensors"))
     loaded = nv.ViT.from_pretrained(str(tmp_path / "m.safetensors"), arch=model.config)
     assert loaded.config.qkv_layout == model.config.qkv_layout and loaded.config.mlp_norm == (layout == "separate")
+    assert loaded.config.block_names == "vit"   # q_bias / v_bias without BEiT's gamma_1 or bias tables: not a BEiT
     assert all(np.array_equal(loaded.params[k], model.params[k]) for k in model.params)
     with pytest.raises(CheckpointError, match="EVA-02 checkpoint.*no weights.*arch='eva02_"):
         nv.ViT.from_pretrained(str(tmp_path / "m.safetensors"))

@@ -197,8 +197,8 @@ def _eva_fields(params: dict, where: str, base, width: int) -> dict:
     """EVA-02's fields: the q, k, v layout and the sub-LayerNorm from the keys, the RoPE and the SwiGLU from the
     base (a rotary embedding has no weights, and a packed SwiGLU's fc1 is shaped like a wider GELU MLP's)."""
     keys = {k[len("blocks.0."):] for k in params if k.startswith("blocks.0.")}
-    beit = bool(keys & {"gamma_1", "attn.relative_position_bias_table"}) or "rel_pos_bias.relative_position_bias_table" in params
-    separate, qv_bias = "attn.q_proj.weight" in keys, "attn.q_bias" in keys and not beit  # BEiT has q / v biases too
+    separate = "attn.q_proj.weight" in keys
+    qv_bias = "attn.q_bias" in keys and not _is_beit(params)  # BEiT stores q / v biases too
     split_mlp = "mlp.fc1_g.weight" in keys
     if not (separate or qv_bias or split_mlp) and (base is None or base.mlp == "gelu"):
         return {}
@@ -213,10 +213,17 @@ def _eva_fields(params: dict, where: str, base, width: int) -> dict:
                 qkv_layout="separate" if separate else "fused_qv_bias" if qv_bias else "fused")
 
 
+def _is_beit(params: dict) -> bool:
+    """A timm Beit state dict: its layer scale (gamma_1) or a relative position bias table, keys no other family
+    has (its q_bias / v_bias it shares with EVA-02)."""
+    return any(k in params for k in ("blocks.0.gamma_1", "blocks.0.attn.relative_position_bias_table",
+                                     "rel_pos_bias.relative_position_bias_table"))
+
+
 def _beit_fields(params: dict, depth: int) -> dict:
-    """BEiT's fields, read off its keys (timm Beit): q / v biases or gamma_1 mean its block names; a table per
-    block or one shared."""
-    beit = "blocks.0.attn.q_bias" in params or "blocks.0.gamma_1" in params
+    """BEiT's fields, read off its keys (timm Beit, ``_is_beit``): its block names; a table per block or one
+    shared."""
+    beit = _is_beit(params)
     rel_pos_bias = ("shared" if "rel_pos_bias.relative_position_bias_table" in params else
                     "layer" if "blocks.0.attn.relative_position_bias_table" in params else "")
     return dict(block_names="beit" if beit else "vit", rel_pos_bias=rel_pos_bias)
